@@ -1,0 +1,49 @@
+# visionpipe: `make run` runs the whole pipeline on the sample dataset, `make test` the tests.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SAMPLE := data/sample
+export VISIONPIPE_HOME ?= $(CURDIR)/.visionpipe
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: setup run test test-fast bench lint mlflow-ui compile clean
+
+setup: $(STAMP)
+
+# Re-installs only when the project's dependencies or the lock change.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+$(SAMPLE)/labels.csv: | $(STAMP)
+	$(BIN)/visionpipe sample-data --out $(SAMPLE)
+
+run: setup $(SAMPLE)/labels.csv
+	$(BIN)/visionpipe run --data $(SAMPLE)
+
+test: setup
+	$(BIN)/python -m pytest -q -ra
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -ra -m 'not e2e'
+
+bench: setup $(SAMPLE)/labels.csv
+	$(BIN)/python benchmarks/bench.py --data $(SAMPLE)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+compile: setup
+	$(BIN)/visionpipe compile --out pipeline.yaml
+
+mlflow-ui: setup
+	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 \
+		--backend-store-uri sqlite:///$(VISIONPIPE_HOME)/mlflow.db \
+		--default-artifact-root $(VISIONPIPE_HOME)/mlartifacts
+
+clean:
+	rm -rf $(VISIONPIPE_HOME) $(SAMPLE) pipeline.yaml

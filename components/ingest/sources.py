@@ -1,0 +1,98 @@
+"""Finding the labelled images of a dataset: a folder-per-class tree or a CSV of path,label."""
+
+from __future__ import annotations
+
+import csv
+import io
+import posixpath
+from collections import Counter
+from dataclasses import dataclass
+
+from visionpipe import storage
+
+
+class DataError(ValueError):
+    """The dataset given as input cannot be used; the message names it and says why."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input record: where an image is and what it is labelled."""
+
+    uri: str
+    label: str
+
+
+def list_sources(data_uri: str) -> list[Source]:
+    """Every labelled image of a dataset, in a stable order.
+
+    Args:
+        data_uri: a folder whose first-level subfolders are the classes (files
+            nested below a class folder belong to it), or a ``.csv`` file of
+            ``path,label`` rows (optional header; paths absolute, URIs, or
+            relative to the CSV's folder).
+
+    Returns:
+        The sources, sorted by URI.
+
+    Raises:
+        DataError: the path does not exist, or holds no labelled images.
+    """
+    if not storage.exists(data_uri):
+        raise DataError(f"{data_uri}: no such file or directory")
+    if storage.isdir(data_uri):
+        sources = _from_folders(data_uri)
+    elif data_uri.lower().endswith(".csv"):
+        sources = _from_csv(data_uri)
+    else:
+        raise DataError(f"{data_uri}: expected a folder of class folders or a .csv of path,label")
+    if not sources:
+        raise DataError(f"{data_uri}: no labelled images found")
+    return sorted(sources, key=lambda s: (s.uri, s.label))
+
+
+def check_classes(data_uri: str, sources: list[Source], min_per_class: int) -> Counter:
+    """Fails early unless there are at least two classes, each with enough images."""
+    counts = Counter(s.label for s in sources)
+    if len(counts) < 2:
+        names = ", ".join(counts) or "none"
+        raise DataError(f"{data_uri}: needs at least 2 classes to classify, found 1 ({names})")
+    small = {label: n for label, n in sorted(counts.items()) if n < min_per_class}
+    if small:
+        raise DataError(
+            f"{data_uri}: classes with fewer than {min_per_class} images "
+            f"(ingest.min_images_per_class): {small}"
+        )
+    return counts
+
+
+def _from_folders(root: str) -> list[Source]:
+    sources = []
+    for entry in storage.listdir(root):
+        label = posixpath.basename(entry.rstrip("/"))
+        if label.startswith(".") or not storage.isdir(entry):
+            continue
+        for uri in storage.walk_files(entry):
+            if not posixpath.basename(uri).startswith("."):
+                sources.append(Source(uri, label))
+    return sources
+
+
+def _from_csv(csv_uri: str) -> list[Source]:
+    base = posixpath.dirname(csv_uri)
+    reader = csv.reader(io.StringIO(storage.read_text(csv_uri)))
+    sources = []
+    for line, row in enumerate(reader, start=1):
+        if not row or not "".join(row).strip():
+            continue
+        if len(row) != 2:
+            raise DataError(f"{csv_uri}:{line}: expected 2 columns path,label, got {len(row)}")
+        path, label = row[0].strip(), row[1].strip()
+        if line == 1 and (path.lower(), label.lower()) == ("path", "label"):
+            continue
+        if not path or not label:
+            raise DataError(f"{csv_uri}:{line}: empty path or label")
+        if "://" not in path and not path.startswith("/"):
+            path = posixpath.join(base, path)
+        sources.append(Source(path, label))
+    return sources

@@ -1,0 +1,241 @@
+"""The one configuration schema: typed, validated, with defaults.
+
+A config comes from the defaults, then an optional YAML file, then repeatable
+``section.key=value`` overrides. Every value is validated before any work starts;
+errors name the offending key (``ConfigError``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration value, key or file is invalid; the message names it."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class IngestConfig(_Section):
+    """How raw images become split TFRecord shards."""
+
+    train_fraction: float = Field(0.8, gt=0, lt=1)
+    valid_fraction: float = Field(0.1, ge=0, lt=1)
+    test_fraction: float = Field(0.1, gt=0, lt=1)
+    split_salt: str = Field("visionpipe", min_length=1, description="Salt of the split hash.")
+    max_pixels: int = Field(40_000_000, gt=0, description="Reject images larger than this.")
+    min_images_per_class: int = Field(2, ge=1)
+    num_shards: int = Field(0, ge=0, description="Shards per split; 0 lets Beam decide.")
+
+    @model_validator(mode="after")
+    def _fractions_sum_to_one(self) -> IngestConfig:
+        total = self.train_fraction + self.valid_fraction + self.test_fraction
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(
+                "train_fraction + valid_fraction + test_fraction must be 1. "
+                f"Received: {self.train_fraction} + {self.valid_fraction} + "
+                f"{self.test_fraction} = {total:g}"
+            )
+        return self
+
+
+class TransformConfig(_Section):
+    """tf.Transform preprocessing: decode, resize, normalise, vocabulary."""
+
+    image_size: int = Field(64, ge=8, le=1024, description="Square side in pixels.")
+    resize_mode: Literal["stretch", "pad", "center_crop"] = "stretch"
+
+
+class TrainerConfig(_Section):
+    """Model and training loop; model values are the hyperparameter defaults."""
+
+    epochs: int = Field(12, ge=1)
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(2e-3, gt=0, lt=1)
+    width: int = Field(32, ge=4, description="Filters of the first conv block.")
+    depth: int = Field(3, ge=1, le=6, description="Number of conv blocks.")
+    dropout: float = Field(0.2, ge=0, lt=1)
+    strategy: Literal["auto", "one_device", "mirrored"] = "auto"
+    seed: int = 42
+
+
+class TunerConfig(_Section):
+    """keras-tuner search; the search space maps hyperparameter names to choices."""
+
+    algorithm: Literal["random", "bayesian", "hyperband"] = "random"
+    max_trials: int = Field(2, ge=0, description="0 skips the search: defaults are used.")
+    epochs: int = Field(3, ge=1, description="Epochs per trial.")
+    search_space: dict[str, list[float]] = Field(
+        default_factory=lambda: {"learning_rate": [1e-3, 2e-3], "dropout": [0.1, 0.2]}
+    )
+
+    @model_validator(mode="after")
+    def _known_hyperparameters(self) -> TunerConfig:
+        unknown = sorted(set(self.search_space) - set(TUNABLE))
+        if unknown:
+            raise ValueError(
+                f"search_space names unknown hyperparameters {unknown}; "
+                f"tunable: {sorted(TUNABLE)}"
+            )
+        empty = sorted(k for k, v in self.search_space.items() if not v)
+        if empty:
+            raise ValueError(f"search_space has no choices for {empty}")
+        return self
+
+
+TUNABLE = ("learning_rate", "width", "depth", "dropout", "batch_size")
+
+
+class EvaluateConfig(_Section):
+    """The evaluation gate."""
+
+    min_accuracy: float = Field(0.8, ge=0, le=1, description="Absolute accuracy threshold.")
+    champion_tolerance: float = Field(
+        0.0, ge=0, le=1, description="Candidate may trail the champion by at most this."
+    )
+    batch_size: int = Field(64, ge=1)
+
+
+class PushConfig(_Section):
+    """Where blessed models go."""
+
+    model_name: str = Field("visionpipe-classifier", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    serving_root: str = Field("", description="Empty: <VISIONPIPE_HOME>/serving.")
+
+
+class MlflowConfig(_Section):
+    """Experiment tracking."""
+
+    tracking_uri: str = Field("", description="Empty: SQLite under VISIONPIPE_HOME.")
+    experiment: str = Field("visionpipe", min_length=1)
+
+
+class BeamConfig(_Section):
+    """Apache Beam runner options shared by ingest and transform."""
+
+    runner: str = "DirectRunner"
+    direct_num_workers: int = Field(1, ge=0, description="DirectRunner workers; 0 = one per core.")
+    direct_running_mode: Literal["in_memory", "multi_threading", "multi_processing"] = "in_memory"
+    extra_args: list[str] = Field(default_factory=list, description="Passed to Beam as they are.")
+
+
+class PipelineConfig(_Section):
+    """The KFP pipeline itself."""
+
+    name: str = Field("visionpipe", pattern=r"^[a-z0-9][a-z0-9-]*$")
+    image: str = Field("visionpipe:0.1.0", min_length=1, description="Base image of every step.")
+
+
+class Config(_Section):
+    """The whole visionpipe configuration."""
+
+    ingest: IngestConfig = IngestConfig()
+    transform: TransformConfig = TransformConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    tuner: TunerConfig = TunerConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    push: PushConfig = PushConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+    beam: BeamConfig = BeamConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+
+    def to_json(self) -> str:
+        """Serialises the config; ``Config.from_json`` reads it back."""
+        return self.model_dump_json()
+
+    @classmethod
+    def from_json(cls, text: str) -> Config:
+        """Reads a config written by ``to_json``."""
+        return _validate(json.loads(text), source="config JSON")
+
+    def flat(self) -> dict[str, Any]:
+        """``section.key -> value`` pairs, for logging as MLflow params."""
+        out: dict[str, Any] = {}
+        for section, values in self.model_dump().items():
+            for key, value in values.items():
+                out[f"{section}.{key}"] = value
+        return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> Config:
+    """Builds a validated config from defaults, a YAML file and ``key=value`` overrides.
+
+    Args:
+        path: optional YAML file with the same sections as ``Config``.
+        overrides: strings ``section.key=value``; values are parsed as YAML
+            (so ``3``, ``0.5``, ``true``, ``[a, b]`` have their natural types).
+
+    Returns:
+        The validated, frozen ``Config``.
+
+    Raises:
+        ConfigError: the file is missing or malformed, a key is unknown, or a
+            value has the wrong type or range. The message names the key.
+    """
+    data: dict[str, Any] = {}
+    if path:
+        data = _read_yaml(Path(path))
+    for item in overrides:
+        _apply_override(data, item)
+    return _validate(data, source=str(path) if path else "defaults")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"Config file {path} does not exist.")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"Config file {path} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file {path} must hold a mapping of sections.")
+    return data
+
+
+def _apply_override(data: dict[str, Any], item: str) -> None:
+    key, sep, raw = item.partition("=")
+    parts = key.strip().split(".")
+    if not sep or len(parts) != 2 or not all(parts):
+        raise ConfigError(f"Override must look like section.key=value. Received: {item!r}")
+    section, name = parts
+    if section not in Config.model_fields:
+        raise ConfigError(
+            f"Unknown config key '{key}': no section '{section}' "
+            f"(sections: {', '.join(Config.model_fields)})."
+        )
+    fields = Config.model_fields[section].annotation.model_fields
+    if name not in fields:
+        raise ConfigError(
+            f"Unknown config key '{key}' (keys of '{section}': {', '.join(fields)})."
+        )
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"Config key '{key}': cannot parse value {raw!r}: {err}") from err
+    if fields[name].annotation is str and not isinstance(value, str):
+        value = raw  # e.g. a model name "007" stays a string
+    data.setdefault(section, {})
+    if not isinstance(data[section], dict):
+        raise ConfigError(f"Config section '{section}' must be a mapping.")
+    data[section][name] = value
+
+
+def _validate(data: dict[str, Any], source: str) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        problems = []
+        for e in err.errors():
+            key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+            if e["type"] == "extra_forbidden":
+                problems.append(f"unknown config key '{key}'")
+            else:
+                problems.append(f"config key '{key}': {e['msg']} (received {e.get('input')!r})")
+        raise ConfigError(f"Invalid configuration from {source}: " + "; ".join(problems)) from None

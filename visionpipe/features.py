@@ -1,0 +1,37 @@
+"""The artifact contracts between steps: feature keys, split names, file names."""
+
+from __future__ import annotations
+
+# Raw examples written by ingest (the conventional tf.train.Example image keys).
+IMAGE_ENCODED = "image/encoded"
+IMAGE_FORMAT = "image/format"
+IMAGE_HEIGHT = "image/height"
+IMAGE_WIDTH = "image/width"
+IMAGE_CHANNELS = "image/channels"
+LABEL_TEXT = "image/class/text"
+FILENAME = "image/filename"
+SHA256 = "image/key/sha256"
+
+SPLITS = ("train", "valid", "test")
+
+# Files in the ingest output directory.
+STATS_FILE = "stats.json"
+REJECTS_FILE = "rejects.jsonl"
+SHARD_SUFFIX = ".tfrecord.gz"
+
+# Transformed examples and the transform graph.
+TRANSFORMED_IMAGE = "image"
+TRANSFORMED_LABEL = "label"
+LABEL_VOCABULARY = "label_vocabulary"
+TRANSFORM_FN_DIR = "transform_fn"
+
+# Trainer / evaluate / push artifacts.
+HYPERPARAMETERS_FILE = "hyperparameters.json"
+BLESSING_FILE = "blessing.json"
+SERVING_SIGNATURE = "serving_default"
+SERVING_INPUT = "image_bytes"
+
+
+def split_pattern(examples_uri: str, split: str) -> str:
+    """Glob of the shards of one split under an examples directory."""
+    return f"{examples_uri.rstrip('/')}/{split}/*{SHARD_SUFFIX}"

@@ -1,0 +1,134 @@
+"""MLflow tracking: one run per pipeline run, a nested run per step.
+
+Steps run in separate processes (KFP components), so the pipeline run is passed
+by id: explicitly, or through ``MLFLOW_RUN_ID`` (what KFP's MLflow integration
+injects). Without one, a step run is a top-level run of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from visionpipe.config import Config
+from visionpipe.home import Home
+
+log = logging.getLogger(__name__)
+
+PARENT_TAG = "mlflow.parentRunId"
+STEP_TAG = "visionpipe.step"
+KIND_TAG = "visionpipe.kind"
+
+
+def tracking_uri(config: Config, explicit: str = "") -> str:
+    """The tracking URI: explicit, else ``$MLFLOW_TRACKING_URI``, else config, else local."""
+    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or Home.resolve().tracking_uri(config)
+
+
+def configure(config: Config, explicit_uri: str = "") -> str:
+    """Points MLflow (tracking and registry) at the store and returns the experiment id."""
+    import mlflow
+
+    uri = tracking_uri(config, explicit_uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(config.mlflow.experiment)
+    if experiment is not None:
+        return experiment.experiment_id
+    artifact_location = None
+    if uri.startswith("sqlite:"):
+        artifact_location = Home.resolve().mlflow_artifacts.as_uri()
+    try:
+        return client.create_experiment(
+            config.mlflow.experiment, artifact_location=artifact_location
+        )
+    except mlflow.exceptions.MlflowException:  # created meanwhile by another process
+        return client.get_experiment_by_name(config.mlflow.experiment).experiment_id
+
+
+def start_pipeline_run(config: Config, run_name: str | None = None) -> str:
+    """Creates the pipeline run (status RUNNING), logs the config as params, returns its id."""
+    import mlflow
+
+    experiment_id = configure(config)
+    client = mlflow.MlflowClient()
+    run = client.create_run(
+        experiment_id, run_name=run_name, tags={KIND_TAG: "pipeline"}
+    )
+    params = {k: _param(v) for k, v in config.flat().items()}
+    client.log_batch(
+        run.info.run_id,
+        params=[mlflow.entities.Param(k, v) for k, v in sorted(params.items())],
+    )
+    return run.info.run_id
+
+
+def end_pipeline_run(run_id: str, ok: bool) -> None:
+    """Marks the pipeline run finished or failed."""
+    import mlflow
+
+    mlflow.MlflowClient().set_terminated(run_id, status="FINISHED" if ok else "FAILED")
+
+
+def parent_run_id(explicit: str = "") -> str:
+    """The pipeline run a step logs under: explicit, else ``$MLFLOW_RUN_ID``, else none."""
+    return explicit or os.environ.get("MLFLOW_RUN_ID", "")
+
+
+@contextlib.contextmanager
+def step_run(config: Config, step: str, parent_id: str = "") -> Iterator[Any]:
+    """Activates an MLflow run for one step, nested under the pipeline run if there is one.
+
+    Yields the active ``mlflow.ActiveRun``. The run is marked FAILED if the body raises.
+    """
+    import mlflow
+
+    experiment_id = configure(config)
+    parent = parent_run_id(parent_id)
+    tags = {STEP_TAG: step, KIND_TAG: "step"}
+    if parent:
+        tags[PARENT_TAG] = parent
+    client = mlflow.MlflowClient()
+    run = client.create_run(experiment_id, run_name=step, tags=tags)
+    # Leave MLFLOW_RUN_ID alone for our caller, but make sure start_run resumes *this* run.
+    saved = os.environ.pop("MLFLOW_RUN_ID", None)
+    try:
+        with mlflow.start_run(run_id=run.info.run_id) as active:
+            yield active
+    finally:
+        if saved is not None:
+            os.environ["MLFLOW_RUN_ID"] = saved
+
+
+def log_outcome(
+    parent_id: str,
+    metrics: Mapping[str, float] | None = None,
+    tags: Mapping[str, Any] | None = None,
+) -> None:
+    """Logs a step's outcome on the pipeline run too (no-op without a pipeline run)."""
+    import mlflow
+
+    parent = parent_run_id(parent_id)
+    if not parent:
+        return
+    client = mlflow.MlflowClient()
+    client.log_batch(
+        parent,
+        metrics=[mlflow.entities.Metric(k, float(v), _now_ms(), 0) for k, v in (metrics or {}).items()],
+        tags=[mlflow.entities.RunTag(k, str(v)) for k, v in (tags or {}).items()],
+    )
+
+
+def _now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)
+
+
+def _param(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 6000 else text[:5997] + "..."
