@@ -49,19 +49,20 @@ class IngestConfig(_Section):
 class TransformConfig(_Section):
     """tf.Transform preprocessing: decode, resize, normalise, vocabulary."""
 
-    image_size: int = Field(64, ge=8, le=1024, description="Square side in pixels.")
+    image_size: int = Field(32, ge=8, le=1024, description="Square side in pixels.")
     resize_mode: Literal["stretch", "pad", "center_crop"] = "stretch"
 
 
 class TrainerConfig(_Section):
     """Model and training loop; model values are the hyperparameter defaults."""
 
-    epochs: int = Field(12, ge=1)
+    epochs: int = Field(25, ge=1)
     batch_size: int = Field(32, ge=1)
-    learning_rate: float = Field(2e-3, gt=0, lt=1)
-    width: int = Field(32, ge=4, description="Filters of the first conv block.")
+    learning_rate: float = Field(3e-3, gt=0, lt=1)
+    width: int = Field(16, ge=4, description="Filters of the first conv block.")
     depth: int = Field(3, ge=1, le=6, description="Number of conv blocks.")
-    dropout: float = Field(0.2, ge=0, lt=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    early_stopping_patience: int = Field(8, ge=1, description="Epochs without val_loss gain.")
     strategy: Literal["auto", "one_device", "mirrored"] = "auto"
     seed: int = 42
 
@@ -73,7 +74,7 @@ class TunerConfig(_Section):
     max_trials: int = Field(2, ge=0, description="0 skips the search: defaults are used.")
     epochs: int = Field(3, ge=1, description="Epochs per trial.")
     search_space: dict[str, list[float]] = Field(
-        default_factory=lambda: {"learning_rate": [1e-3, 2e-3], "dropout": [0.1, 0.2]}
+        default_factory=lambda: {"learning_rate": [2e-3, 3e-3], "dropout": [0.1, 0.2]}
     )
 
     @model_validator(mode="after")

@@ -25,8 +25,8 @@ class SampleSpec:
     """What to generate."""
 
     classes: int = 5
-    per_class: int = 160
-    size: int = 96
+    per_class: int = 300
+    size: int = 64
     seed: int = 0
 
     def __post_init__(self) -> None:

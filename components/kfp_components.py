@@ -1,0 +1,177 @@
+"""The KFP components: thin wrappers mapping KFP artifacts to ``components.steps`` calls.
+
+Each function body imports the project (it runs in the project image, or locally
+under ``kfp.local``), so the functions are written without module-level names.
+``make_components(image)`` binds them to the configured base image; nothing is
+decided at import time.
+"""
+
+from types import SimpleNamespace
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
+
+
+def ingest_op(
+    data: str,
+    config_json: str,
+    mlflow_tracking_uri: str,
+    mlflow_run_id: str,
+    examples: Output[Dataset],
+) -> str:
+    """Ingest images into split TFRecords; returns the data fingerprint."""
+    import os
+
+    from components import steps
+    from visionpipe.config import Config
+
+    if mlflow_tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = mlflow_tracking_uri
+    result = steps.ingest(data, examples.path, Config.from_json(config_json), mlflow_run_id)
+    stats = result.stats
+    examples.metadata.update(
+        {
+            "examples": result.examples,
+            "rejected": stats["rejected"],
+            "duplicates": stats["duplicates"],
+            "fingerprint": stats["fingerprint"],
+        }
+    )
+    return stats["fingerprint"]
+
+
+def transform_op(
+    raw_examples: Input[Dataset],
+    config_json: str,
+    mlflow_tracking_uri: str,
+    mlflow_run_id: str,
+    examples: Output[Dataset],
+    transform_graph: Output[Artifact],
+):
+    """tf.Transform: transformed examples and the transform graph."""
+    import os
+
+    from components import steps
+    from visionpipe.config import Config
+
+    if mlflow_tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = mlflow_tracking_uri
+    result = steps.transform(
+        raw_examples.path, examples.path, transform_graph.path, Config.from_json(config_json),
+        mlflow_run_id,
+    )
+    examples.metadata["examples"] = result.examples
+    transform_graph.metadata["labels"] = result.labels
+
+
+def tune_op(
+    examples: Input[Dataset],
+    transform_graph: Input[Artifact],
+    config_json: str,
+    mlflow_tracking_uri: str,
+    mlflow_run_id: str,
+    hyperparameters: Output[Artifact],
+):
+    """keras-tuner search; the best hyperparameters as an artifact."""
+    import os
+
+    from components import steps
+    from visionpipe.config import Config
+
+    if mlflow_tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = mlflow_tracking_uri
+    result = steps.tune(
+        examples.path, transform_graph.path, hyperparameters.path, Config.from_json(config_json),
+        mlflow_run_id,
+    )
+    hyperparameters.metadata.update({"values": result.best_hyperparameters, "trials": result.trials})
+
+
+def train_op(
+    examples: Input[Dataset],
+    transform_graph: Input[Artifact],
+    hyperparameters: Input[Artifact],
+    config_json: str,
+    mlflow_tracking_uri: str,
+    mlflow_run_id: str,
+    model: Output[Model],
+):
+    """Train with the best hyperparameters; export the serving SavedModel."""
+    import os
+
+    from components import steps
+    from visionpipe.config import Config
+
+    if mlflow_tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = mlflow_tracking_uri
+    result = steps.train(
+        examples.path, transform_graph.path, hyperparameters.path, model.path,
+        Config.from_json(config_json), mlflow_run_id,
+    )
+    model.metadata.update({"hyperparameters": result.hyperparameters, **result.metrics})
+
+
+def evaluate_op(
+    raw_examples: Input[Dataset],
+    model: Input[Model],
+    config_json: str,
+    mlflow_tracking_uri: str,
+    mlflow_run_id: str,
+    metrics: Output[Metrics],
+    blessing: Output[Artifact],
+) -> bool:
+    """Candidate vs. champion on the same test split; returns whether the model is blessed.
+
+    A single ``bool`` return (KFP output ``Output``) rather than a named output: kfp.local
+    2.17 resolves ``dsl.If`` conditions only on a task's ``Output``.
+    """
+    import os
+
+    from components import steps
+    from visionpipe.config import Config
+
+    if mlflow_tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = mlflow_tracking_uri
+    result = steps.evaluate(
+        raw_examples.path, model.path, blessing.path, Config.from_json(config_json), mlflow_run_id
+    )
+    for name, value in result.candidate.items():
+        metrics.log_metric(name, value)
+    blessing.metadata.update({"blessed": result.blessed, "reason": result.reason})
+    return result.blessed
+
+
+def push_op(
+    model: Input[Model],
+    blessing: Input[Artifact],
+    config_json: str,
+    mlflow_tracking_uri: str,
+    mlflow_run_id: str,
+    pushed: Output[Artifact],
+) -> int:
+    """Publish a blessed model; returns the serving version."""
+    import os
+
+    from components import steps
+    from visionpipe.config import Config
+    from visionpipe.home import Home
+
+    if mlflow_tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = mlflow_tracking_uri
+    config = Config.from_json(config_json)
+    serving_root = Home.resolve().serving_root_for(config)
+    result = steps.push(model.path, blessing.path, config, serving_root, mlflow_run_id)
+    pushed.metadata.update({"version": result.version, "path": result.path, "digest": result.digest})
+    return result.version
+
+
+def make_components(image: str) -> SimpleNamespace:
+    """The pipeline's components, each a lightweight Python component on ``image``."""
+    component = dsl.component(base_image=image, install_kfp_package=False)
+    return SimpleNamespace(
+        ingest=component(ingest_op),
+        transform=component(transform_op),
+        tune=component(tune_op),
+        train=component(train_op),
+        evaluate=component(evaluate_op),
+        push=component(push_op),
+    )

@@ -1,0 +1,141 @@
+"""Each step's library call wrapped with its MLflow record.
+
+The CLI subcommands and the KFP components both call these, so a step logs the
+same things however it is run: a run of its own (nested under the pipeline run when
+there is one), its metrics and artifacts, and its outcome on the pipeline run.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from visionpipe import registry, tracking
+from visionpipe.config import Config
+
+log = logging.getLogger(__name__)
+
+
+def ingest(data_uri: str, output_uri: str, config: Config, parent_run_id: str = ""):
+    """Runs ingest; logs counts, rejects and the data fingerprint (as the dataset digest)."""
+    import mlflow
+
+    from components.ingest.ingest import run_ingest
+
+    with tracking.step_run(config, "ingest", parent_run_id):
+        result = run_ingest(data_uri, output_uri, config)
+        stats = result.stats
+        counts = {f"examples_{s}": n for s, n in result.examples.items()}
+        counts.update(rejected=stats["rejected"], duplicates=stats["duplicates"], inputs=stats["inputs"])
+        mlflow.log_metrics(counts)
+        mlflow.log_dict(stats, "stats.json")
+        mlflow.set_tags({"data_source": data_uri, "data_fingerprint": stats["fingerprint"]})
+        tracking.log_outcome(
+            parent_run_id, metrics=counts,
+            tags={"data_source": data_uri, "data_fingerprint": stats["fingerprint"]},
+        )
+    return result
+
+
+def transform(raw_examples_uri: str, examples_uri: str, graph_uri: str, config: Config,
+              parent_run_id: str = ""):
+    """Runs tf.Transform; logs the label vocabulary and transformed counts."""
+    import mlflow
+
+    from components.transform.transform import run_transform
+
+    with tracking.step_run(config, "transform", parent_run_id):
+        result = run_transform(raw_examples_uri, examples_uri, graph_uri, config)
+        mlflow.log_metrics({f"transformed_{s}": n for s, n in result.examples.items()})
+        mlflow.log_dict({"labels": result.labels}, "label_vocabulary.json")
+    return result
+
+
+def tune(examples_uri: str, graph_uri: str, output_uri: str, config: Config, parent_run_id: str = ""):
+    """Runs the keras-tuner search; every trial is a nested run; logs the best hyperparameters."""
+    import mlflow
+
+    from trainer.tune import run_tune
+
+    with tracking.step_run(config, "tune", parent_run_id):
+        result = run_tune(examples_uri, graph_uri, output_uri, config)
+        mlflow.log_params({f"best.{k}": v for k, v in result.best_hyperparameters.items()})
+        mlflow.log_metric("trials", result.trials)
+        if result.best_score is not None:
+            mlflow.log_metric("best_val_accuracy", result.best_score)
+        mlflow.log_dict(result.best_hyperparameters, "best_hyperparameters.json")
+    return result
+
+
+def train(examples_uri: str, graph_uri: str, hyperparameters_uri: str | None, model_uri: str,
+          config: Config, parent_run_id: str = ""):
+    """Trains and exports; per-epoch metrics land on this step's run."""
+    import mlflow
+
+    from trainer.train import run_train
+
+    with tracking.step_run(config, "train", parent_run_id):
+        result = run_train(examples_uri, graph_uri, hyperparameters_uri, model_uri, config)
+        mlflow.log_params({f"hp.{k}": v for k, v in result.hyperparameters.items()})
+        mlflow.log_metrics({f"final_{k}": v for k, v in result.metrics.items()})
+        mlflow.log_metric("epochs_run", result.epochs_run)
+        tracking.log_outcome(
+            parent_run_id, metrics={"trainer_test_accuracy": result.metrics.get("test_accuracy", 0.0)}
+        )
+    return result
+
+
+def evaluate(raw_examples_uri: str, model_uri: str, output_uri: str, config: Config,
+             parent_run_id: str = "", champion_model_uri: str | None = None):
+    """Evaluates candidate against the registry's champion (unless one is given) and gates."""
+    import mlflow
+
+    from components.evaluate.evaluate import run_evaluate
+
+    with tracking.step_run(config, "evaluate", parent_run_id):
+        if champion_model_uri is None:
+            champion_model_uri = registry.download_champion(config.push.model_name)
+        blessing = run_evaluate(raw_examples_uri, model_uri, output_uri, config, champion_model_uri)
+        metrics = {f"test_{k}": v for k, v in blessing.candidate.items() if k != "examples"}
+        if blessing.champion:
+            metrics.update({f"champion_test_{k}": v for k, v in blessing.champion.items()
+                            if k != "examples"})
+        metrics["blessed"] = float(blessing.blessed)
+        mlflow.log_metrics(metrics)
+        mlflow.log_dict(blessing.to_dict(), "blessing.json")
+        mlflow.set_tag("blessing_reason", blessing.reason)
+        tracking.log_outcome(
+            parent_run_id, metrics=metrics,
+            tags={"blessed": str(blessing.blessed).lower(), "blessing_reason": blessing.reason},
+        )
+    return blessing
+
+
+def push(model_uri: str, blessing_uri: str, config: Config, serving_root: str,
+         parent_run_id: str = ""):
+    """Publishes to the serving root and registers the version as ``champion``."""
+    import mlflow
+
+    from components.evaluate.evaluate import read_blessing
+    from components.push.push import run_push
+
+    with tracking.step_run(config, "push", parent_run_id) as run:
+        result = run_push(model_uri, blessing_uri, serving_root, config.push.model_name)
+        registered = None
+        if not result.already_pushed:
+            mlflow.log_artifacts(result.path, "model")
+            blessing = read_blessing(blessing_uri)
+            tags = {
+                "pipeline_run_id": tracking.parent_run_id(parent_run_id),
+                "serving_path": result.path,
+                "serving_version": str(result.version),
+                "model_digest": result.digest,
+                "test_accuracy": f"{blessing['candidate']['accuracy']:.6f}",
+            }
+            registered = registry.register(config.push.model_name, run.info.run_id, "model", tags)
+        mlflow.log_metric("pushed_version", result.version)
+        outcome = {"pushed_version": result.version, "pushed_path": result.path}
+        if registered:
+            outcome["registered_version"] = registered
+        mlflow.set_tags(outcome)
+        tracking.log_outcome(parent_run_id, metrics={"pushed_version": result.version}, tags=outcome)
+    return result

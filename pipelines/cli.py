@@ -1,0 +1,211 @@
+"""The ``visionpipe`` command line: each pipeline step, the whole local run, and compile.
+
+Every subcommand takes ``--config FILE.yaml`` and repeatable ``--set section.key=value``;
+the configuration is validated before any work starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+from visionpipe.config import Config, ConfigError, load_config
+
+log = logging.getLogger("visionpipe")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``visionpipe`` console script."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _quiet_libraries()
+    try:
+        config = load_config(args.config, args.set or [])
+        return args.handler(args, config) or 0
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"visionpipe: error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # noqa: BLE001 - known input errors become one line, others re-raise
+        from components.ingest.sources import DataError
+        from components.push.push import NotBlessedError
+
+        if isinstance(err, DataError | NotBlessedError):
+            print(f"visionpipe: error: {err}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="FILE.yaml", help="YAML file with config sections")
+    common.add_argument(
+        "--set", action="append", metavar="SECTION.KEY=VALUE",
+        help="override one config value (repeatable), e.g. --set trainer.epochs=5",
+    )
+    parser = argparse.ArgumentParser(
+        prog="visionpipe", description="Labelled images in, a tested, versioned, served classifier out."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, handler: Callable, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        p.set_defaults(handler=handler)
+        return p
+
+    p = command("sample-data", _sample_data, "Generate the built-in synthetic image dataset.")
+    p.add_argument("--out", required=True, help="output folder (folder-per-class + labels.csv)")
+    p.add_argument("--classes", type=int, default=5)
+    p.add_argument("--per-class", type=int, default=300)
+    p.add_argument("--size", type=int, default=64, help="image side in pixels")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = command("ingest", _ingest, "Images (folder-per-class or CSV) to split TFRecords.")
+    p.add_argument("--data", required=True, help="folder of class folders, or CSV of path,label")
+    p.add_argument("--out", required=True, help="output directory of raw examples")
+
+    p = command("transform", _transform, "tf.Transform: transformed examples + transform graph.")
+    p.add_argument("--examples", required=True, help="ingest's output directory")
+    p.add_argument("--out", required=True, help="output directory (examples/ and transform_graph/)")
+
+    p = command("tune", _tune, "keras-tuner search for the best hyperparameters.")
+    p.add_argument("--transformed", required=True, help="transform's output directory")
+    p.add_argument("--out", required=True, help="output directory (hyperparameters.json)")
+
+    p = command("train", _train, "Train and export the serving SavedModel.")
+    p.add_argument("--transformed", required=True, help="transform's output directory")
+    p.add_argument("--hyperparameters", help="tune's output directory (default: config values)")
+    p.add_argument("--out", required=True, help="model export directory")
+
+    p = command("evaluate", _evaluate, "Candidate vs. champion on the test split, and the gate.")
+    p.add_argument("--examples", required=True, help="ingest's output directory")
+    p.add_argument("--model", required=True, help="candidate SavedModel directory")
+    p.add_argument("--champion", help="champion SavedModel (default: the registry's champion)")
+    p.add_argument("--out", required=True, help="output directory (blessing.json)")
+
+    p = command("push", _push, "Publish a blessed model to the serving root and the registry.")
+    p.add_argument("--model", required=True, help="SavedModel directory")
+    p.add_argument("--blessing", required=True, help="evaluate's output directory")
+
+    p = command("run", _run, "Run the whole pipeline locally (kfp.local, no cluster).")
+    p.add_argument("--data", required=True, help="folder of class folders, or CSV of path,label")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON (last line)")
+
+    p = command("compile", _compile, "Compile the pipeline to KFP IR YAML.")
+    p.add_argument("--out", default="pipeline.yaml", help="output YAML file")
+    return parser
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for name in ("absl", "tensorflow", "apache_beam", "alembic", "mlflow", "kfp", "keras_tuner"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _transformed_paths(root: str) -> tuple[str, str]:
+    from visionpipe import storage
+
+    return storage.join(root, "examples"), storage.join(root, "transform_graph")
+
+
+def _sample_data(args, config: Config) -> None:
+    from visionpipe.sample_data import SampleSpec, generate
+
+    counts = generate(args.out, SampleSpec(args.classes, args.per_class, args.size, args.seed))
+    print(f"wrote {sum(counts.values())} images in {len(counts)} classes to {args.out}")
+
+
+def _ingest(args, config: Config) -> None:
+    from components import steps
+
+    result = steps.ingest(args.data, args.out, config)
+    print(json.dumps({"output": args.out, **result.stats}, indent=2))
+
+
+def _transform(args, config: Config) -> None:
+    from components import steps
+
+    examples, graph = _transformed_paths(args.out)
+    result = steps.transform(args.examples, examples, graph, config)
+    print(json.dumps({"examples": result.examples, "labels": result.labels, "output": args.out}))
+
+
+def _tune(args, config: Config) -> None:
+    from components import steps
+
+    examples, graph = _transformed_paths(args.transformed)
+    result = steps.tune(examples, graph, args.out, config)
+    print(json.dumps({"best": result.best_hyperparameters, "score": result.best_score}))
+
+
+def _train(args, config: Config) -> None:
+    from components import steps
+
+    examples, graph = _transformed_paths(args.transformed)
+    result = steps.train(examples, graph, args.hyperparameters, args.out, config)
+    print(json.dumps({"model": args.out, "metrics": result.metrics}))
+
+
+def _evaluate(args, config: Config) -> int:
+    from components import steps
+
+    blessing = steps.evaluate(args.examples, args.model, args.out, config, champion_model_uri=args.champion)
+    print(json.dumps(blessing.to_dict(), indent=2))
+    return 0
+
+
+def _push(args, config: Config) -> None:
+    from components import steps
+    from visionpipe.home import Home
+
+    result = steps.push(args.model, args.blessing, config, Home.resolve().serving_root_for(config))
+    print(json.dumps({"version": result.version, "path": result.path, "already_pushed": result.already_pushed}))
+
+
+def _run(args, config: Config) -> None:
+    from pipelines.local import run_local
+
+    summary = run_local(args.data, config)
+    if args.json:
+        print(json.dumps(summary.to_dict()))
+        return
+    print(_format_summary(summary))
+
+
+def _format_summary(s) -> str:
+    from visionpipe.home import Home
+
+    home = Home.resolve()
+    acc = "n/a" if s.test_accuracy is None else f"{s.test_accuracy:.4f}"
+    f1 = "n/a" if s.test_macro_f1 is None else f"{s.test_macro_f1:.4f}"
+    pushed = f"version {s.pushed_version} -> {s.pushed_path}" if s.pushed_version else "not pushed"
+    total = sum(s.examples.values())
+    split = " / ".join(f"{k} {v}" for k, v in s.examples.items())
+    return "\n".join(
+        [
+            "",
+            f"visionpipe run {s.status.lower()} in {s.wall_seconds:.0f} s",
+            f"  images      {total} ingested ({split}), {s.rejected} rejected, {s.duplicates} duplicates",
+            f"  test        accuracy {acc}, macro-F1 {f1}",
+            f"  blessed     {'yes' if s.blessed else 'no'} ({s.blessing_reason})",
+            f"  pushed      {pushed}",
+            f"  MLflow run  {s.mlflow_run_id}",
+            f"  MLflow UI   make mlflow-ui   (or: mlflow ui --backend-store-uri {s.tracking_uri} "
+            f"--default-artifact-root {home.mlflow_artifacts})",
+        ]
+    )
+
+
+def _compile(args, config: Config) -> None:
+    from pipelines.pipeline import compile_pipeline
+
+    compile_pipeline(config, args.out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Running the pipeline on this machine with kfp.local: no cluster, same components.
+
+The pipeline run in MLflow is created here, before the components start, and its
+id is handed to every component, so all steps nest under one run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+
+from components.ingest.sources import check_classes, list_sources
+from pipelines.pipeline import build_pipeline
+from visionpipe import tracking
+from visionpipe.config import Config
+from visionpipe.home import Home
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What one pipeline run produced (read back from its MLflow run)."""
+
+    mlflow_run_id: str
+    status: str
+    examples: dict[str, int]
+    rejected: int
+    duplicates: int
+    test_accuracy: float | None
+    test_macro_f1: float | None
+    blessed: bool
+    blessing_reason: str
+    pushed_version: int | None
+    pushed_path: str | None
+    data_fingerprint: str | None
+    wall_seconds: float
+    tracking_uri: str
+
+    def to_dict(self) -> dict:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+def resolve_local(config: Config, home: Home) -> Config:
+    """Fills the local defaults (serving root) into the config the components receive."""
+    push = config.push.model_copy(update={"serving_root": home.serving_root_for(config)})
+    return config.model_copy(update={"push": push})
+
+
+def run_local(data_uri: str, config: Config) -> RunSummary:
+    """Validates the data, then runs the whole pipeline locally and summarises it.
+
+    Raises:
+        DataError: the data path is missing, empty or has fewer than two classes
+            (raised before anything is created or written).
+        RuntimeError: a pipeline step failed (the MLflow run is marked FAILED).
+    """
+    from kfp import local
+
+    data_uri = _absolute(data_uri)
+    check_classes(data_uri, list_sources(data_uri), config.ingest.min_images_per_class)
+    home = Home.resolve()
+    home.root.mkdir(parents=True, exist_ok=True)
+    config = resolve_local(config, home)
+    uri = tracking.tracking_uri(config)
+    os.environ["MLFLOW_TRACKING_URI"] = uri  # the component processes inherit it
+    run_id = tracking.start_pipeline_run(config, run_name=f"{config.pipeline.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(home.pipeline_root),
+        raise_on_error=True,
+    )
+    started = time.monotonic()
+    ok = False
+    try:
+        build_pipeline(config)(
+            data=data_uri, config_json=config.to_json(), mlflow_tracking_uri=uri, mlflow_run_id=run_id
+        )
+        ok = True
+    finally:
+        tracking.end_pipeline_run(run_id, ok)
+    return summarize(run_id, time.monotonic() - started, uri)
+
+
+def summarize(run_id: str, wall_seconds: float, uri: str) -> RunSummary:
+    """Reads a pipeline run's outcome from MLflow."""
+    import mlflow
+
+    run = mlflow.MlflowClient().get_run(run_id)
+    m, t = run.data.metrics, run.data.tags
+    pushed = m.get("pushed_version")
+    return RunSummary(
+        mlflow_run_id=run_id,
+        status=run.info.status,
+        examples={s: int(m.get(f"examples_{s}", 0)) for s in ("train", "valid", "test")},
+        rejected=int(m.get("rejected", 0)),
+        duplicates=int(m.get("duplicates", 0)),
+        test_accuracy=m.get("test_accuracy"),
+        test_macro_f1=m.get("test_macro_f1"),
+        blessed=t.get("blessed") == "true",
+        blessing_reason=t.get("blessing_reason", ""),
+        pushed_version=int(pushed) if pushed is not None else None,
+        pushed_path=t.get("pushed_path"),
+        data_fingerprint=t.get("data_fingerprint"),
+        wall_seconds=round(wall_seconds, 1),
+        tracking_uri=uri,
+    )
+
+
+def _absolute(uri: str) -> str:
+    return uri if "://" in uri else os.path.abspath(uri)

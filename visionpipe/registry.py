@@ -1,0 +1,63 @@
+"""The MLflow model registry: finding the champion, registering a pushed version."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+PREVIOUS = "previous"
+
+
+def champion_version(model_name: str):
+    """The registry's ``ModelVersion`` with alias ``champion``, or None if there is none."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    try:
+        return client.get_model_version_by_alias(model_name, CHAMPION)
+    except MlflowException as err:
+        if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
+def download_champion(model_name: str, dst_dir: str | None = None) -> str | None:
+    """Downloads the champion's SavedModel; returns its local directory, or None."""
+    import mlflow
+
+    version = champion_version(model_name)
+    if version is None:
+        return None
+    dst = dst_dir or tempfile.mkdtemp(prefix="champion-")
+    return mlflow.artifacts.download_artifacts(
+        artifact_uri=f"models:/{model_name}@{CHAMPION}", dst_path=dst
+    )
+
+
+def register(model_name: str, run_id: str, artifact_path: str, tags: dict[str, str]) -> str:
+    """Registers the run's logged model as a new version and makes it the champion.
+
+    The former champion, if any, gets the alias ``previous``. Returns the new version.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    try:
+        client.create_registered_model(model_name)
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    former = champion_version(model_name)
+    version = client.create_model_version(
+        model_name, source=f"runs:/{run_id}/{artifact_path}", run_id=run_id, tags=tags
+    )
+    if former is not None:
+        client.set_registered_model_alias(model_name, PREVIOUS, former.version)
+    client.set_registered_model_alias(model_name, CHAMPION, version.version)
+    log.info("registry: %s version %s is now %s", model_name, version.version, CHAMPION)
+    return str(version.version)
