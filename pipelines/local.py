@@ -66,7 +66,6 @@ def run_local(data_uri: str, config: Config) -> RunSummary:
     home.root.mkdir(parents=True, exist_ok=True)
     config = resolve_local(config, home)
     uri = tracking.tracking_uri(config)
-    os.environ["MLFLOW_TRACKING_URI"] = uri  # the component processes inherit it
     run_id = tracking.start_pipeline_run(config, run_name=f"{config.pipeline.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     local.init(
         runner=local.SubprocessRunner(use_venv=False),

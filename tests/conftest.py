@@ -1,0 +1,79 @@
+"""Shared fixtures: tiny generated datasets, a tiny config, and an isolated VISIONPIPE_HOME."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+from visionpipe.config import load_config  # noqa: E402
+from visionpipe.sample_data import SampleSpec, generate  # noqa: E402
+
+TINY_OVERRIDES = [
+    "transform.image_size=16",
+    "trainer.epochs=2",
+    "trainer.width=4",
+    "trainer.depth=1",
+    "trainer.batch_size=8",
+    "tuner.max_trials=1",
+    "tuner.epochs=1",
+    "evaluate.min_accuracy=0.0",
+    "ingest.min_images_per_class=1",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    """A config small enough to train in seconds; the gate blesses anything."""
+    return load_config(overrides=TINY_OVERRIDES)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """3 classes x 12 images of 32 px, folder-per-class plus labels.csv."""
+    root = tmp_path_factory.mktemp("tiny_dataset")
+    generate(root, SampleSpec(classes=3, per_class=12, size=32, seed=7))
+    return root
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path, monkeypatch):
+    """Every test gets its own VISIONPIPE_HOME and no inherited MLflow coordinates."""
+    home = tmp_path / "vp_home"
+    monkeypatch.setenv("VISIONPIPE_HOME", str(home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    return home
+
+
+@pytest.fixture(scope="session")
+def ingested(tiny_dataset, tiny_config, tmp_path_factory):
+    """The tiny dataset through the ingest step (library call, no MLflow)."""
+    from components.ingest.ingest import run_ingest
+
+    out = tmp_path_factory.mktemp("ingested") / "examples"
+    return run_ingest(str(tiny_dataset), str(out), tiny_config)
+
+
+@pytest.fixture(scope="session")
+def transformed(ingested, tiny_config, tmp_path_factory):
+    """The ingested examples through tf.Transform."""
+    from components.transform.transform import run_transform
+
+    root = tmp_path_factory.mktemp("transformed")
+    return run_transform(
+        ingested.output_uri, str(root / "examples"), str(root / "transform_graph"), tiny_config
+    )
+
+
+@pytest.fixture(scope="session")
+def trained(transformed, tiny_config, tmp_path_factory):
+    """A tiny model trained and exported with the default hyperparameters."""
+    from trainer.train import run_train
+
+    out = tmp_path_factory.mktemp("model") / "model"
+    return run_train(
+        transformed.examples_uri, transformed.transform_graph_uri, None, str(out), tiny_config
+    )

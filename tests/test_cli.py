@@ -1,0 +1,70 @@
+import pytest
+import yaml
+from google.protobuf import json_format
+from kfp.pipeline_spec import pipeline_spec_pb2
+
+from pipelines.cli import main
+
+SUBCOMMANDS = ["sample-data", "ingest", "transform", "tune", "train", "evaluate", "push", "run", "compile"]
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_every_subcommand_has_help_with_config_options(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--config" in out and "--set" in out
+
+
+def _run_fails(args, capsys, isolated_home):
+    code = main(args)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("visionpipe: error:")
+    assert not isolated_home.exists(), "nothing may be written on bad input"
+    return err
+
+
+def test_run_with_missing_data_path_fails_naming_it(tmp_path, capsys, isolated_home):
+    err = _run_fails(["run", "--data", str(tmp_path / "nowhere")], capsys, isolated_home)
+    assert "nowhere" in err and "no such file" in err
+
+
+def test_run_with_empty_folder_fails_naming_it(tmp_path, capsys, isolated_home):
+    (tmp_path / "empty").mkdir()
+    err = _run_fails(["run", "--data", str(tmp_path / "empty")], capsys, isolated_home)
+    assert "empty" in err and "no labelled images" in err
+
+
+def test_run_with_a_single_class_fails(tmp_path, tiny_dataset, capsys, isolated_home):
+    (tmp_path / "one" / "circle").mkdir(parents=True)
+    for p in (tiny_dataset / "circle").iterdir():
+        (tmp_path / "one" / "circle" / p.name).write_bytes(p.read_bytes())
+    err = _run_fails(["run", "--data", str(tmp_path / "one")], capsys, isolated_home)
+    assert "at least 2 classes" in err
+
+
+def test_unknown_set_key_fails_before_any_work(tiny_dataset, capsys, isolated_home):
+    err = _run_fails(["run", "--data", str(tiny_dataset), "--set", "trainer.epoks=3"], capsys, isolated_home)
+    assert "trainer.epoks" in err
+
+
+def test_wrongly_typed_set_value_fails_naming_the_key(tiny_dataset, capsys, isolated_home):
+    err = _run_fails(["run", "--data", str(tiny_dataset), "--set", "tuner.max_trials=lots"], capsys,
+                     isolated_home)
+    assert "tuner.max_trials" in err
+
+
+def test_compile_writes_a_strict_kfp_pipeline_spec(tmp_path, capsys):
+    out = tmp_path / "pipeline.yaml"
+    assert main(["compile", "--out", str(out), "--set", "pipeline.image=registry.example/vp:1.2"]) == 0
+    text = out.read_text()
+    spec = json_format.ParseDict(yaml.safe_load(text), pipeline_spec_pb2.PipelineSpec())
+    executors = spec.deployment_spec.fields["executors"].struct_value.fields
+    assert len(executors) == 6
+    images = {e.struct_value.fields["container"].struct_value.fields["image"].string_value
+              for e in executors.values()}
+    assert images == {"registry.example/vp:1.2"}
+    assert str(tmp_path) not in text and "/work/" not in text
+    assert "pip install" not in text

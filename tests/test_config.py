@@ -1,0 +1,70 @@
+import pytest
+
+from visionpipe.config import Config, ConfigError, load_config
+
+
+def test_defaults_are_valid_and_frozen():
+    config = load_config()
+    assert config.transform.image_size == 32
+    with pytest.raises(Exception):
+        config.trainer.epochs = 3
+
+
+def test_yaml_file_then_overrides_win(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("trainer:\n  epochs: 7\n  dropout: 0.3\npush:\n  model_name: shapes\n")
+    config = load_config(path, ["trainer.epochs=9", "tuner.search_space={width: [8, 16]}"])
+    assert config.trainer.epochs == 9
+    assert config.trainer.dropout == 0.3
+    assert config.push.model_name == "shapes"
+    assert config.tuner.search_space == {"width": [8.0, 16.0]}
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigError, match="trainer.epoch'"):
+        load_config(overrides=["trainer.epoch=3"])
+
+
+def test_unknown_section_is_named():
+    with pytest.raises(ConfigError, match="no section 'training'"):
+        load_config(overrides=["training.epochs=3"])
+
+
+def test_wrong_type_is_named():
+    with pytest.raises(ConfigError, match="trainer.epochs"):
+        load_config(overrides=["trainer.epochs=many"])
+
+
+def test_out_of_range_value_is_named():
+    with pytest.raises(ConfigError, match="evaluate.min_accuracy"):
+        load_config(overrides=["evaluate.min_accuracy=1.5"])
+
+
+def test_split_fractions_must_sum_to_one():
+    with pytest.raises(ConfigError, match="must be 1"):
+        load_config(overrides=["ingest.train_fraction=0.9"])
+
+
+def test_unknown_key_in_yaml_file_is_named(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("trainer:\n  learning_rte: 0.1\n")
+    with pytest.raises(ConfigError, match="trainer.learning_rte"):
+        load_config(path)
+
+
+def test_malformed_override_and_missing_file():
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config(overrides=["epochs"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("/nonexistent/config.yaml")
+
+
+def test_search_space_names_must_be_tunable():
+    with pytest.raises(ConfigError, match="unknown hyperparameters"):
+        load_config(overrides=["tuner.search_space={momentum: [0.9]}"])
+
+
+def test_json_round_trip():
+    config = load_config(overrides=["trainer.epochs=3"])
+    assert Config.from_json(config.to_json()) == config
+    assert config.flat()["trainer.epochs"] == 3

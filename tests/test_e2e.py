@@ -1,0 +1,75 @@
+"""The real pipeline through kfp.local, as a user runs it: `visionpipe run --json`."""
+
+import json
+import os
+import subprocess
+import sys
+
+import mlflow
+import pytest
+import tensorflow as tf
+
+from tests.conftest import TINY_OVERRIDES
+from visionpipe import features as F
+
+pytestmark = pytest.mark.e2e
+
+
+def _run(data, home):
+    args = [sys.executable, "-m", "pipelines.cli", "run", "--data", str(data), "--json"]
+    for item in TINY_OVERRIDES:
+        args += ["--set", item]
+    env = {**os.environ, "VISIONPIPE_HOME": str(home)}
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _count(pattern):
+    files = tf.io.gfile.glob(pattern)
+    return sum(1 for _ in tf.data.TFRecordDataset(files, compression_type="GZIP"))
+
+
+def test_pipeline_runs_end_to_end_then_retrains_against_the_champion(tiny_dataset, isolated_home):
+    first = _run(tiny_dataset, isolated_home)
+
+    # Ingest wrote what the summary says, split by split.
+    [examples] = list(isolated_home.glob("pipeline_root/*/ingest-op/examples"))
+    for split in F.SPLITS:
+        assert _count(F.split_pattern(str(examples), split)) == first["examples"][split]
+    assert sum(first["examples"].values()) == 36 and first["rejected"] == 0
+
+    # The gate (min_accuracy 0 in the tiny config) blessed it and it was pushed.
+    assert first["blessed"] is True and first["pushed_version"] == 1
+    serve = tf.saved_model.load(first["pushed_path"]).signatures[F.SERVING_SIGNATURE]
+    jpeg = (tiny_dataset / "square" / "square_00003.jpg").read_bytes()
+    out = serve(**{F.SERVING_INPUT: tf.constant([jpeg, jpeg])})
+    assert out["probabilities"].shape == (2, 3) and out["class_name"].shape == (2,)
+
+    # MLflow: one finished pipeline run with a nested run per step, and the champion alias.
+    mlflow.set_tracking_uri(f"sqlite:///{isolated_home / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    run = client.get_run(first["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["trainer.epochs"] == "2"
+    assert run.data.metrics["test_accuracy"] == pytest.approx(first["test_accuracy"])
+    children = client.search_runs(
+        [run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+    assert {c.data.tags["visionpipe.step"] for c in children} == {
+        "ingest", "transform", "tune", "train", "evaluate", "push"}
+    train_run = next(c for c in children if c.data.tags["visionpipe.step"] == "train")
+    assert len(client.get_metric_history(train_run.info.run_id, "loss")) == 2  # per epoch
+    champion = client.get_model_version_by_alias("visionpipe-classifier", "champion")
+    assert champion.tags["serving_version"] == "1"
+    assert champion.tags["pipeline_run_id"] == first["mlflow_run_id"]
+
+    # A second run is evaluated against that champion on the same test split.
+    second = _run(tiny_dataset, isolated_home)
+    again = client.get_run(second["mlflow_run_id"])
+    assert "champion_test_accuracy" in again.data.metrics
+    if second["blessed"]:
+        assert second["pushed_version"] == 2
+        assert str(client.get_model_version_by_alias("visionpipe-classifier", "champion").version) == "2"
+        assert str(client.get_model_version_by_alias("visionpipe-classifier", "previous").version) == "1"
+    else:
+        assert second["pushed_version"] is None
