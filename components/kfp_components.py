@@ -7,6 +7,7 @@ decided at import time.
 """
 
 from types import SimpleNamespace
+
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
@@ -56,7 +57,10 @@ def transform_op(
     if mlflow_tracking_uri:
         os.environ["MLFLOW_TRACKING_URI"] = mlflow_tracking_uri
     result = steps.transform(
-        raw_examples.path, examples.path, transform_graph.path, Config.from_json(config_json),
+        raw_examples.path,
+        examples.path,
+        transform_graph.path,
+        Config.from_json(config_json),
         mlflow_run_id,
     )
     examples.metadata["examples"] = result.examples
@@ -80,10 +84,15 @@ def tune_op(
     if mlflow_tracking_uri:
         os.environ["MLFLOW_TRACKING_URI"] = mlflow_tracking_uri
     result = steps.tune(
-        examples.path, transform_graph.path, hyperparameters.path, Config.from_json(config_json),
+        examples.path,
+        transform_graph.path,
+        hyperparameters.path,
+        Config.from_json(config_json),
         mlflow_run_id,
     )
-    hyperparameters.metadata.update({"values": result.best_hyperparameters, "trials": result.trials})
+    hyperparameters.metadata.update(
+        {"values": result.best_hyperparameters, "trials": result.trials}
+    )
 
 
 def train_op(
@@ -104,8 +113,12 @@ def train_op(
     if mlflow_tracking_uri:
         os.environ["MLFLOW_TRACKING_URI"] = mlflow_tracking_uri
     result = steps.train(
-        examples.path, transform_graph.path, hyperparameters.path, model.path,
-        Config.from_json(config_json), mlflow_run_id,
+        examples.path,
+        transform_graph.path,
+        hyperparameters.path,
+        model.path,
+        Config.from_json(config_json),
+        mlflow_run_id,
     )
     model.metadata.update({"hyperparameters": result.hyperparameters, **result.metrics})
 
@@ -160,7 +173,9 @@ def push_op(
     config = Config.from_json(config_json)
     serving_root = Home.resolve().serving_root_for(config)
     result = steps.push(model.path, blessing.path, config, serving_root, mlflow_run_id)
-    pushed.metadata.update({"version": result.version, "path": result.path, "digest": result.digest})
+    pushed.metadata.update(
+        {"version": result.version, "path": result.path, "digest": result.digest}
+    )
     return result.version
 
 

@@ -25,19 +25,27 @@ def ingest(data_uri: str, output_uri: str, config: Config, parent_run_id: str = 
         result = run_ingest(data_uri, output_uri, config)
         stats = result.stats
         counts = {f"examples_{s}": n for s, n in result.examples.items()}
-        counts.update(rejected=stats["rejected"], duplicates=stats["duplicates"], inputs=stats["inputs"])
+        counts.update(
+            rejected=stats["rejected"], duplicates=stats["duplicates"], inputs=stats["inputs"]
+        )
         mlflow.log_metrics(counts)
         mlflow.log_dict(stats, "stats.json")
         mlflow.set_tags({"data_source": data_uri, "data_fingerprint": stats["fingerprint"]})
         tracking.log_outcome(
-            parent_run_id, metrics=counts,
+            parent_run_id,
+            metrics=counts,
             tags={"data_source": data_uri, "data_fingerprint": stats["fingerprint"]},
         )
     return result
 
 
-def transform(raw_examples_uri: str, examples_uri: str, graph_uri: str, config: Config,
-              parent_run_id: str = ""):
+def transform(
+    raw_examples_uri: str,
+    examples_uri: str,
+    graph_uri: str,
+    config: Config,
+    parent_run_id: str = "",
+):
     """Runs tf.Transform; logs the label vocabulary and transformed counts."""
     import mlflow
 
@@ -50,7 +58,9 @@ def transform(raw_examples_uri: str, examples_uri: str, graph_uri: str, config: 
     return result
 
 
-def tune(examples_uri: str, graph_uri: str, output_uri: str, config: Config, parent_run_id: str = ""):
+def tune(
+    examples_uri: str, graph_uri: str, output_uri: str, config: Config, parent_run_id: str = ""
+):
     """Runs the keras-tuner search; every trial is a nested run; logs the best hyperparameters."""
     import mlflow
 
@@ -66,8 +76,14 @@ def tune(examples_uri: str, graph_uri: str, output_uri: str, config: Config, par
     return result
 
 
-def train(examples_uri: str, graph_uri: str, hyperparameters_uri: str | None, model_uri: str,
-          config: Config, parent_run_id: str = ""):
+def train(
+    examples_uri: str,
+    graph_uri: str,
+    hyperparameters_uri: str | None,
+    model_uri: str,
+    config: Config,
+    parent_run_id: str = "",
+):
     """Trains and exports; per-epoch metrics land on this step's run."""
     import mlflow
 
@@ -79,13 +95,20 @@ def train(examples_uri: str, graph_uri: str, hyperparameters_uri: str | None, mo
         mlflow.log_metrics({f"final_{k}": v for k, v in result.metrics.items()})
         mlflow.log_metric("epochs_run", result.epochs_run)
         tracking.log_outcome(
-            parent_run_id, metrics={"trainer_test_accuracy": result.metrics.get("test_accuracy", 0.0)}
+            parent_run_id,
+            metrics={"trainer_test_accuracy": result.metrics.get("test_accuracy", 0.0)},
         )
     return result
 
 
-def evaluate(raw_examples_uri: str, model_uri: str, output_uri: str, config: Config,
-             parent_run_id: str = "", champion_model_uri: str | None = None):
+def evaluate(
+    raw_examples_uri: str,
+    model_uri: str,
+    output_uri: str,
+    config: Config,
+    parent_run_id: str = "",
+    champion_model_uri: str | None = None,
+):
     """Evaluates candidate against the registry's champion (unless one is given) and gates."""
     import mlflow
 
@@ -97,21 +120,24 @@ def evaluate(raw_examples_uri: str, model_uri: str, output_uri: str, config: Con
         blessing = run_evaluate(raw_examples_uri, model_uri, output_uri, config, champion_model_uri)
         metrics = {f"test_{k}": v for k, v in blessing.candidate.items() if k != "examples"}
         if blessing.champion:
-            metrics.update({f"champion_test_{k}": v for k, v in blessing.champion.items()
-                            if k != "examples"})
+            metrics.update(
+                {f"champion_test_{k}": v for k, v in blessing.champion.items() if k != "examples"}
+            )
         metrics["blessed"] = float(blessing.blessed)
         mlflow.log_metrics(metrics)
         mlflow.log_dict(blessing.to_dict(), "blessing.json")
         mlflow.set_tag("blessing_reason", blessing.reason)
         tracking.log_outcome(
-            parent_run_id, metrics=metrics,
+            parent_run_id,
+            metrics=metrics,
             tags={"blessed": str(blessing.blessed).lower(), "blessing_reason": blessing.reason},
         )
     return blessing
 
 
-def push(model_uri: str, blessing_uri: str, config: Config, serving_root: str,
-         parent_run_id: str = ""):
+def push(
+    model_uri: str, blessing_uri: str, config: Config, serving_root: str, parent_run_id: str = ""
+):
     """Publishes to the serving root and registers the version as ``champion``."""
     import mlflow
 
@@ -137,5 +163,7 @@ def push(model_uri: str, blessing_uri: str, config: Config, serving_root: str,
         if registered:
             outcome["registered_version"] = registered
         mlflow.set_tags(outcome)
-        tracking.log_outcome(parent_run_id, metrics={"pushed_version": result.version}, tags=outcome)
+        tracking.log_outcome(
+            parent_run_id, metrics={"pushed_version": result.version}, tags=outcome
+        )
     return result

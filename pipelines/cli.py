@@ -43,11 +43,14 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", metavar="FILE.yaml", help="YAML file with config sections")
     common.add_argument(
-        "--set", action="append", metavar="SECTION.KEY=VALUE",
+        "--set",
+        action="append",
+        metavar="SECTION.KEY=VALUE",
         help="override one config value (repeatable), e.g. --set trainer.epochs=5",
     )
     parser = argparse.ArgumentParser(
-        prog="visionpipe", description="Labelled images in, a tested, versioned, served classifier out."
+        prog="visionpipe",
+        description="Labelled images in, a tested, versioned, served classifier out.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -101,7 +104,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _quiet_libraries() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     for name in ("absl", "tensorflow", "apache_beam", "alembic", "mlflow", "kfp", "keras_tuner"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -153,7 +158,9 @@ def _train(args, config: Config) -> None:
 def _evaluate(args, config: Config) -> int:
     from components import steps
 
-    blessing = steps.evaluate(args.examples, args.model, args.out, config, champion_model_uri=args.champion)
+    blessing = steps.evaluate(
+        args.examples, args.model, args.out, config, champion_model_uri=args.champion
+    )
     print(json.dumps(blessing.to_dict(), indent=2))
     return 0
 
@@ -163,7 +170,15 @@ def _push(args, config: Config) -> None:
     from visionpipe.home import Home
 
     result = steps.push(args.model, args.blessing, config, Home.resolve().serving_root_for(config))
-    print(json.dumps({"version": result.version, "path": result.path, "already_pushed": result.already_pushed}))
+    print(
+        json.dumps(
+            {
+                "version": result.version,
+                "path": result.path,
+                "already_pushed": result.already_pushed,
+            }
+        )
+    )
 
 
 def _run(args, config: Config) -> None:
@@ -189,7 +204,8 @@ def _format_summary(s) -> str:
         [
             "",
             f"visionpipe run {s.status.lower()} in {s.wall_seconds:.0f} s",
-            f"  images      {total} ingested ({split}), {s.rejected} rejected, {s.duplicates} duplicates",
+            f"  images      {total} ingested ({split}), "
+            f"{s.rejected} rejected, {s.duplicates} duplicates",
             f"  test        accuracy {acc}, macro-F1 {f1}",
             f"  blessed     {'yes' if s.blessed else 'no'} ({s.blessing_reason})",
             f"  pushed      {pushed}",

@@ -66,7 +66,9 @@ def run_local(data_uri: str, config: Config) -> RunSummary:
     home.root.mkdir(parents=True, exist_ok=True)
     config = resolve_local(config, home)
     uri = tracking.tracking_uri(config)
-    run_id = tracking.start_pipeline_run(config, run_name=f"{config.pipeline.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_id = tracking.start_pipeline_run(
+        config, run_name=f"{config.pipeline.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
     local.init(
         runner=local.SubprocessRunner(use_venv=False),
         pipeline_root=str(home.pipeline_root),
@@ -76,7 +78,10 @@ def run_local(data_uri: str, config: Config) -> RunSummary:
     ok = False
     try:
         build_pipeline(config)(
-            data=data_uri, config_json=config.to_json(), mlflow_tracking_uri=uri, mlflow_run_id=run_id
+            data=data_uri,
+            config_json=config.to_json(),
+            mlflow_tracking_uri=uri,
+            mlflow_run_id=run_id,
         )
         ok = True
     finally:

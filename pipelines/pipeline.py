@@ -1,6 +1,5 @@
 """The KFP v2 pipeline: ingest -> transform -> tune -> train -> evaluate -> push (if blessed)."""
 
-
 from kfp import compiler, dsl
 
 from components.kfp_components import make_components

@@ -5,7 +5,17 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 
 from pipelines.cli import main
 
-SUBCOMMANDS = ["sample-data", "ingest", "transform", "tune", "train", "evaluate", "push", "run", "compile"]
+SUBCOMMANDS = [
+    "sample-data",
+    "ingest",
+    "transform",
+    "tune",
+    "train",
+    "evaluate",
+    "push",
+    "run",
+    "compile",
+]
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)
@@ -46,25 +56,34 @@ def test_run_with_a_single_class_fails(tmp_path, tiny_dataset, capsys, isolated_
 
 
 def test_unknown_set_key_fails_before_any_work(tiny_dataset, capsys, isolated_home):
-    err = _run_fails(["run", "--data", str(tiny_dataset), "--set", "trainer.epoks=3"], capsys, isolated_home)
+    err = _run_fails(
+        ["run", "--data", str(tiny_dataset), "--set", "trainer.epoks=3"], capsys, isolated_home
+    )
     assert "trainer.epoks" in err
 
 
 def test_wrongly_typed_set_value_fails_naming_the_key(tiny_dataset, capsys, isolated_home):
-    err = _run_fails(["run", "--data", str(tiny_dataset), "--set", "tuner.max_trials=lots"], capsys,
-                     isolated_home)
+    err = _run_fails(
+        ["run", "--data", str(tiny_dataset), "--set", "tuner.max_trials=lots"],
+        capsys,
+        isolated_home,
+    )
     assert "tuner.max_trials" in err
 
 
 def test_compile_writes_a_strict_kfp_pipeline_spec(tmp_path, capsys):
     out = tmp_path / "pipeline.yaml"
-    assert main(["compile", "--out", str(out), "--set", "pipeline.image=registry.example/vp:1.2"]) == 0
+    assert (
+        main(["compile", "--out", str(out), "--set", "pipeline.image=registry.example/vp:1.2"]) == 0
+    )
     text = out.read_text()
     spec = json_format.ParseDict(yaml.safe_load(text), pipeline_spec_pb2.PipelineSpec())
     executors = spec.deployment_spec.fields["executors"].struct_value.fields
     assert len(executors) == 6
-    images = {e.struct_value.fields["container"].struct_value.fields["image"].string_value
-              for e in executors.values()}
+    images = {
+        e.struct_value.fields["container"].struct_value.fields["image"].string_value
+        for e in executors.values()
+    }
     assert images == {"registry.example/vp:1.2"}
     assert str(tmp_path) not in text and "/work/" not in text
     assert "pip install" not in text

@@ -1,4 +1,5 @@
 import pytest
+from pydantic import ValidationError
 
 from visionpipe.config import Config, ConfigError, load_config
 
@@ -6,7 +7,7 @@ from visionpipe.config import Config, ConfigError, load_config
 def test_defaults_are_valid_and_frozen():
     config = load_config()
     assert config.transform.image_size == 32
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         config.trainer.epochs = 3
 
 

@@ -54,9 +54,16 @@ def test_pipeline_runs_end_to_end_then_retrains_against_the_champion(tiny_datase
     assert run.data.params["trainer.epochs"] == "2"
     assert run.data.metrics["test_accuracy"] == pytest.approx(first["test_accuracy"])
     children = client.search_runs(
-        [run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+        [run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'"
+    )
     assert {c.data.tags["visionpipe.step"] for c in children} == {
-        "ingest", "transform", "tune", "train", "evaluate", "push"}
+        "ingest",
+        "transform",
+        "tune",
+        "train",
+        "evaluate",
+        "push",
+    }
     train_run = next(c for c in children if c.data.tags["visionpipe.step"] == "train")
     assert len(client.get_metric_history(train_run.info.run_id, "loss")) == 2  # per epoch
     champion = client.get_model_version_by_alias("visionpipe-classifier", "champion")
@@ -69,7 +76,13 @@ def test_pipeline_runs_end_to_end_then_retrains_against_the_champion(tiny_datase
     assert "champion_test_accuracy" in again.data.metrics
     if second["blessed"]:
         assert second["pushed_version"] == 2
-        assert str(client.get_model_version_by_alias("visionpipe-classifier", "champion").version) == "2"
-        assert str(client.get_model_version_by_alias("visionpipe-classifier", "previous").version) == "1"
+        assert (
+            str(client.get_model_version_by_alias("visionpipe-classifier", "champion").version)
+            == "2"
+        )
+        assert (
+            str(client.get_model_version_by_alias("visionpipe-classifier", "previous").version)
+            == "1"
+        )
     else:
         assert second["pushed_version"] is None

@@ -42,8 +42,13 @@ def test_gate_matrix(candidate, champion, overrides, blessed):
 
 def test_evaluate_scores_candidate_and_champion_on_the_same_examples(ingested, trained, tmp_path):
     config = load_config(overrides=["evaluate.min_accuracy=0.0"])
-    blessing = run_evaluate(ingested.output_uri, trained.model_uri, str(tmp_path), config,
-                            champion_model_uri=trained.model_uri)
+    blessing = run_evaluate(
+        ingested.output_uri,
+        trained.model_uri,
+        str(tmp_path),
+        config,
+        champion_model_uri=trained.model_uri,
+    )
     assert blessing.candidate == blessing.champion
     assert blessing.candidate["examples"] == ingested.examples["test"]
     assert blessing.blessed

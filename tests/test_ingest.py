@@ -24,11 +24,14 @@ def _encode(mode, fmt, size=(8, 6), **save):
 
 def _records(pattern):
     files = tf.io.gfile.glob(pattern)
-    return [tf.train.Example.FromString(r.numpy())
-            for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+    return [
+        tf.train.Example.FromString(r.numpy())
+        for r in tf.data.TFRecordDataset(files, compression_type="GZIP")
+    ]
 
 
 # --- sources -----------------------------------------------------------------
+
 
 def test_folder_tree_labels_by_first_level_folder_including_nested(tmp_path):
     (tmp_path / "cat" / "indoor").mkdir(parents=True)
@@ -39,7 +42,10 @@ def test_folder_tree_labels_by_first_level_folder_including_nested(tmp_path):
     (tmp_path / "readme.txt").write_text("not a class")
     sources = list_sources(str(tmp_path))
     assert [(s.uri.split("/")[-1], s.label) for s in sources] == [
-        ("a.jpg", "cat"), ("b.jpg", "cat"), ("c.jpg", "dog")]
+        ("a.jpg", "cat"),
+        ("b.jpg", "cat"),
+        ("c.jpg", "dog"),
+    ]
 
 
 def test_csv_with_header_and_relative_paths(tmp_path):
@@ -47,7 +53,9 @@ def test_csv_with_header_and_relative_paths(tmp_path):
     (tmp_path / "list.csv").write_text("path,label\nimgs/a.jpg,cat\n/abs/b.jpg,dog\n\n")
     sources = list_sources(str(tmp_path / "list.csv"))
     assert [(s.uri, s.label) for s in sources] == [
-        ("/abs/b.jpg", "dog"), (f"{tmp_path}/imgs/a.jpg", "cat")]
+        ("/abs/b.jpg", "dog"),
+        (f"{tmp_path}/imgs/a.jpg", "cat"),
+    ]
 
 
 def test_csv_row_with_wrong_columns_names_the_line(tmp_path):
@@ -80,6 +88,7 @@ def test_object_store_uri_through_fsspec():
 
 
 # --- one image ---------------------------------------------------------------
+
 
 def test_plain_jpeg_and_png_keep_their_bytes():
     for fmt in ("JPEG", "PNG"):
@@ -120,6 +129,7 @@ def test_truncated_image_is_rejected():
 
 # --- the Beam pipeline -------------------------------------------------------
 
+
 def test_split_is_a_stable_function_of_content():
     config = load_config().ingest
     splits = [assign_split(f"{i:064x}", config) for i in range(2000)]
@@ -140,7 +150,11 @@ def test_every_input_is_written_rejected_or_counted_as_duplicate(tmp_path, tiny_
     assert stats["inputs"] == 16
     assert stats["inputs"] == stats["written"] + stats["rejected"] + stats["duplicates"]
     assert stats["duplicates"] == 1
-    assert stats["rejected_by_reason"] == {"conflicting_labels": 2, "empty_file": 1, "not_an_image": 1}
+    assert stats["rejected_by_reason"] == {
+        "conflicting_labels": 2,
+        "empty_file": 1,
+        "not_an_image": 1,
+    }
     rejects = [json.loads(line) for line in open(tmp_path / "out" / F.REJECTS_FILE)]
     assert len(rejects) == 4 and all({"source", "label", "reason"} <= r.keys() for r in rejects)
     on_disk = {s: len(_records(F.split_pattern(str(tmp_path / "out"), s))) for s in F.SPLITS}
@@ -151,12 +165,22 @@ def test_every_input_is_written_rejected_or_counted_as_duplicate(tmp_path, tiny_
 def test_examples_carry_the_conventional_keys(ingested):
     example = _records(F.split_pattern(ingested.output_uri, "train"))[0]
     keys = set(example.features.feature)
-    assert keys == {F.IMAGE_ENCODED, F.IMAGE_FORMAT, F.IMAGE_HEIGHT, F.IMAGE_WIDTH,
-                    F.IMAGE_CHANNELS, F.LABEL_TEXT, F.FILENAME, F.SHA256}
+    assert keys == {
+        F.IMAGE_ENCODED,
+        F.IMAGE_FORMAT,
+        F.IMAGE_HEIGHT,
+        F.IMAGE_WIDTH,
+        F.IMAGE_CHANNELS,
+        F.LABEL_TEXT,
+        F.FILENAME,
+        F.SHA256,
+    }
     assert example.features.feature[F.IMAGE_HEIGHT].int64_list.value[0] == 32
 
 
-def test_rerun_gives_the_same_splits_and_fingerprint_and_replaces_output(tmp_path, tiny_dataset, tiny_config, ingested):
+def test_rerun_gives_the_same_splits_and_fingerprint_and_replaces_output(
+    tmp_path, tiny_dataset, tiny_config, ingested
+):
     out = tmp_path / "again"
     (out / "train").mkdir(parents=True)
     (out / "train" / "stale-00000-of-00001.tfrecord.gz").write_bytes(b"old")
@@ -175,7 +199,9 @@ def test_fingerprint_changes_when_data_changes(tmp_path, tiny_dataset, tiny_conf
     assert changed.stats["fingerprint"] != ingested.stats["fingerprint"]
 
 
-def test_csv_input_gives_the_same_examples_as_the_folder(tmp_path, tiny_dataset, tiny_config, ingested):
+def test_csv_input_gives_the_same_examples_as_the_folder(
+    tmp_path, tiny_dataset, tiny_config, ingested
+):
     result = run_ingest(str(tiny_dataset / "labels.csv"), str(tmp_path / "out"), tiny_config)
     assert result.stats["fingerprint"] == ingested.stats["fingerprint"]
 

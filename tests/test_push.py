@@ -11,8 +11,9 @@ from visionpipe import features as F
 def _blessing(tmp_path, blessed=True):
     d = tmp_path / ("blessed" if blessed else "rejected")
     d.mkdir(exist_ok=True)
-    (d / F.BLESSING_FILE).write_text(json.dumps({"blessed": blessed, "reason": "test",
-                                                 "candidate": {"accuracy": 0.9}}))
+    (d / F.BLESSING_FILE).write_text(
+        json.dumps({"blessed": blessed, "reason": "test", "candidate": {"accuracy": 0.9}})
+    )
     return str(d)
 
 
@@ -69,7 +70,10 @@ def test_crash_mid_copy_leaves_no_version_behind(trained, tmp_path, monkeypatch)
 def test_saved_model_pb_is_copied_last(trained, tmp_path, monkeypatch):
     order = []
     real_copy = push_module.storage.copy_file
-    monkeypatch.setattr(push_module.storage, "copy_file",
-                        lambda s, d: (order.append(d.rsplit("/", 1)[-1]), real_copy(s, d)))
+    monkeypatch.setattr(
+        push_module.storage,
+        "copy_file",
+        lambda s, d: (order.append(d.rsplit("/", 1)[-1]), real_copy(s, d)),
+    )
     run_push(trained.model_uri, _blessing(tmp_path), str(tmp_path / "serving"), "shapes")
     assert order[-1] == "saved_model.pb"

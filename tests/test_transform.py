@@ -30,12 +30,14 @@ def test_preprocessing_fn_normalises_with_training_statistics_and_builds_vocabul
         {F.IMAGE_ENCODED: _png((0, 0, 0)), F.LABEL_TEXT: b"dark"},
         {F.IMAGE_ENCODED: _png((200, 100, 40)), F.LABEL_TEXT: b"bright"},
     ]
-    metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(raw_feature_spec()))
+    metadata = dataset_metadata.DatasetMetadata(
+        schema_utils.schema_from_feature_spec(raw_feature_spec())
+    )
     with tempfile.TemporaryDirectory() as temp, tft_beam.Context(temp_dir=temp):
         (out, _), _ = (raw, metadata) | tft_beam.AnalyzeAndTransformDataset(
             make_preprocessing_fn(4, "stretch")
         )
-    # Per channel: mean = value/4, std = sqrt(3)/4 * value, so dark -> -1/sqrt(3), bright -> sqrt(3).
+    # Per channel: mean = v/4, std = sqrt(3)/4 * v, so dark -> -1/sqrt(3), bright -> sqrt(3).
     dark, bright = np.asarray(out[0][F.TRANSFORMED_IMAGE]), np.asarray(out[3][F.TRANSFORMED_IMAGE])
     assert dark.shape == (4, 4, 3)
     np.testing.assert_allclose(dark, -1 / np.sqrt(3), atol=1e-3)

@@ -33,10 +33,16 @@ def make_dataset(
     if not files:
         raise ValueError(f"{examples_uri}: no shards for split '{split}'")
     spec = {k: feature_spec[k] for k in (F.TRANSFORMED_IMAGE, F.TRANSFORMED_LABEL)}
-    ds = tf.data.TFRecordDataset(files, compression_type="GZIP", num_parallel_reads=tf.data.AUTOTUNE)
-    ds = ds.batch(256).map(
-        lambda records: tf.io.parse_example(records, spec), num_parallel_calls=tf.data.AUTOTUNE
-    ).unbatch()
+    ds = tf.data.TFRecordDataset(
+        files, compression_type="GZIP", num_parallel_reads=tf.data.AUTOTUNE
+    )
+    ds = (
+        ds.batch(256)
+        .map(
+            lambda records: tf.io.parse_example(records, spec), num_parallel_calls=tf.data.AUTOTUNE
+        )
+        .unbatch()
+    )
     ds = ds.map(lambda ex: (ex[F.TRANSFORMED_IMAGE], ex[F.TRANSFORMED_LABEL])).cache()
     if shuffle:
         ds = ds.shuffle(4096, seed=seed, reshuffle_each_iteration=True)

@@ -41,9 +41,7 @@ def export_serving_model(
 ) -> str:
     """Writes a TF Serving–ready SavedModel with ``serving_default`` on raw bytes."""
     module = ServingModule(model, tft_output, labels)
-    tf.saved_model.save(
-        module, export_dir, signatures={F.SERVING_SIGNATURE: module.serve_bytes}
-    )
+    tf.saved_model.save(module, export_dir, signatures={F.SERVING_SIGNATURE: module.serve_bytes})
     return export_dir
 
 

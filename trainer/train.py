@@ -43,10 +43,13 @@ class MlflowEpochLogger(keras.callbacks.Callback):
         self._prefix = prefix
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        """Logs ``logs`` at step ``epoch`` if an MLflow run is active."""
         import mlflow
 
         if mlflow.active_run() and logs:
-            mlflow.log_metrics({f"{self._prefix}{k}": float(v) for k, v in logs.items()}, step=epoch)
+            mlflow.log_metrics(
+                {f"{self._prefix}{k}": float(v) for k, v in logs.items()}, step=epoch
+            )
 
 
 def cosine_schedule(base_rate: float, epochs: int) -> keras.callbacks.Callback:
@@ -104,7 +107,9 @@ def run_train(
         model = build_model(hp, (size, size, 3), len(labels), config.trainer, config.tuner)
     batch_size = int(hp.get("batch_size"))
     spec = tft_output.transformed_feature_spec()
-    train = make_dataset(examples_uri, "train", spec, batch_size, shuffle=True, seed=config.trainer.seed)
+    train = make_dataset(
+        examples_uri, "train", spec, batch_size, shuffle=True, seed=config.trainer.seed
+    )
     valid = make_dataset(examples_uri, "valid", spec, batch_size)
     log.info("train: %d replicas, hyperparameters %s", strategy.num_replicas_in_sync, hp.values)
     history = model.fit(
@@ -123,7 +128,9 @@ def run_train(
         verbose=2,
     )
     metrics = {k: float(v[-1]) for k, v in history.history.items()}
-    test = model.evaluate(make_dataset(examples_uri, "test", spec, batch_size), return_dict=True, verbose=0)
+    test = model.evaluate(
+        make_dataset(examples_uri, "test", spec, batch_size), return_dict=True, verbose=0
+    )
     metrics.update({f"test_{k}": float(v) for k, v in test.items()})
     export_serving_model(served_part(model), tft_output, labels, model_uri)
     storage.write_json(

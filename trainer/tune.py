@@ -17,7 +17,7 @@ import keras_tuner as kt
 
 from trainer.data import make_dataset
 from trainer.model import build_model
-from trainer.train import MlflowEpochLogger
+from trainer.train import MlflowEpochLogger, cosine_schedule
 from visionpipe import features as F
 from visionpipe import storage
 from visionpipe.config import Config
@@ -44,12 +44,19 @@ class TuneResult:
 
 
 def _with_mlflow(tuner_cls: type) -> type:
-    """A subclass of ``tuner_cls`` that records every trial as a nested MLflow run."""
+    """A subclass of ``tuner_cls`` that records every trial as a nested MLflow run.
+
+    Trials also get the trainer's cosine learning-rate schedule over their epochs, so
+    short trials are scored as the final training will run.
+    """
 
     class MlflowTuner(tuner_cls):
         def run_trial(self, trial, *args, **kwargs):
             import mlflow
 
+            rate = float(trial.hyperparameters.get("learning_rate"))
+            schedule = cosine_schedule(rate, kwargs.get("epochs") or 1)
+            kwargs["callbacks"] = [*kwargs.get("callbacks", []), schedule]
             if not mlflow.active_run():
                 return super().run_trial(trial, *args, **kwargs)
             with mlflow.start_run(run_name=f"trial-{trial.trial_id}", nested=True):
@@ -80,7 +87,9 @@ def _best_of(result) -> float | None:
     return max(scores) if scores else None
 
 
-def run_tune(examples_uri: str, transform_graph_uri: str, output_uri: str, config: Config) -> TuneResult:
+def run_tune(
+    examples_uri: str, transform_graph_uri: str, output_uri: str, config: Config
+) -> TuneResult:
     """Searches hyperparameters on train/valid and writes the best to ``hyperparameters.json``.
 
     With ``tuner.max_trials == 0`` no search runs and the configured defaults are written.
@@ -103,7 +112,12 @@ def run_tune(examples_uri: str, transform_graph_uri: str, output_uri: str, confi
         best, score, trials = _search(build, examples_uri, tft_output, config)
     storage.write_json(
         storage.join(output_uri, F.HYPERPARAMETERS_FILE),
-        {"values": best.values, "config": best.get_config(), "score": score, "objective": OBJECTIVE},
+        {
+            "values": best.values,
+            "config": best.get_config(),
+            "score": score,
+            "objective": OBJECTIVE,
+        },
     )
     log.info("tune: best %s (%s=%s) after %d trials", best.values, OBJECTIVE, score, trials)
     return TuneResult(output_uri, dict(best.values), score, trials)
@@ -117,7 +131,11 @@ def _defaults(build) -> kt.HyperParameters:
 
 def _search(build, examples_uri, tft_output, config: Config):
     cfg = config.tuner
-    kwargs = {"max_epochs": cfg.epochs} if cfg.algorithm == "hyperband" else {"max_trials": cfg.max_trials}
+    kwargs = (
+        {"max_epochs": cfg.epochs}
+        if cfg.algorithm == "hyperband"
+        else {"max_trials": cfg.max_trials}
+    )
     spec = tft_output.transformed_feature_spec()
     with tempfile.TemporaryDirectory(prefix="tune-") as workdir:
         tuner = _with_mlflow(_TUNERS[cfg.algorithm])(
@@ -132,14 +150,19 @@ def _search(build, examples_uri, tft_output, config: Config):
         # batch_size is searched too, but datasets are built once here with the default.
         batch = config.trainer.batch_size
         tuner.search(
-            make_dataset(examples_uri, "train", spec, batch, shuffle=True, seed=config.trainer.seed),
+            make_dataset(
+                examples_uri, "train", spec, batch, shuffle=True, seed=config.trainer.seed
+            ),
             validation_data=make_dataset(examples_uri, "valid", spec, batch),
             epochs=cfg.epochs,
             verbose=0,
         )
-        best_trials = tuner.oracle.get_best_trials(1)
-        trials = len(tuner.oracle.trials)
-    if not best_trials:
-        return _defaults(build), None, trials
-    best = best_trials[0]
-    return best.hyperparameters, best.score, trials
+        trials = list(tuner.oracle.trials.values())
+        completed = [t for t in trials if t.status == "COMPLETED" and t.score is not None]
+        if not completed:
+            messages = sorted({(t.message or t.status).strip().splitlines()[-1] for t in trials})
+            raise RuntimeError(
+                f"tune: none of the {len(trials)} trials completed; errors: {messages}"
+            )
+        best = tuner.oracle.get_best_trials(1)[0]
+    return best.hyperparameters, best.score, len(trials)

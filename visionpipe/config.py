@@ -72,7 +72,7 @@ class TunerConfig(_Section):
 
     algorithm: Literal["random", "bayesian", "hyperband"] = "random"
     max_trials: int = Field(2, ge=0, description="0 skips the search: defaults are used.")
-    epochs: int = Field(3, ge=1, description="Epochs per trial.")
+    epochs: int = Field(5, ge=1, description="Epochs per trial.")
     search_space: dict[str, list[float]] = Field(
         default_factory=lambda: {"learning_rate": [2e-3, 3e-3], "dropout": [0.1, 0.2]}
     )
@@ -82,8 +82,7 @@ class TunerConfig(_Section):
         unknown = sorted(set(self.search_space) - set(TUNABLE))
         if unknown:
             raise ValueError(
-                f"search_space names unknown hyperparameters {unknown}; "
-                f"tunable: {sorted(TUNABLE)}"
+                f"search_space names unknown hyperparameters {unknown}; tunable: {sorted(TUNABLE)}"
             )
         empty = sorted(k for k, v in self.search_space.items() if not v)
         if empty:
@@ -213,9 +212,7 @@ def _apply_override(data: dict[str, Any], item: str) -> None:
         )
     fields = Config.model_fields[section].annotation.model_fields
     if name not in fields:
-        raise ConfigError(
-            f"Unknown config key '{key}' (keys of '{section}': {', '.join(fields)})."
-        )
+        raise ConfigError(f"Unknown config key '{key}' (keys of '{section}': {', '.join(fields)}).")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as err:

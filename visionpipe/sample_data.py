@@ -106,12 +106,17 @@ def _shape_colour(background: Image.Image, rng: np.random.Generator) -> tuple[in
 def _polygon(cx: float, cy: float, radii: list[float], angle: float) -> list[tuple[float, float]]:
     n = len(radii)
     return [
-        (cx + r * math.cos(angle + 2 * math.pi * k / n), cy + r * math.sin(angle + 2 * math.pi * k / n))
+        (
+            cx + r * math.cos(angle + 2 * math.pi * k / n),
+            cy + r * math.sin(angle + 2 * math.pi * k / n),
+        )
         for k, r in enumerate(radii)
     ]
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, angle: float):
+def _draw_shape(
+    draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, angle: float
+):
     if shape == "circle":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
     elif shape == "ring":

@@ -56,9 +56,7 @@ def start_pipeline_run(config: Config, run_name: str | None = None) -> str:
 
     experiment_id = configure(config)
     client = mlflow.MlflowClient()
-    run = client.create_run(
-        experiment_id, run_name=run_name, tags={KIND_TAG: "pipeline"}
-    )
+    run = client.create_run(experiment_id, run_name=run_name, tags={KIND_TAG: "pipeline"})
     params = {k: _param(v) for k, v in config.flat().items()}
     client.log_batch(
         run.info.run_id,
@@ -118,7 +116,9 @@ def log_outcome(
     client = mlflow.MlflowClient()
     client.log_batch(
         parent,
-        metrics=[mlflow.entities.Metric(k, float(v), _now_ms(), 0) for k, v in (metrics or {}).items()],
+        metrics=[
+            mlflow.entities.Metric(k, float(v), _now_ms(), 0) for k, v in (metrics or {}).items()
+        ],
         tags=[mlflow.entities.RunTag(k, str(v)) for k, v in (tags or {}).items()],
     )
 

@@ -91,23 +91,37 @@ def classification_metrics(truth: list[str], predicted: list[str]) -> dict[str, 
     }
 
 
-def gate(candidate: dict[str, float], champion: dict[str, float] | None, cfg: EvaluateConfig) -> Blessing:
-    """Blesses the candidate if it meets the accuracy threshold and is not worse than the champion."""
+def gate(
+    candidate: dict[str, float], champion: dict[str, float] | None, cfg: EvaluateConfig
+) -> Blessing:
+    """Blesses the candidate if it meets the threshold and is not worse than the champion."""
     checks = [
-        Check("accuracy >= min_accuracy", candidate["accuracy"] >= cfg.min_accuracy,
-              candidate["accuracy"], cfg.min_accuracy)
+        Check(
+            "accuracy >= min_accuracy",
+            candidate["accuracy"] >= cfg.min_accuracy,
+            candidate["accuracy"],
+            cfg.min_accuracy,
+        )
     ]
     if champion is not None:
         floor = champion["accuracy"] - cfg.champion_tolerance
-        checks.append(Check("accuracy >= champion accuracy - tolerance",
-                            candidate["accuracy"] >= floor, candidate["accuracy"], floor))
+        checks.append(
+            Check(
+                "accuracy >= champion accuracy - tolerance",
+                candidate["accuracy"] >= floor,
+                candidate["accuracy"],
+                floor,
+            )
+        )
     failed = [c for c in checks if not c.passed]
     if failed:
         reason = "not blessed: " + "; ".join(
             f"{c.name} failed ({c.value:.4f} vs {c.threshold:.4f})" for c in failed
         )
     elif champion is None:
-        reason = f"blessed: accuracy {candidate['accuracy']:.4f} >= {cfg.min_accuracy}; no champion yet"
+        reason = (
+            f"blessed: accuracy {candidate['accuracy']:.4f} >= {cfg.min_accuracy}; no champion yet"
+        )
     else:
         reason = (
             f"blessed: accuracy {candidate['accuracy']:.4f} >= {cfg.min_accuracy} and "

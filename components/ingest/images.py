@@ -57,7 +57,9 @@ def inspect(data: bytes, max_pixels: int) -> InspectedImage:
     except Exception as err:  # noqa: BLE001 - PIL raises many types on bad headers
         raise Rejected("undecodable", str(err)) from None
     if image.format not in ACCEPTED_FORMATS:
-        raise Rejected("unsupported_format", f"{image.format} is not one of {sorted(ACCEPTED_FORMATS)}")
+        raise Rejected(
+            "unsupported_format", f"{image.format} is not one of {sorted(ACCEPTED_FORMATS)}"
+        )
     width, height = image.size
     if width * height > max_pixels:
         raise Rejected("too_large", f"{width}x{height} exceeds {max_pixels} pixels")

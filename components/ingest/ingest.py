@@ -60,8 +60,10 @@ def run_ingest(data_uri: str, output_uri: str, config: Config) -> IngestResult:
     staging = f"{output_uri.rstrip('/')}.staging-{uuid.uuid4().hex[:8]}"
     try:
         with beam.Pipeline(options=pipeline_options(config.beam)) as pipeline:
-            _ = pipeline | "Sources" >> beam.Create(sources) | "Ingest" >> IngestImages(
-                staging, config.ingest
+            _ = (
+                pipeline
+                | "Sources" >> beam.Create(sources)
+                | "Ingest" >> IngestImages(staging, config.ingest)
             )
         stats = _finish_stats(data_uri, staging, config.ingest)
         storage.write_json(storage.join(staging, F.STATS_FILE), stats)
@@ -70,8 +72,12 @@ def run_ingest(data_uri: str, output_uri: str, config: Config) -> IngestResult:
     finally:
         storage.remove(staging)
     result = IngestResult(output_uri, stats)
-    log.info("ingest: %s examples, %d rejected, %d duplicates",
-             result.examples, stats["rejected"], stats["duplicates"])
+    log.info(
+        "ingest: %s examples, %d rejected, %d duplicates",
+        result.examples,
+        stats["rejected"],
+        stats["duplicates"],
+    )
     return result
 
 
@@ -104,7 +110,8 @@ def IngestImages(sources, staging: str, config: IngestConfig):  # noqa: N802 - B
         _ = (
             part
             | f"Serialize{split}" >> beam.Map(lambda kv: _to_example(kv[1]))
-            | f"Write{split}" >> beam.io.WriteToTFRecord(
+            | f"Write{split}"
+            >> beam.io.WriteToTFRecord(
                 storage.join(staging, split, "data"),
                 file_name_suffix=F.SHARD_SUFFIX,
                 num_shards=config.num_shards,
@@ -113,9 +120,8 @@ def IngestImages(sources, staging: str, config: IngestConfig):  # noqa: N802 - B
     _ = (
         rejected
         | "RejectJson" >> beam.Map(_json_line)
-        | "WriteRejects" >> beam.io.WriteToText(
-            storage.join(staging, F.REJECTS_FILE), shard_name_template=""
-        )
+        | "WriteRejects"
+        >> beam.io.WriteToText(storage.join(staging, F.REJECTS_FILE), shard_name_template="")
     )
     outcomes = (
         keyed | "WrittenKey" >> beam.Map(lambda kv: ("written", kv[0], kv[1]["label"])),
@@ -132,11 +138,13 @@ def IngestImages(sources, staging: str, config: IngestConfig):  # noqa: N802 - B
         | "AllOutcomes" >> beam.Flatten()
         | "CountOutcomes" >> beam.combiners.Count.PerElement()
         | "CollectCounts" >> beam.combiners.ToList()
-        | "WithFingerprint" >> beam.Map(
+        | "WithFingerprint"
+        >> beam.Map(
             lambda counts, fp: {"counts": [[*k, n] for k, n in counts], "fingerprint": fp},
             fp=beam.pvalue.AsSingleton(fingerprint),
         )
-        | "WriteCounts" >> beam.Map(lambda obj: storage.write_json(storage.join(staging, _COUNTS_FILE), obj))
+        | "WriteCounts"
+        >> beam.Map(lambda obj: storage.write_json(storage.join(staging, _COUNTS_FILE), obj))
     )
 
 
@@ -165,21 +173,25 @@ class _InspectFn(beam.DoFn):
         except OSError as err:
             yield self._reject(source, "unreadable", str(err))
             return
-        yield image.sha256, {
-            "source": source.uri,
-            "label": source.label,
-            "sha256": image.sha256,
-            "encoded": image.encoded,
-            "format": image.format,
-            "height": image.height,
-            "width": image.width,
-            "channels": image.channels,
-        }
+        yield (
+            image.sha256,
+            {
+                "source": source.uri,
+                "label": source.label,
+                "sha256": image.sha256,
+                "encoded": image.encoded,
+                "format": image.format,
+                "height": image.height,
+                "width": image.width,
+                "channels": image.channels,
+            },
+        )
 
     def _reject(self, source: Source, reason: str, detail: str):
         self._rejected.inc()
         return beam.pvalue.TaggedOutput(
-            "rejected", {"source": source.uri, "label": source.label, "reason": reason, "detail": detail}
+            "rejected",
+            {"source": source.uri, "label": source.label, "reason": reason, "detail": detail},
         )
 
 
@@ -195,14 +207,19 @@ class _DedupFn(beam.DoFn):
                 detail = f"the same image is labelled {labels}"
                 yield beam.pvalue.TaggedOutput(
                     "rejected",
-                    {"source": r["source"], "label": r["label"], "reason": "conflicting_labels",
-                     "detail": detail},
+                    {
+                        "source": r["source"],
+                        "label": r["label"],
+                        "reason": "conflicting_labels",
+                        "detail": detail,
+                    },
                 )
             return
         yield records[0]
         for r in records[1:]:
             yield beam.pvalue.TaggedOutput(
-                "duplicate", {"source": r["source"], "label": r["label"], "kept": records[0]["source"]}
+                "duplicate",
+                {"source": r["source"], "label": r["label"], "kept": records[0]["source"]},
             )
 
 
@@ -228,7 +245,9 @@ def _to_example(rec: dict[str, Any]) -> bytes:
     import tensorflow as tf
 
     def b(v: bytes | str):
-        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v if isinstance(v, bytes) else v.encode()]))
+        return tf.train.Feature(
+            bytes_list=tf.train.BytesList(value=[v if isinstance(v, bytes) else v.encode()])
+        )
 
     def i(v: int):
         return tf.train.Feature(int64_list=tf.train.Int64List(value=[v]))
@@ -284,6 +303,8 @@ def _finish_stats(data_uri: str, staging: str, config: IngestConfig) -> dict[str
         "missing_classes_by_split": missing,
         "fingerprint": raw["fingerprint"],
         "split_fractions": {
-            "train": config.train_fraction, "valid": config.valid_fraction, "test": config.test_fraction
+            "train": config.train_fraction,
+            "valid": config.valid_fraction,
+            "test": config.test_fraction,
         },
     }

@@ -93,7 +93,9 @@ def run_push(model_uri: str, blessing_uri: str, serving_root: str, model_name: s
     staging = storage.join(model_root, f".tmp-{version}-{uuid.uuid4().hex[:8]}")
     try:
         _copy_model(model_uri, staging)
-        storage.write_json(storage.join(staging, PUSH_RECORD), {"digest": digest, "source": model_uri})
+        storage.write_json(
+            storage.join(staging, PUSH_RECORD), {"digest": digest, "source": model_uri}
+        )
         storage.rename(staging, final)
     finally:
         storage.remove(staging)

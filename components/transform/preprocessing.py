@@ -1,5 +1,6 @@
-"""The one preprocessing_fn: used by the transform step and, through its saved graph, by the
-served model. Nothing here runs at serving time as Python.
+"""The one preprocessing_fn, used by the transform step and (as its saved graph) the served model.
+
+Nothing here runs at serving time as Python.
 
 Raw image bytes are decoded, resized to a square of the configured side and
 normalised per channel with the mean and standard deviation of the training split.
@@ -36,9 +37,7 @@ def decode_and_resize(encoded: tf.Tensor, size: int, mode: str) -> tf.Tensor:
         image = tf.cast(image, tf.float32)
         return tf.ensure_shape(_resize(image, size, mode), [size, size, 3])
 
-    return tf.map_fn(
-        one, encoded, fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32)
-    )
+    return tf.map_fn(one, encoded, fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
 
 
 def _resize(image: tf.Tensor, size: int, mode: str) -> tf.Tensor:

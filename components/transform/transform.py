@@ -109,9 +109,13 @@ def _WriteExamples(record_batches, metadata, prefix: str, split: str):  # noqa: 
 
     return (
         record_batches
-        | "Encode" >> beam.FlatMap(encode, schema=beam.pvalue.AsSingleton(
-            metadata.deferred_metadata | "Schema" >> beam.Map(lambda m: m.schema)
-        ))
+        | "Encode"
+        >> beam.FlatMap(
+            encode,
+            schema=beam.pvalue.AsSingleton(
+                metadata.deferred_metadata | "Schema" >> beam.Map(lambda m: m.schema)
+            ),
+        )
         | "Write" >> beam.io.WriteToTFRecord(prefix, file_name_suffix=F.SHARD_SUFFIX)
     )
 
