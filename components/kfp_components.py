@@ -20,14 +20,10 @@ def ingest_op(
     examples: Output[Dataset],
 ) -> str:
     """Ingest images into split TFRecords; returns the data fingerprint."""
-    import os
-
     from components import steps
-    from visionpipe.config import Config
 
-    if mlflow_tracking_uri:
-        os.environ["MLFLOW_TRACKING_URI"] = mlflow_tracking_uri
-    result = steps.ingest(data, examples.path, Config.from_json(config_json), mlflow_run_id)
+    config = steps.component_config(config_json, mlflow_tracking_uri)
+    result = steps.ingest(data, examples.path, config, mlflow_run_id)
     stats = result.stats
     examples.metadata.update(
         {
@@ -49,18 +45,14 @@ def transform_op(
     transform_graph: Output[Artifact],
 ):
     """tf.Transform: transformed examples and the transform graph."""
-    import os
-
     from components import steps
-    from visionpipe.config import Config
 
-    if mlflow_tracking_uri:
-        os.environ["MLFLOW_TRACKING_URI"] = mlflow_tracking_uri
+    config = steps.component_config(config_json, mlflow_tracking_uri)
     result = steps.transform(
         raw_examples.path,
         examples.path,
         transform_graph.path,
-        Config.from_json(config_json),
+        config,
         mlflow_run_id,
     )
     examples.metadata["examples"] = result.examples
@@ -76,18 +68,14 @@ def tune_op(
     hyperparameters: Output[Artifact],
 ):
     """keras-tuner search; the best hyperparameters as an artifact."""
-    import os
-
     from components import steps
-    from visionpipe.config import Config
 
-    if mlflow_tracking_uri:
-        os.environ["MLFLOW_TRACKING_URI"] = mlflow_tracking_uri
+    config = steps.component_config(config_json, mlflow_tracking_uri)
     result = steps.tune(
         examples.path,
         transform_graph.path,
         hyperparameters.path,
-        Config.from_json(config_json),
+        config,
         mlflow_run_id,
     )
     hyperparameters.metadata.update(
@@ -105,19 +93,15 @@ def train_op(
     model: Output[Model],
 ):
     """Train with the best hyperparameters; export the serving SavedModel."""
-    import os
-
     from components import steps
-    from visionpipe.config import Config
 
-    if mlflow_tracking_uri:
-        os.environ["MLFLOW_TRACKING_URI"] = mlflow_tracking_uri
+    config = steps.component_config(config_json, mlflow_tracking_uri)
     result = steps.train(
         examples.path,
         transform_graph.path,
         hyperparameters.path,
         model.path,
-        Config.from_json(config_json),
+        config,
         mlflow_run_id,
     )
     model.metadata.update({"hyperparameters": result.hyperparameters, **result.metrics})
@@ -137,16 +121,10 @@ def evaluate_op(
     A single ``bool`` return (KFP output ``Output``) rather than a named output: kfp.local
     2.17 resolves ``dsl.If`` conditions only on a task's ``Output``.
     """
-    import os
-
     from components import steps
-    from visionpipe.config import Config
 
-    if mlflow_tracking_uri:
-        os.environ["MLFLOW_TRACKING_URI"] = mlflow_tracking_uri
-    result = steps.evaluate(
-        raw_examples.path, model.path, blessing.path, Config.from_json(config_json), mlflow_run_id
-    )
+    config = steps.component_config(config_json, mlflow_tracking_uri)
+    result = steps.evaluate(raw_examples.path, model.path, blessing.path, config, mlflow_run_id)
     for name, value in result.candidate.items():
         metrics.log_metric(name, value)
     blessing.metadata.update({"blessed": result.blessed, "reason": result.reason})
@@ -162,15 +140,10 @@ def push_op(
     pushed: Output[Artifact],
 ) -> int:
     """Publish a blessed model; returns the serving version."""
-    import os
-
     from components import steps
-    from visionpipe.config import Config
     from visionpipe.home import Home
 
-    if mlflow_tracking_uri:
-        os.environ["MLFLOW_TRACKING_URI"] = mlflow_tracking_uri
-    config = Config.from_json(config_json)
+    config = steps.component_config(config_json, mlflow_tracking_uri)
     serving_root = Home.resolve().serving_root_for(config)
     result = steps.push(model.path, blessing.path, config, serving_root, mlflow_run_id)
     pushed.metadata.update(

@@ -8,11 +8,23 @@ there is one), its metrics and artifacts, and its outcome on the pipeline run.
 from __future__ import annotations
 
 import logging
+import os
 
 from visionpipe import registry, tracking
 from visionpipe.config import Config
 
 log = logging.getLogger(__name__)
+
+
+def component_config(config_json: str, mlflow_tracking_uri: str) -> Config:
+    """Inside a KFP component: the run's config, with MLflow pointed at the run's store.
+
+    An empty ``mlflow_tracking_uri`` leaves ``$MLFLOW_TRACKING_URI`` (as KFP's MLflow
+    integration injects it) or the config's own setting in charge.
+    """
+    if mlflow_tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = mlflow_tracking_uri
+    return Config.from_json(config_json)
 
 
 def ingest(data_uri: str, output_uri: str, config: Config, parent_run_id: str = ""):
