@@ -66,6 +66,9 @@ def test_pipeline_runs_end_to_end_then_retrains_against_the_champion(tiny_datase
     }
     train_run = next(c for c in children if c.data.tags["visionpipe.step"] == "train")
     assert len(client.get_metric_history(train_run.info.run_id, "loss")) == 2  # per epoch
+    ingest_run = next(c for c in children if c.data.tags["visionpipe.step"] == "ingest")
+    [dataset] = ingest_run.inputs.dataset_inputs
+    assert run.data.tags["data_fingerprint"].startswith(dataset.dataset.digest)
     champion = client.get_model_version_by_alias("visionpipe-classifier", "champion")
     assert champion.tags["serving_version"] == "1"
     assert champion.tags["pipeline_run_id"] == first["mlflow_run_id"]

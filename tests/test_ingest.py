@@ -138,6 +138,11 @@ def test_split_is_a_stable_function_of_content():
     assert {"valid", "test"} <= set(splits)
 
 
+def _permissive(config):
+    ingest = config.ingest.model_copy(update={"max_reject_fraction": 1.0})
+    return config.model_copy(update={"ingest": ingest})
+
+
 def test_every_input_is_written_rejected_or_counted_as_duplicate(tmp_path, tiny_config):
     data = tmp_path / "data"
     generate(data, SampleSpec(classes=2, per_class=6, size=24, seed=3))
@@ -145,7 +150,7 @@ def test_every_input_is_written_rejected_or_counted_as_duplicate(tmp_path, tiny_
     (data / "circle" / "empty.png").write_bytes(b"")
     shutil.copy(data / "square" / "square_00000.jpg", data / "square" / "again.jpg")
     shutil.copy(data / "circle" / "circle_00001.jpg", data / "square" / "conflict.jpg")
-    result = run_ingest(str(data), str(tmp_path / "out"), tiny_config)
+    result = run_ingest(str(data), str(tmp_path / "out"), _permissive(tiny_config))
     stats = result.stats
     assert stats["inputs"] == 16
     assert stats["inputs"] == stats["written"] + stats["rejected"] + stats["duplicates"]
@@ -212,6 +217,6 @@ def test_missing_file_listed_in_csv_is_rejected(tmp_path, tiny_dataset, tiny_con
         f"{tiny_dataset}/circle/circle_00000.jpg,circle\n{tiny_dataset}/square/square_00000.jpg,square\n"
         f"{tmp_path}/gone.jpg,square\n"
     )
-    result = run_ingest(str(csv_path), str(tmp_path / "out"), tiny_config)
+    result = run_ingest(str(csv_path), str(tmp_path / "out"), _permissive(tiny_config))
     assert result.stats["rejected_by_reason"] == {"missing_file": 1}
     assert result.stats["written"] == 2

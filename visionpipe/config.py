@@ -31,8 +31,17 @@ class IngestConfig(_Section):
     test_fraction: float = Field(0.1, gt=0, lt=1)
     split_salt: str = Field("visionpipe", min_length=1, description="Salt of the split hash.")
     max_pixels: int = Field(40_000_000, gt=0, description="Reject images larger than this.")
+    max_side: int = Field(0, ge=0, description="Scale longer sides down to this; 0: never.")
+    jpeg_quality: int = Field(95, ge=1, le=100, description="Quality of re-encoded JPEGs.")
     min_images_per_class: int = Field(2, ge=1)
-    num_shards: int = Field(0, ge=0, description="Shards per split; 0 lets Beam decide.")
+    labels: list[str] = Field(
+        default_factory=list, description="Allowed labels; others are rejected. Empty: any."
+    )
+    max_reject_fraction: float = Field(
+        0.05, ge=0, le=1, description="Fail (after writing the report) above this."
+    )
+    shard_size_mb: int = Field(150, ge=1, description="Target shard size; sets the count.")
+    num_shards: int = Field(0, ge=0, description="Shards per split; 0: from shard_size_mb.")
 
     @model_validator(mode="after")
     def _fractions_sum_to_one(self) -> IngestConfig:

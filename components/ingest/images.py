@@ -6,13 +6,14 @@ import hashlib
 import io
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Formats ingest accepts, detected from content (never from the file name).
 ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "GIF", "BMP", "WEBP"})
 # Formats whose bytes are kept as they are when already plain RGB or grayscale.
 KEPT_FORMATS = frozenset({"JPEG", "PNG"})
-REENCODE_QUALITY = 95
+_ORIENTATION_TAG = 0x0112
 
 
 class Rejected(Exception):
@@ -36,13 +37,23 @@ class InspectedImage:
     sha256: str  # of the original bytes: identical files are duplicates
 
 
-def inspect(data: bytes, max_pixels: int) -> InspectedImage:
+def inspect(
+    data: bytes, max_pixels: int, max_side: int = 0, jpeg_quality: int = 95
+) -> InspectedImage:
     """Validates one image and returns bytes the transform step can decode.
 
     The pixel count is checked from the header before any pixel is decoded, so a
-    decompression bomb never reaches memory. JPEG and PNG that are already RGB or
-    grayscale (8-bit, no EXIF rotation) keep their original bytes; anything else is
-    converted to RGB (EXIF orientation applied) and re-encoded as JPEG.
+    decompression bomb never reaches memory. JPEG and PNG that are already 8-bit RGB or
+    grayscale, upright and within ``max_side`` keep their original bytes; anything else
+    (other formats, CMYK, alpha, palette, 16-bit, EXIF-rotated, too large a side) is
+    converted to RGB (alpha composited on white, EXIF orientation applied, longest side
+    scaled down to ``max_side`` when that is set) and re-encoded as JPEG.
+
+    Args:
+        data: the file's bytes.
+        max_pixels: reject images with more pixels than this.
+        max_side: scale images whose longest side exceeds this down to it (0: never).
+        jpeg_quality: quality of re-encoded JPEGs.
 
     Raises:
         Rejected: empty, not an image, too large, or undecodable/truncated.
@@ -54,6 +65,8 @@ def inspect(data: bytes, max_pixels: int) -> InspectedImage:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise Rejected("not_an_image", "content is not a recognised image format") from None
+    except Image.DecompressionBombError as err:
+        raise Rejected("too_large", str(err)) from None
     except Exception as err:  # noqa: BLE001 - PIL raises many types on bad headers
         raise Rejected("undecodable", str(err)) from None
     if image.format not in ACCEPTED_FORMATS:
@@ -67,17 +80,40 @@ def inspect(data: bytes, max_pixels: int) -> InspectedImage:
         image.load()
     except Exception as err:  # noqa: BLE001 - truncated or corrupt data
         raise Rejected("undecodable", str(err)) from None
-    if _keep_as_is(image):
+    if _keep_as_is(image, max_side):
         channels = 1 if image.mode == "L" else 3
         return InspectedImage(data, image.format.lower(), height, width, channels, digest)
-    rgb = ImageOps.exif_transpose(image).convert("RGB")
+    rgb = to_rgb(image)
+    if max_side and max(rgb.size) > max_side:
+        rgb.thumbnail((max_side, max_side), Image.LANCZOS)
     out = io.BytesIO()
-    rgb.save(out, format="JPEG", quality=REENCODE_QUALITY)
+    rgb.save(out, format="JPEG", quality=jpeg_quality)
     return InspectedImage(out.getvalue(), "jpeg", rgb.height, rgb.width, 3, digest)
 
 
-def _keep_as_is(image: Image.Image) -> bool:
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB, upright.
+
+    EXIF orientation is applied, alpha composited on white, 16-bit scaled to 8-bit,
+    CMYK and palette converted.
+    """
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        pixels = np.asarray(image, dtype=np.float64)
+        scale = 257.0 if pixels.max(initial=0) > 255 else 1.0
+        image = Image.fromarray(np.clip(pixels / scale, 0, 255).astype(np.uint8), mode="L")
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _keep_as_is(image: Image.Image, max_side: int) -> bool:
     if image.format not in KEPT_FORMATS or image.mode not in ("RGB", "L"):
         return False
-    orientation = image.getexif().get(0x0112, 1)
-    return orientation == 1
+    if max_side and max(image.size) > max_side:
+        return False
+    return image.getexif().get(_ORIENTATION_TAG, 1) == 1

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
 
+from components.ingest.example_codec import encode_example
 from components.ingest.images import Rejected, inspect
-from components.ingest.sources import Source, check_classes, list_sources
+from components.ingest.sources import DataError, Source, check_classes, list_sources
 from visionpipe import features as F
 from visionpipe import storage
 from visionpipe.beam import pipeline_options
@@ -25,6 +27,12 @@ from visionpipe.config import Config, IngestConfig
 log = logging.getLogger(__name__)
 
 _COUNTS_FILE = "_counts.json"
+_PROGRESS_EVERY = 1000
+_SIZE_SAMPLE = 200
+
+
+class TooManyRejectsError(DataError):
+    """More inputs were rejected than ``ingest.max_reject_fraction`` allows."""
 
 
 @dataclass(frozen=True)
@@ -54,19 +62,34 @@ def run_ingest(data_uri: str, output_uri: str, config: Config) -> IngestResult:
     Raises:
         DataError: the dataset is missing, empty, or has too few classes; raised
             before anything is written.
+        TooManyRejectsError: more than ``ingest.max_reject_fraction`` of the inputs
+            were rejected; only ``stats.json`` and ``rejects.jsonl`` are written.
     """
     sources = list_sources(data_uri)
     check_classes(data_uri, sources, config.ingest.min_images_per_class)
-    staging = f"{output_uri.rstrip('/')}.staging-{uuid.uuid4().hex[:8]}"
+    output_uri = output_uri.rstrip("/")
+    for stale in storage.glob(f"{output_uri}.staging-*"):  # left by a killed run
+        storage.remove(stale)
+    staging = f"{output_uri}.staging-{uuid.uuid4().hex[:8]}"
+    shards = shard_counts(sources, config.ingest)
+    log.info("ingest: %d images from %s; shards per split %s", len(sources), data_uri, shards)
     try:
         with beam.Pipeline(options=pipeline_options(config.beam)) as pipeline:
             _ = (
                 pipeline
-                | "Sources" >> beam.Create(sources)
-                | "Ingest" >> IngestImages(staging, config.ingest)
+                | "Sources" >> beam.Create(sources, reshuffle=True)
+                | "Ingest" >> IngestImages(staging, config.ingest, shards)
             )
         stats = _finish_stats(data_uri, staging, config.ingest)
         storage.write_json(storage.join(staging, F.STATS_FILE), stats)
+        if stats["status"] != "complete":
+            _commit_report_only(staging, output_uri)
+            raise TooManyRejectsError(
+                f"{data_uri}: {stats['rejected']} of {stats['inputs']} images rejected "
+                f"({stats['rejected'] / stats['inputs']:.1%} > ingest.max_reject_fraction "
+                f"{config.ingest.max_reject_fraction:.1%}); see "
+                f"{storage.join(output_uri, F.REJECTS_FILE)}"
+            )
         storage.remove(output_uri)
         storage.rename(staging, output_uri)
     finally:
@@ -81,6 +104,33 @@ def run_ingest(data_uri: str, output_uri: str, config: Config) -> IngestResult:
     return result
 
 
+def shard_counts(sources: list[Source], config: IngestConfig) -> dict[str, int]:
+    """Shards per split: ``num_shards`` if set, else the estimated bytes / ``shard_size_mb``.
+
+    The dataset's size is estimated from the sizes of an evenly spaced sample of files.
+    """
+    if config.num_shards:
+        return {s: config.num_shards for s in F.SPLITS}
+    step = max(1, len(sources) // _SIZE_SAMPLE)
+    sizes = [storage.size(s.uri) for s in sources[::step]]
+    known = [n for n in sizes if n is not None]
+    total = (sum(known) / len(known) if known else 0) * len(sources)
+    target = config.shard_size_mb * 2**20
+    fractions = {
+        "train": config.train_fraction,
+        "valid": config.valid_fraction,
+        "test": config.test_fraction,
+    }
+    return {s: max(1, math.ceil(total * f / target)) for s, f in fractions.items()}
+
+
+def _commit_report_only(staging: str, output_uri: str) -> None:
+    """Leaves only stats.json and rejects.jsonl at ``output_uri``: no dataset."""
+    storage.remove(output_uri)
+    for name in (F.STATS_FILE, F.REJECTS_FILE):
+        storage.copy_file(storage.join(staging, name), storage.join(output_uri, name))
+
+
 def assign_split(sha256: str, config: IngestConfig) -> str:
     """The split of an image, from a salted hash of its content (stable across runs)."""
     digest = hashlib.sha256(f"{config.split_salt}:{sha256}".encode()).digest()
@@ -93,9 +143,9 @@ def assign_split(sha256: str, config: IngestConfig) -> str:
 
 
 @beam.ptransform_fn
-def IngestImages(sources, staging: str, config: IngestConfig):  # noqa: N802 - Beam style
-    """Reads, validates, de-duplicates, splits and writes images; returns nothing useful."""
-    inspected = sources | "Inspect" >> beam.ParDo(_InspectFn(config.max_pixels)).with_outputs(
+def IngestImages(sources, staging: str, config: IngestConfig, shards: dict[str, int]):  # noqa: N802
+    """Reads, validates, de-duplicates, splits and writes images under ``staging``."""
+    inspected = sources | "Inspect" >> beam.ParDo(_InspectFn(config)).with_outputs(
         "rejected", main="ok"
     )
     unique = (
@@ -103,18 +153,29 @@ def IngestImages(sources, staging: str, config: IngestConfig):  # noqa: N802 - B
         | "ByContent" >> beam.GroupByKey()
         | "Dedup" >> beam.ParDo(_DedupFn()).with_outputs("rejected", "duplicate", main="ok")
     )
-    rejected = (inspected.rejected, unique.rejected) | "AllRejects" >> beam.Flatten()
-    keyed = unique.ok | "Split" >> beam.Map(lambda rec: (assign_split(rec["sha256"], config), rec))
+    # Only metadata went through the de-duplicating shuffle; the kept images are read
+    # again here and streamed to the shard writers, so memory does not grow with data.
+    encoded = (
+        unique.ok
+        | "Split" >> beam.Map(lambda rec: (assign_split(rec["sha256"], config), rec))
+        | "Encode" >> beam.ParDo(_EncodeFn(config)).with_outputs("rejected", main="ok")
+    )
+    rejected = (
+        inspected.rejected,
+        unique.rejected,
+        encoded.rejected,
+    ) | "AllRejects" >> beam.Flatten()
+    keyed = encoded.ok
     parts = keyed | "BySplit" >> beam.Partition(lambda kv, n: F.SPLITS.index(kv[0]), len(F.SPLITS))
     for split, part in zip(F.SPLITS, parts, strict=True):
         _ = (
             part
-            | f"Serialize{split}" >> beam.Map(lambda kv: _to_example(kv[1]))
+            | f"Serialize{split}" >> beam.Map(lambda kv: kv[1]["example"])
             | f"Write{split}"
             >> beam.io.WriteToTFRecord(
                 storage.join(staging, split, "data"),
                 file_name_suffix=F.SHARD_SUFFIX,
-                num_shards=config.num_shards,
+                num_shards=shards[split],
             )
         )
     _ = (
@@ -151,16 +212,26 @@ def IngestImages(sources, staging: str, config: IngestConfig):  # noqa: N802 - B
 class _InspectFn(beam.DoFn):
     """Reads one source and validates it; rejects go to the ``rejected`` output."""
 
-    def __init__(self, max_pixels: int) -> None:
-        self._max_pixels = max_pixels
+    def __init__(self, config: IngestConfig) -> None:
+        self._config = config
+        self._allowed = frozenset(config.labels)
         self._read = beam.metrics.Metrics.counter("ingest", "images_read")
         self._rejected = beam.metrics.Metrics.counter("ingest", "images_rejected")
+        self._seen = 0
 
     def process(self, source: Source):
         self._read.inc()
+        self._seen += 1
+        if self._seen % _PROGRESS_EVERY == 0:
+            log.info("ingest: %d images inspected by this worker", self._seen)
+        if self._allowed and source.label not in self._allowed:
+            allowed = sorted(self._allowed)
+            yield self._reject(source, "unknown_label", f"not in ingest.labels {allowed}")
+            return
+        cfg = self._config
         try:
             data = storage.read_bytes(source.uri)
-            image = inspect(data, self._max_pixels)
+            image = inspect(data, cfg.max_pixels, cfg.max_side, cfg.jpeg_quality)
         except FileNotFoundError:
             yield self._reject(source, "missing_file", "file does not exist")
             return
@@ -179,7 +250,7 @@ class _InspectFn(beam.DoFn):
                 "source": source.uri,
                 "label": source.label,
                 "sha256": image.sha256,
-                "encoded": image.encoded,
+                "reencoded": image.encoded != data,
                 "format": image.format,
                 "height": image.height,
                 "width": image.width,
@@ -193,6 +264,37 @@ class _InspectFn(beam.DoFn):
             "rejected",
             {"source": source.uri, "label": source.label, "reason": reason, "detail": detail},
         )
+
+
+class _EncodeFn(beam.DoFn):
+    """Reads a kept image again and serialises its example; a changed file is rejected."""
+
+    def __init__(self, config: IngestConfig) -> None:
+        self._config = config
+
+    def process(self, element):
+        split, rec = element
+        cfg = self._config
+        try:
+            data = storage.read_bytes(rec["source"])
+            if hashlib.sha256(data).hexdigest() != rec["sha256"]:
+                raise Rejected("changed_during_ingest", "content changed between reads")
+            encoded = data
+            if rec["reencoded"]:
+                encoded = inspect(data, cfg.max_pixels, cfg.max_side, cfg.jpeg_quality).encoded
+        except (OSError, Rejected) as err:
+            yield beam.pvalue.TaggedOutput(
+                "rejected",
+                {
+                    "source": rec["source"],
+                    "label": rec["label"],
+                    "reason": "changed_during_ingest",
+                    "detail": str(err),
+                },
+            )
+            return
+        example = _to_example({**rec, "encoded": encoded})
+        yield split, {"example": example, "label": rec["label"], "sha256": rec["sha256"]}
 
 
 class _DedupFn(beam.DoFn):
@@ -242,27 +344,18 @@ class _MultisetHashFn(beam.CombineFn):
 
 
 def _to_example(rec: dict[str, Any]) -> bytes:
-    import tensorflow as tf
-
-    def b(v: bytes | str):
-        return tf.train.Feature(
-            bytes_list=tf.train.BytesList(value=[v if isinstance(v, bytes) else v.encode()])
-        )
-
-    def i(v: int):
-        return tf.train.Feature(int64_list=tf.train.Int64List(value=[v]))
-
-    feature = {
-        F.IMAGE_ENCODED: b(rec["encoded"]),
-        F.IMAGE_FORMAT: b(rec["format"]),
-        F.IMAGE_HEIGHT: i(rec["height"]),
-        F.IMAGE_WIDTH: i(rec["width"]),
-        F.IMAGE_CHANNELS: i(rec["channels"]),
-        F.LABEL_TEXT: b(rec["label"]),
-        F.FILENAME: b(rec["source"]),
-        F.SHA256: b(rec["sha256"]),
-    }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    return encode_example(
+        {
+            F.IMAGE_ENCODED: rec["encoded"],
+            F.IMAGE_FORMAT: rec["format"],
+            F.IMAGE_HEIGHT: rec["height"],
+            F.IMAGE_WIDTH: rec["width"],
+            F.IMAGE_CHANNELS: rec["channels"],
+            F.LABEL_TEXT: rec["label"],
+            F.FILENAME: rec["source"],
+            F.SHA256: rec["sha256"],
+        }
+    )
 
 
 def _json_line(record: dict[str, Any]) -> str:
@@ -286,14 +379,17 @@ def _finish_stats(data_uri: str, staging: str, config: IngestConfig) -> dict[str
             rejected += n
         else:
             duplicates += n
+    inputs = written + rejected + duplicates
+    too_many = bool(inputs) and rejected / inputs > config.max_reject_fraction
     classes = sorted({label for split in per_split.values() for label in split})
     missing = {s: [c for c in classes if c not in per_split[s]] for s in F.SPLITS}
     missing = {s: cs for s, cs in missing.items() if cs}
     for split, names in missing.items():
         log.warning("ingest: split %r has no examples of classes %s", split, names)
     return {
+        "status": "too_many_rejects" if too_many else "complete",
         "source": data_uri,
-        "inputs": written + rejected + duplicates,
+        "inputs": inputs,
         "written": written,
         "rejected": rejected,
         "duplicates": duplicates,

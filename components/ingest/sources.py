@@ -6,6 +6,7 @@ import csv
 import io
 import posixpath
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from visionpipe import storage
@@ -23,21 +24,38 @@ class Source:
     label: str
 
 
-def list_sources(data_uri: str) -> list[Source]:
+def list_sources(data: str | Sequence[str]) -> list[Source]:
     """Every labelled image of a dataset, in a stable order.
 
     Args:
-        data_uri: a folder whose first-level subfolders are the classes (files
-            nested below a class folder belong to it), or a ``.csv`` file of
-            ``path,label`` rows (optional header; paths absolute, URIs, or
-            relative to the CSV's folder).
+        data: a folder whose first-level subfolders are the classes (files nested
+            below a class folder belong to it), or a ``.csv`` file of ``path,label``
+            rows (optional header; paths absolute, URIs, or relative to the CSV's
+            folder); a glob (``labels/*.csv``) or a list of these is read as one dataset.
 
     Returns:
         The sources, sorted by URI.
 
     Raises:
-        DataError: the path does not exist, or holds no labelled images.
+        DataError: a path does not exist, a glob matches nothing, or no labelled
+            images are found.
     """
+    uris = [data] if isinstance(data, str) else list(data)
+    sources: list[Source] = []
+    for uri in uris:
+        matches = storage.glob(uri) if _is_glob(uri) else [uri]
+        if not matches:
+            raise DataError(f"{uri}: no files match this pattern")
+        for match in matches:
+            sources.extend(_list_one(match))
+    return sorted(sources, key=lambda s: (s.uri, s.label))
+
+
+def _is_glob(uri: str) -> bool:
+    return any(c in uri for c in "*?[")
+
+
+def _list_one(data_uri: str) -> list[Source]:
     if not storage.exists(data_uri):
         raise DataError(f"{data_uri}: no such file or directory")
     if storage.isdir(data_uri):
@@ -48,7 +66,7 @@ def list_sources(data_uri: str) -> list[Source]:
         raise DataError(f"{data_uri}: expected a folder of class folders or a .csv of path,label")
     if not sources:
         raise DataError(f"{data_uri}: no labelled images found")
-    return sorted(sources, key=lambda s: (s.uri, s.label))
+    return sources
 
 
 def check_classes(data_uri: str, sources: list[Source], min_per_class: int) -> Counter:
