@@ -31,7 +31,7 @@ test-fast: setup
 	$(BIN)/python -m pytest -q -ra -m 'not e2e'
 
 bench: setup $(SAMPLE)/labels.csv
-	$(BIN)/python benchmarks/bench.py --data $(SAMPLE)
+	$(BIN)/python benchmarks/bench.py --data $(SAMPLE) $(BENCH_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -4,7 +4,11 @@ Pipeline: the whole local run (kfp.local) on a dataset, with each step's own wal
 time (from its MLflow step run) next to the whole run's, so the orchestration
 overhead (process start-up, imports, artifact hand-over) is visible.
 
-Usage: python benchmarks/bench.py --data data/sample [--set section.key=value ...]
+Ingest: Beam ingest on ~3000 photo-sized JPEGs against a plain single-process loop
+doing the same work, and peak memory at 10x the images against 1x
+(``benchmarks/ingest_bench.py``).
+
+Usage: python benchmarks/bench.py --data data/sample [--only pipeline|ingest] [--set k=v ...]
 """
 
 from __future__ import annotations
@@ -14,6 +18,9 @@ import os
 import sys
 import tempfile
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 STEPS = ("ingest", "transform", "tune", "train", "evaluate", "push")
 
@@ -63,11 +70,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True)
     parser.add_argument("--set", action="append", default=[])
+    parser.add_argument("--only", choices=("pipeline", "ingest"))
+    parser.add_argument("--photos", type=int, default=3000)
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with tempfile.TemporaryDirectory(prefix="visionpipe-bench-") as home:
-        os.environ["VISIONPIPE_HOME"] = home  # a fresh store: no champion, no earlier runs
-        rows = bench_pipeline(os.path.abspath(args.data), args.set)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="visionpipe-bench-") as work:
+        if args.only in (None, "ingest"):
+            from benchmarks.ingest_bench import bench_ingest
+
+            rows += bench_ingest(Path(work) / "ingest", photos=args.photos)
+        if args.only in (None, "pipeline"):
+            os.environ["VISIONPIPE_HOME"] = work  # a fresh store: no champion, no earlier runs
+            rows += bench_pipeline(os.path.abspath(args.data), args.set)
     width = max(len(r[0]) for r in rows)
     print(f"\n{'benchmark'.ljust(width)}  {'seconds':>8}  note")
     print(f"{'-' * width}  {'-' * 8}  {'-' * 24}")

@@ -27,12 +27,13 @@ def component_config(config_json: str, mlflow_tracking_uri: str) -> Config:
     return Config.from_json(config_json)
 
 
-def ingest(data_uri: str, output_uri: str, config: Config, parent_run_id: str = ""):
+def ingest(data_uri: str | list[str], output_uri: str, config: Config, parent_run_id: str = ""):
     """Runs ingest; logs counts, rejects and the data fingerprint (as the dataset digest)."""
     import mlflow
 
     from components.ingest.ingest import run_ingest
 
+    source = data_uri if isinstance(data_uri, str) else ",".join(data_uri)
     with tracking.step_run(config, "ingest", parent_run_id):
         result = run_ingest(data_uri, output_uri, config)
         stats = result.stats
@@ -42,13 +43,11 @@ def ingest(data_uri: str, output_uri: str, config: Config, parent_run_id: str = 
         )
         mlflow.log_metrics(counts)
         mlflow.log_dict(stats, "stats.json")
-        log_dataset(data_uri, stats["fingerprint"], context="ingest")
-        mlflow.set_tags({"data_source": data_uri, "data_fingerprint": stats["fingerprint"]})
-        tracking.log_outcome(
-            parent_run_id,
-            metrics=counts,
-            tags={"data_source": data_uri, "data_fingerprint": stats["fingerprint"]},
-        )
+        first = data_uri if isinstance(data_uri, str) else data_uri[0]
+        log_dataset(first, stats["fingerprint"], context="ingest")
+        tags = {"data_source": source, "data_fingerprint": stats["fingerprint"]}
+        mlflow.set_tags(tags)
+        tracking.log_outcome(parent_run_id, metrics=counts, tags=tags)
     return result
 
 

@@ -67,7 +67,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
 
     p = command("ingest", _ingest, "Images (folder-per-class or CSV) to split TFRecords.")
-    p.add_argument("--data", required=True, help="folder of class folders, or CSV of path,label")
+    p.add_argument(
+        "--data",
+        required=True,
+        nargs="+",
+        help="folder of class folders, CSV of path,label, a glob of CSVs, or several of these",
+    )
     p.add_argument("--out", required=True, help="output directory of raw examples")
 
     p = command("transform", _transform, "tf.Transform: transformed examples + transform graph.")
@@ -127,7 +132,8 @@ def _sample_data(args, config: Config) -> None:
 def _ingest(args, config: Config) -> None:
     from components import steps
 
-    result = steps.ingest(args.data, args.out, config)
+    data = args.data[0] if len(args.data) == 1 else args.data
+    result = steps.ingest(data, args.out, config)
     print(json.dumps({"output": args.out, **result.stats}, indent=2))
 
 

@@ -87,3 +87,31 @@ def test_compile_writes_a_strict_kfp_pipeline_spec(tmp_path, capsys):
     assert images == {"registry.example/vp:1.2"}
     assert str(tmp_path) not in text and "/work/" not in text
     assert "pip install" not in text
+
+
+def test_ingest_subcommand_takes_several_inputs_and_logs_to_mlflow(tmp_path, tiny_dataset, capsys):
+    import json
+
+    import mlflow
+
+    (tmp_path / "a.csv").write_text(f"{tiny_dataset}/circle/circle_00000.jpg,circle\n")
+    (tmp_path / "b.csv").write_text(f"{tiny_dataset}/square/square_00000.jpg,square\n")
+    out = tmp_path / "raw"
+    code = main(
+        [
+            "ingest",
+            "--data",
+            str(tmp_path / "a.csv"),
+            str(tmp_path / "b.csv"),
+            "--out",
+            str(out),
+            "--set",
+            "ingest.min_images_per_class=1",
+        ]
+    )
+    assert code == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["written"] == 2 and (out / "stats.json").exists()
+    [run] = mlflow.search_runs(experiment_names=["visionpipe"], output_format="list")
+    assert run.data.tags["data_fingerprint"] == stats["fingerprint"]
+    assert run.inputs.dataset_inputs[0].dataset.digest == stats["fingerprint"][:32]

@@ -69,3 +69,9 @@ def test_json_round_trip():
     config = load_config(overrides=["trainer.epochs=3"])
     assert Config.from_json(config.to_json()) == config
     assert config.flat()["trainer.epochs"] == 3
+
+
+def test_beam_multi_threading_mode_is_refused():
+    # It lost records in this project's ingest; see BeamConfig.direct_running_mode.
+    with pytest.raises(ConfigError, match="beam.direct_running_mode"):
+        load_config(overrides=["beam.direct_running_mode=multi_threading"])

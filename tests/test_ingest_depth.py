@@ -194,7 +194,15 @@ def test_a_file_changed_between_reads_is_rejected_not_written(tmp_path):
 
     path = tmp_path / "a.jpg"
     path.write_bytes(_save(Image.new("RGB", (8, 8)), "JPEG"))
-    rec = {"source": str(path), "label": "x", "sha256": "0" * 64, "reencoded": False,
-           "format": "jpeg", "height": 8, "width": 8, "channels": 3}
+    rec = {
+        "source": str(path),
+        "label": "x",
+        "sha256": "0" * 64,
+        "reencoded": False,
+        "format": "jpeg",
+        "height": 8,
+        "width": 8,
+        "channels": 3,
+    }
     [out] = list(_EncodeFn(load_config().ingest).process(("train", rec)))
     assert out.tag == "rejected" and out.value["reason"] == "changed_during_ingest"

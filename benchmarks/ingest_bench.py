@@ -1,0 +1,150 @@
+"""Ingest benchmarks: Beam ingest vs. a plain single-process loop, and memory as data grows.
+
+The loop does the same work per image as ingest (read, inspect, build the example,
+write a gzipped TFRecord) with nothing else: the practical limit on one core.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def make_photos(root: Path, count: int, classes: int = 4, seed: int = 0) -> None:
+    """``count`` photo-sized (320x240) JPEGs of smooth random scenes, folder per class."""
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        label = f"class{i % classes}"
+        (root / label).mkdir(parents=True, exist_ok=True)
+        small = rng.uniform(0, 255, (6, 8, 3)).astype(np.uint8)
+        image = Image.fromarray(small).resize((320, 240), Image.BICUBIC)
+        pixels = np.asarray(image, dtype=np.int16) + rng.integers(-12, 12, (240, 320, 3))
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(
+            root / label / f"img_{i:06d}.jpg", format="JPEG", quality=88
+        )
+
+
+def replicate(src: Path, dst: Path, times: int) -> int:
+    """``times`` unique copies of every JPEG (a distinct comment segment each)."""
+    written = 0
+    for path in sorted(src.rglob("*.jpg")):
+        data = path.read_bytes()
+        for k in range(times):
+            comment = f"copy {k}".encode()
+            segment = b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment
+            out = dst / path.parent.name / f"{path.stem}_{k}.jpg"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(data[:2] + segment + data[2:])
+            written += 1
+    return written
+
+
+def plain_loop(data: Path, out: Path) -> int:
+    """Reads, checks, builds and writes every example in one process; returns the count."""
+    import tensorflow as tf
+
+    from components.ingest.example_codec import encode_example
+    from components.ingest.images import inspect
+
+    out.mkdir(parents=True, exist_ok=True)
+    count = 0
+    options = tf.io.TFRecordOptions(compression_type="GZIP")
+    with tf.io.TFRecordWriter(str(out / "data.tfrecord.gz"), options) as writer:
+        for path in sorted(data.rglob("*.jpg")):
+            image = inspect(path.read_bytes(), 40_000_000)
+            writer.write(
+                encode_example(
+                    {
+                        "image/encoded": image.encoded,
+                        "image/format": image.format,
+                        "image/height": image.height,
+                        "image/width": image.width,
+                        "image/channels": image.channels,
+                        "image/class/text": path.parent.name,
+                        "image/filename": str(path),
+                        "image/key/sha256": image.sha256,
+                    }
+                )
+            )
+            count += 1
+    return count
+
+
+_CHILD = """
+import json, resource, sys, time
+from components.ingest.ingest import run_ingest
+from visionpipe.config import load_config
+started = time.monotonic()
+result = run_ingest(sys.argv[1], sys.argv[2], load_config(overrides=sys.argv[3:]))
+print(json.dumps({"seconds": time.monotonic() - started, "written": result.stats["written"],
+                  "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+"""
+
+
+def beam_ingest(data: Path, out: Path, overrides: list[str]) -> dict:
+    """Runs ingest in a fresh process; its time, count and peak memory (all processes)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    done = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(data), str(out), *overrides],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["children_maxrss_kb"] = max(
+        before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    )
+    return result
+
+
+def bench_ingest(work: Path, photos: int = 3000, growth: int = 10) -> list[tuple[str, float, str]]:
+    """Table rows: throughput vs. the loop, and peak memory at ``growth`` x the images."""
+    data = work / "photos"
+    make_photos(data, photos)
+    mb = sum(p.stat().st_size for p in data.rglob("*.jpg")) / 2**20
+    rows = [(f"photos: {photos} JPEGs 320x240", mb, "MB on disk")]
+
+    started = time.monotonic()
+    plain_loop(data, work / "loop")
+    loop_s = time.monotonic() - started
+    rows.append(("plain single-process loop", loop_s, f"{photos / loop_s:.0f} images/s"))
+
+    modes = {
+        "in_memory, 1 worker": ["beam.direct_num_workers=1", "beam.direct_running_mode=in_memory"],
+        "multi_processing, 2 workers": [
+            "beam.direct_num_workers=2",
+            "beam.direct_running_mode=multi_processing",
+        ],
+    }
+    for name, overrides in modes.items():
+        r = beam_ingest(data, work / f"out-{len(rows)}", overrides)
+        rows.append(
+            (
+                f"ingest ({name})",
+                r["seconds"],
+                f"{photos / r['seconds']:.0f} images/s = {loop_s / r['seconds']:.2f}x the loop",
+            )
+        )
+
+    big = work / "photos_x"
+    replicate(data, big, growth)
+    one = beam_ingest(data, work / "mem1", modes["in_memory, 1 worker"])
+    many = beam_ingest(big, work / "mem10", modes["in_memory, 1 worker"])
+    rows.append((f"peak memory, {photos} images", one["maxrss_kb"] / 1024, "MB"))
+    rows.append(
+        (
+            f"peak memory, {photos * growth} images",
+            many["maxrss_kb"] / 1024,
+            f"MB = {many['maxrss_kb'] / one['maxrss_kb']:.2f}x ({many['seconds']:.0f} s)",
+        )
+    )
+    return rows
