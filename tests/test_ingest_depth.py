@@ -14,8 +14,8 @@ from PIL import Image
 
 from components.ingest.example_codec import encode_example
 from components.ingest.images import Rejected, inspect
-from components.ingest.ingest import TooManyRejectsError, run_ingest, shard_counts
-from components.ingest.sources import Source, list_sources
+from components.ingest.ingest import TooManyRejectsError, run_ingest
+from components.ingest.sources import list_sources
 from visionpipe import features as F
 from visionpipe.config import load_config
 from visionpipe.sample_data import SampleSpec, generate
@@ -157,16 +157,14 @@ def test_adding_images_never_moves_existing_ones_between_splits(tmp_path, tiny_c
     assert {h: after[h] for h in before} == before
 
 
-def test_shard_count_follows_data_size(tmp_path):
-    sources = []
-    for i in range(10):
-        path = tmp_path / f"{i}.bin"
-        path.write_bytes(b"\0" * 300_000)
-        sources.append(Source(str(path), "x"))
-    counts = shard_counts(sources, load_config(overrides=["ingest.shard_size_mb=1"]).ingest)
-    assert counts == {"train": 3, "valid": 1, "test": 1}  # 2.4 MB, 0.3 MB, 0.3 MB
-    fixed = shard_counts(sources, load_config(overrides=["ingest.num_shards=4"]).ingest)
-    assert fixed == {"train": 4, "valid": 4, "test": 4}
+def test_shards_roll_over_at_the_size_limit_and_hold_every_record_once(tmp_path, tiny_dataset):
+    config = _config("ingest.shard_size_mb=0.01")  # ~10 KB shards of ~1.5 KB images
+    result = run_ingest(str(tiny_dataset), str(tmp_path / "out"), config)
+    train = sorted((tmp_path / "out" / "train").iterdir())
+    n = len(train)
+    assert n >= 2 and result.stats["shards"]["train"] == n
+    assert [p.name for p in train] == [f"data-{i:05d}-of-{n:05d}.tfrecord.gz" for i in range(n)]
+    assert len(_splits_by_hash(tmp_path / "out")) == result.stats["written"] == 36
 
 
 def test_a_killed_run_leaves_no_committed_output_and_a_rerun_starts_clean(tmp_path):

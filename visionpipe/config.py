@@ -40,8 +40,9 @@ class IngestConfig(_Section):
     max_reject_fraction: float = Field(
         0.05, ge=0, le=1, description="Fail (after writing the report) above this."
     )
-    shard_size_mb: int = Field(150, ge=1, description="Target shard size; sets the count.")
-    num_shards: int = Field(0, ge=0, description="Shards per split; 0: from shard_size_mb.")
+    shard_size_mb: float = Field(
+        150, gt=0, description="Shards roll over at this size, so their count follows the data."
+    )
 
     @model_validator(mode="after")
     def _fractions_sum_to_one(self) -> IngestConfig:

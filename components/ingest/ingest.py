@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +17,7 @@ import apache_beam as beam
 
 from components.ingest.example_codec import encode_example
 from components.ingest.images import Rejected, inspect
+from components.ingest.shards import RollingShardWriteFn, commit_shards
 from components.ingest.sources import DataError, Source, check_classes, list_sources
 from visionpipe import features as F
 from visionpipe import storage
@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 
 _COUNTS_FILE = "_counts.json"
 _PROGRESS_EVERY = 1000
-_SIZE_SAMPLE = 200
 
 
 class TooManyRejectsError(DataError):
@@ -71,16 +70,16 @@ def run_ingest(data_uri: str, output_uri: str, config: Config) -> IngestResult:
     for stale in storage.glob(f"{output_uri}.staging-*"):  # left by a killed run
         storage.remove(stale)
     staging = f"{output_uri}.staging-{uuid.uuid4().hex[:8]}"
-    shards = shard_counts(sources, config.ingest)
-    log.info("ingest: %d images from %s; shards per split %s", len(sources), data_uri, shards)
+    log.info("ingest: %d images from %s", len(sources), data_uri)
     try:
         with beam.Pipeline(options=pipeline_options(config.beam)) as pipeline:
             _ = (
                 pipeline
                 | "Sources" >> beam.Create(sources, reshuffle=True)
-                | "Ingest" >> IngestImages(staging, config.ingest, shards)
+                | "Ingest" >> IngestImages(staging, config.ingest)
             )
         stats = _finish_stats(data_uri, staging, config.ingest)
+        stats["shards"] = _commit_all_shards(staging, stats.pop("_shard_files"))
         storage.write_json(storage.join(staging, F.STATS_FILE), stats)
         if stats["status"] != "complete":
             _commit_report_only(staging, output_uri)
@@ -104,24 +103,15 @@ def run_ingest(data_uri: str, output_uri: str, config: Config) -> IngestResult:
     return result
 
 
-def shard_counts(sources: list[Source], config: IngestConfig) -> dict[str, int]:
-    """Shards per split: ``num_shards`` if set, else the estimated bytes / ``shard_size_mb``.
-
-    The dataset's size is estimated from the sizes of an evenly spaced sample of files.
-    """
-    if config.num_shards:
-        return {s: config.num_shards for s in F.SPLITS}
-    step = max(1, len(sources) // _SIZE_SAMPLE)
-    sizes = [storage.size(s.uri) for s in sources[::step]]
-    known = [n for n in sizes if n is not None]
-    total = (sum(known) / len(known) if known else 0) * len(sources)
-    target = config.shard_size_mb * 2**20
-    fractions = {
-        "train": config.train_fraction,
-        "valid": config.valid_fraction,
-        "test": config.test_fraction,
-    }
-    return {s: max(1, math.ceil(total * f / target)) for s, f in fractions.items()}
+def _commit_all_shards(staging: str, files: list[str]) -> dict[str, int]:
+    """Renames each split's completed part files into place; returns shards per split."""
+    shards = {}
+    for split in F.SPLITS:
+        prefix = storage.join(staging, split, "")
+        shards[split] = commit_shards(
+            storage.join(staging, split), [f for f in files if f.startswith(prefix)]
+        )
+    return shards
 
 
 def _commit_report_only(staging: str, output_uri: str) -> None:
@@ -143,7 +133,7 @@ def assign_split(sha256: str, config: IngestConfig) -> str:
 
 
 @beam.ptransform_fn
-def IngestImages(sources, staging: str, config: IngestConfig, shards: dict[str, int]):  # noqa: N802
+def IngestImages(sources, staging: str, config: IngestConfig):  # noqa: N802
     """Reads, validates, de-duplicates, splits and writes images under ``staging``."""
     inspected = sources | "Inspect" >> beam.ParDo(_InspectFn(config)).with_outputs(
         "rejected", main="ok"
@@ -167,17 +157,15 @@ def IngestImages(sources, staging: str, config: IngestConfig, shards: dict[str, 
     ) | "AllRejects" >> beam.Flatten()
     keyed = encoded.ok
     parts = keyed | "BySplit" >> beam.Partition(lambda kv, n: F.SPLITS.index(kv[0]), len(F.SPLITS))
-    for split, part in zip(F.SPLITS, parts, strict=True):
-        _ = (
-            part
-            | f"Serialize{split}" >> beam.Map(lambda kv: kv[1]["example"])
-            | f"Write{split}"
-            >> beam.io.WriteToTFRecord(
-                storage.join(staging, split, "data"),
-                file_name_suffix=F.SHARD_SUFFIX,
-                num_shards=shards[split],
-            )
-        )
+    max_bytes = int(config.shard_size_mb * 2**20)
+    shard_files = [
+        part
+        | f"Serialize{split}" >> beam.Map(lambda kv: kv[1]["example"])
+        | f"Write{split}"
+        >> beam.ParDo(RollingShardWriteFn(storage.join(staging, split), max_bytes))
+        for split, part in zip(F.SPLITS, parts, strict=True)
+    ]
+    completed = shard_files | "AllShards" >> beam.Flatten()
     _ = (
         rejected
         | "RejectJson" >> beam.Map(_json_line)
@@ -201,8 +189,13 @@ def IngestImages(sources, staging: str, config: IngestConfig, shards: dict[str, 
         | "CollectCounts" >> beam.combiners.ToList()
         | "WithFingerprint"
         >> beam.Map(
-            lambda counts, fp: {"counts": [[*k, n] for k, n in counts], "fingerprint": fp},
+            lambda counts, fp, shards: {
+                "counts": [[*k, n] for k, n in counts],
+                "fingerprint": fp,
+                "shards": sorted(shards),
+            },
             fp=beam.pvalue.AsSingleton(fingerprint),
+            shards=beam.pvalue.AsList(completed),
         )
         | "WriteCounts"
         >> beam.Map(lambda obj: storage.write_json(storage.join(staging, _COUNTS_FILE), obj))
@@ -398,6 +391,7 @@ def _finish_stats(data_uri: str, staging: str, config: IngestConfig) -> dict[str
         "classes": classes,
         "missing_classes_by_split": missing,
         "fingerprint": raw["fingerprint"],
+        "_shard_files": raw["shards"],
         "split_fractions": {
             "train": config.train_fraction,
             "valid": config.valid_fraction,
