@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 _COUNTS_FILE = "_counts.json"
 _PROGRESS_EVERY = 1000
+# The metadata of an inspected image, as the tuple _InspectFn emits.
+_META_FIELDS = ("source", "label", "sha256", "reencoded", "format", "height", "width", "channels")
 
 
 class TooManyRejectsError(DataError):
@@ -237,18 +239,19 @@ class _InspectFn(beam.DoFn):
         except OSError as err:
             yield self._reject(source, "unreadable", str(err))
             return
+        # A plain tuple: the de-duplicating shuffle holds one per image in memory.
         yield (
             image.sha256,
-            {
-                "source": source.uri,
-                "label": source.label,
-                "sha256": image.sha256,
-                "reencoded": image.encoded != data,
-                "format": image.format,
-                "height": image.height,
-                "width": image.width,
-                "channels": image.channels,
-            },
+            (
+                source.uri,
+                source.label,
+                image.sha256,
+                image.encoded != data,
+                image.format,
+                image.height,
+                image.width,
+                image.channels,
+            ),
         )
 
     def _reject(self, source: Source, reason: str, detail: str):
@@ -294,8 +297,10 @@ class _DedupFn(beam.DoFn):
     """Keeps one of identical images under one label; rejects all copies under several."""
 
     def process(self, element):
-        _, records = element
-        records = sorted(records, key=lambda r: r["source"])
+        _, packed = element
+        records = sorted(
+            (dict(zip(_META_FIELDS, t, strict=True)) for t in packed), key=lambda r: r["source"]
+        )
         labels = sorted({r["label"] for r in records})
         if len(labels) > 1:
             for r in records:
