@@ -47,8 +47,8 @@ def test_pipeline_runs_end_to_end_then_retrains_against_the_champion(tiny_datase
     assert out["probabilities"].shape == (2, 3) and out["class_name"].shape == (2,)
 
     # MLflow: one finished pipeline run with a nested run per step, and the champion alias.
-    mlflow.set_tracking_uri(f"sqlite:///{isolated_home / 'mlflow.db'}")
-    client = mlflow.MlflowClient()
+    store = f"sqlite:///{isolated_home / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
     run = client.get_run(first["mlflow_run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["trainer.epochs"] == "2"

@@ -9,6 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from visionpipe import storage
+from visionpipe.config import IngestConfig
+
 # Formats ingest accepts, detected from content (never from the file name).
 ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "GIF", "BMP", "WEBP"})
 # Formats whose bytes are kept as they are when already plain RGB or grayscale.
@@ -117,3 +120,40 @@ def _keep_as_is(image: Image.Image, max_side: int) -> bool:
     if max_side and max(image.size) > max_side:
         return False
     return image.getexif().get(_ORIENTATION_TAG, 1) == 1
+
+
+def inspect_source(source: tuple[str, str], config: IngestConfig) -> tuple[str, object]:
+    """Reads and inspects one ``(uri, label)``; runs in ingest's worker processes.
+
+    Returns:
+        ``("ok", (sha256, metadata tuple))`` for an accepted image (the metadata is
+        ``(uri, label, sha256, reencoded, format, height, width, channels)``), or
+        ``("rejected", {source, label, reason, detail})``.
+    """
+    uri, label = source
+
+    def reject(reason: str, detail: str) -> tuple[str, object]:
+        return "rejected", {"source": uri, "label": label, "reason": reason, "detail": detail}
+
+    if config.labels and label not in config.labels:
+        return reject("unknown_label", f"not in ingest.labels {sorted(config.labels)}")
+    try:
+        data = storage.read_bytes(uri)
+        image = inspect(data, config.max_pixels, config.max_side, config.jpeg_quality)
+    except (FileNotFoundError, IsADirectoryError):
+        return reject("missing_file", "no such file")
+    except Rejected as rejection:
+        return reject(rejection.reason, rejection.detail)
+    except OSError as err:
+        return reject("unreadable", str(err))
+    metadata = (
+        uri,
+        label,
+        image.sha256,
+        image.encoded != data,
+        image.format,
+        image.height,
+        image.width,
+        image.channels,
+    )
+    return "ok", (image.sha256, metadata)

@@ -16,7 +16,7 @@ from typing import Any
 import apache_beam as beam
 
 from components.ingest.example_codec import encode_example
-from components.ingest.images import Rejected, inspect
+from components.ingest.images import Rejected, inspect, inspect_source
 from components.ingest.shards import RollingShardWriteFn, commit_shards
 from components.ingest.sources import DataError, Source, check_classes, list_sources
 from visionpipe import features as F
@@ -205,61 +205,29 @@ def IngestImages(sources, staging: str, config: IngestConfig):  # noqa: N802
 
 
 class _InspectFn(beam.DoFn):
-    """Reads one source and validates it; rejects go to the ``rejected`` output."""
+    """Reads and validates one source; rejects go to the ``rejected`` output."""
 
     def __init__(self, config: IngestConfig) -> None:
         self._config = config
-        self._allowed = frozenset(config.labels)
         self._read = beam.metrics.Metrics.counter("ingest", "images_read")
         self._rejected = beam.metrics.Metrics.counter("ingest", "images_rejected")
+
+    def setup(self) -> None:
+        """Per-worker progress count."""
         self._seen = 0
 
     def process(self, source: Source):
+        """Yields ``(sha256, metadata tuple)`` for an accepted image, else a tagged reject."""
         self._read.inc()
         self._seen += 1
         if self._seen % _PROGRESS_EVERY == 0:
             log.info("ingest: %d images inspected by this worker", self._seen)
-        if self._allowed and source.label not in self._allowed:
-            allowed = sorted(self._allowed)
-            yield self._reject(source, "unknown_label", f"not in ingest.labels {allowed}")
-            return
-        cfg = self._config
-        try:
-            data = storage.read_bytes(source.uri)
-            image = inspect(data, cfg.max_pixels, cfg.max_side, cfg.jpeg_quality)
-        except FileNotFoundError:
-            yield self._reject(source, "missing_file", "file does not exist")
-            return
-        except IsADirectoryError:
-            yield self._reject(source, "missing_file", "path is a directory")
-            return
-        except Rejected as rejection:
-            yield self._reject(source, rejection.reason, rejection.detail)
-            return
-        except OSError as err:
-            yield self._reject(source, "unreadable", str(err))
-            return
-        # A plain tuple: the de-duplicating shuffle holds one per image in memory.
-        yield (
-            image.sha256,
-            (
-                source.uri,
-                source.label,
-                image.sha256,
-                image.encoded != data,
-                image.format,
-                image.height,
-                image.width,
-                image.channels,
-            ),
-        )
-
-    def _reject(self, source: Source, reason: str, detail: str):
-        self._rejected.inc()
-        return beam.pvalue.TaggedOutput(
-            "rejected",
-            {"source": source.uri, "label": source.label, "reason": reason, "detail": detail},
-        )
+        outcome, value = inspect_source((source.uri, source.label), self._config)
+        if outcome == "rejected":
+            self._rejected.inc()
+            yield beam.pvalue.TaggedOutput("rejected", value)
+        else:
+            yield value
 
 
 class _EncodeFn(beam.DoFn):
