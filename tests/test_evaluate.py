@@ -56,8 +56,10 @@ def test_evaluate_scores_candidate_and_champion_on_the_same_examples(ingested, t
     assert saved["blessed"] is True and saved["checks"][1]["passed"] is True
 
 
-def test_evaluate_refuses_when_the_threshold_is_not_met(ingested, trained, tmp_path):
+def test_evaluate_records_the_threshold_check_it_decided_on(ingested, trained, tmp_path):
     config = load_config(overrides=["evaluate.min_accuracy=1.0"])
     blessing = run_evaluate(ingested.output_uri, trained.model_uri, str(tmp_path), config)
-    if blessing.candidate["accuracy"] < 1.0:
-        assert not blessing.blessed and "min_accuracy failed" in blessing.reason
+    [check] = blessing.checks  # no champion given: the threshold alone decides
+    assert check.threshold == 1.0 and check.value == blessing.candidate["accuracy"]
+    assert check.passed == (check.value >= 1.0) == blessing.blessed
+    assert ("min_accuracy failed" in blessing.reason) == (not blessing.blessed)
