@@ -141,11 +141,9 @@ def push_op(
 ) -> int:
     """Publish a blessed model; returns the serving version."""
     from components import steps
-    from visionpipe.home import Home
 
     config = steps.component_config(config_json, mlflow_tracking_uri)
-    serving_root = Home.resolve().serving_root_for(config)
-    result = steps.push(model.path, blessing.path, config, serving_root, mlflow_run_id)
+    result = steps.push(model.path, blessing.path, config, mlflow_run_id)
     pushed.metadata.update(
         {"version": result.version, "path": result.path, "digest": result.digest}
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 
 from visionpipe import registry, tracking
 from visionpipe.config import Config
@@ -145,9 +146,12 @@ def evaluate(
 
     from components.evaluate.evaluate import run_evaluate
 
-    with tracking.step_run(config, "evaluate", parent_run_id):
+    with (
+        tracking.step_run(config, "evaluate", parent_run_id),
+        tempfile.TemporaryDirectory(prefix="champion-") as download_dir,
+    ):
         if champion_model_uri is None:
-            champion_model_uri = registry.download_champion(config.push.model_name)
+            champion_model_uri = registry.download_champion(config.push.model_name, download_dir)
         blessing = run_evaluate(raw_examples_uri, model_uri, output_uri, config, champion_model_uri)
         metrics = {f"test_{k}": v for k, v in blessing.candidate.items() if k != "examples"}
         if blessing.champion:
@@ -166,15 +170,18 @@ def evaluate(
     return blessing
 
 
-def push(
-    model_uri: str, blessing_uri: str, config: Config, serving_root: str, parent_run_id: str = ""
-):
-    """Publishes to the serving root and registers the version as ``champion``."""
+def push(model_uri: str, blessing_uri: str, config: Config, parent_run_id: str = ""):
+    """Publishes to the serving root and registers the version as ``champion``.
+
+    The serving root is ``push.serving_root``, or ``<VISIONPIPE_HOME>/serving`` when unset.
+    """
     import mlflow
 
     from components.evaluate.evaluate import read_blessing
     from components.push.push import run_push
+    from visionpipe.home import Home
 
+    serving_root = Home.resolve().serving_root_for(config)
     with tracking.step_run(config, "push", parent_run_id) as run:
         result = run_push(model_uri, blessing_uri, serving_root, config.push.model_name)
         registered = None

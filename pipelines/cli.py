@@ -161,21 +161,19 @@ def _train(args, config: Config) -> None:
     print(json.dumps({"model": args.out, "metrics": result.metrics}))
 
 
-def _evaluate(args, config: Config) -> int:
+def _evaluate(args, config: Config) -> None:
     from components import steps
 
     blessing = steps.evaluate(
         args.examples, args.model, args.out, config, champion_model_uri=args.champion
     )
     print(json.dumps(blessing.to_dict(), indent=2))
-    return 0
 
 
 def _push(args, config: Config) -> None:
     from components import steps
-    from visionpipe.home import Home
 
-    result = steps.push(args.model, args.blessing, config, Home.resolve().serving_root_for(config))
+    result = steps.push(args.model, args.blessing, config)
     print(
         json.dumps(
             {

@@ -43,8 +43,3 @@ def export_serving_model(
     module = ServingModule(model, tft_output, labels)
     tf.saved_model.save(module, export_dir, signatures={F.SERVING_SIGNATURE: module.serve_bytes})
     return export_dir
-
-
-def load_serving_fn(model_dir: str):
-    """The ``serving_default`` function of an exported model."""
-    return tf.saved_model.load(model_dir).signatures[F.SERVING_SIGNATURE]

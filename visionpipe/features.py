@@ -23,7 +23,6 @@ SHARD_SUFFIX = ".tfrecord.gz"
 TRANSFORMED_IMAGE = "image"
 TRANSFORMED_LABEL = "label"
 LABEL_VOCABULARY = "label_vocabulary"
-TRANSFORM_FN_DIR = "transform_fn"
 
 # Trainer / evaluate / push artifacts.
 HYPERPARAMETERS_FILE = "hyperparameters.json"

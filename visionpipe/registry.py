@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import tempfile
 
 log = logging.getLogger(__name__)
 
@@ -25,16 +24,14 @@ def champion_version(model_name: str):
         raise
 
 
-def download_champion(model_name: str, dst_dir: str | None = None) -> str | None:
-    """Downloads the champion's SavedModel; returns its local directory, or None."""
+def download_champion(model_name: str, dst_dir: str) -> str | None:
+    """Downloads the champion's SavedModel under ``dst_dir``; returns its directory, or None."""
     import mlflow
 
-    version = champion_version(model_name)
-    if version is None:
+    if champion_version(model_name) is None:
         return None
-    dst = dst_dir or tempfile.mkdtemp(prefix="champion-")
     return mlflow.artifacts.download_artifacts(
-        artifact_uri=f"models:/{model_name}@{CHAMPION}", dst_path=dst
+        artifact_uri=f"models:/{model_name}@{CHAMPION}", dst_path=dst_dir
     )
 
 

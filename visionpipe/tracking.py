@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -124,8 +125,6 @@ def log_outcome(
 
 
 def _now_ms() -> int:
-    import time
-
     return int(time.time() * 1000)
 
 

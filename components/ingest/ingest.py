@@ -80,8 +80,10 @@ def run_ingest(data_uri: str, output_uri: str, config: Config) -> IngestResult:
                 | "Sources" >> beam.Create(sources, reshuffle=True)
                 | "Ingest" >> IngestImages(staging, config.ingest)
             )
-        stats = _finish_stats(data_uri, staging, config.ingest)
-        stats["shards"] = _commit_all_shards(staging, stats.pop("_shard_files"))
+        raw = storage.read_json(storage.join(staging, _COUNTS_FILE))
+        storage.remove(storage.join(staging, _COUNTS_FILE))
+        stats = _finish_stats(data_uri, raw, config.ingest)
+        stats["shards"] = _commit_all_shards(staging, raw["shards"])
         storage.write_json(storage.join(staging, F.STATS_FILE), stats)
         if stats["status"] != "complete":
             _commit_report_only(staging, output_uri)
@@ -330,9 +332,8 @@ def _json_line(record: dict[str, Any]) -> str:
     return json.dumps(record, sort_keys=True)
 
 
-def _finish_stats(data_uri: str, staging: str, config: IngestConfig) -> dict[str, Any]:
-    raw = storage.read_json(storage.join(staging, _COUNTS_FILE))
-    storage.remove(storage.join(staging, _COUNTS_FILE))
+def _finish_stats(data_uri: str, raw: dict[str, Any], config: IngestConfig) -> dict[str, Any]:
+    """stats.json's content from the pipeline's outcome counts and fingerprint."""
     per_split: dict[str, dict[str, int]] = {s: {} for s in F.SPLITS}
     by_reason: dict[str, int] = {}
     written = rejected = duplicates = 0
@@ -364,7 +365,6 @@ def _finish_stats(data_uri: str, staging: str, config: IngestConfig) -> dict[str
         "classes": classes,
         "missing_classes_by_split": missing,
         "fingerprint": raw["fingerprint"],
-        "_shard_files": raw["shards"],
         "split_fractions": {
             "train": config.train_fraction,
             "valid": config.valid_fraction,
