@@ -188,7 +188,7 @@ def test_a_killed_run_leaves_no_committed_output_and_a_rerun_starts_clean(tmp_pa
 
 
 def test_a_file_changed_between_reads_is_rejected_not_written(tmp_path):
-    from components.ingest.ingest import _EncodeFn
+    from components.ingest.ingest import _encode
 
     path = tmp_path / "a.jpg"
     path.write_bytes(_save(Image.new("RGB", (8, 8)), "JPEG"))
@@ -202,5 +202,5 @@ def test_a_file_changed_between_reads_is_rejected_not_written(tmp_path):
         "width": 8,
         "channels": 3,
     }
-    [out] = list(_EncodeFn(load_config().ingest).process(("train", rec)))
-    assert out.tag == "rejected" and out.value["reason"] == "changed_during_ingest"
+    out = _encode(rec, load_config().ingest)
+    assert out["reason"] == "changed_during_ingest" and out["source"] == str(path)

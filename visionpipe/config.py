@@ -43,6 +43,12 @@ class IngestConfig(_Section):
     shard_size_mb: float = Field(
         150, gt=0, description="Shards roll over at this size, so their count follows the data."
     )
+    threads: int = Field(
+        0, ge=0, description="Threads per Beam worker for the per-image work; 0: one per core."
+    )
+    batch_size: int = Field(64, ge=1, description="Images per element handed to the threads.")
+    # JPEG and PNG payloads shrink by about 1% at level 1, which costs 15x level 0.
+    gzip_level: int = Field(0, ge=0, le=9, description="Shard compression; 0: gzip framing only.")
 
     @model_validator(mode="after")
     def _fractions_sum_to_one(self) -> IngestConfig:

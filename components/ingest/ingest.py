@@ -8,17 +8,26 @@ output is staged next to its destination and moved into place only when complete
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import apache_beam as beam
 
 from components.ingest.example_codec import encode_example
 from components.ingest.images import Rejected, inspect, inspect_source
-from components.ingest.shards import RollingShardWriteFn, commit_shards
-from components.ingest.sources import DataError, Source, check_classes, list_sources
+from components.ingest.shards import (
+    RollingFileWriteFn,
+    commit_shards,
+    concatenate_parts,
+    gzip_record,
+)
+from components.ingest.sources import DataError, check_classes, list_sources
 from visionpipe import features as F
 from visionpipe import storage
 from visionpipe.beam import pipeline_options
@@ -27,6 +36,7 @@ from visionpipe.config import Config, IngestConfig
 log = logging.getLogger(__name__)
 
 _COUNTS_FILE = "_counts.json"
+_REJECTS_PARTS = ".rejects"  # where the rejects' part files go, under the staging directory
 _PROGRESS_EVERY = 1000
 # The metadata of an inspected image, as the tuple _InspectFn emits.
 _META_FIELDS = ("source", "label", "sha256", "reencoded", "format", "height", "width", "channels")
@@ -73,17 +83,26 @@ def run_ingest(data_uri: str, output_uri: str, config: Config) -> IngestResult:
         storage.remove(stale)
     staging = f"{output_uri}.staging-{uuid.uuid4().hex[:8]}"
     log.info("ingest: %d images from %s", len(sources), data_uri)
+    size = config.ingest.batch_size
+    batches = [
+        [(s.uri, s.label) for s in sources[i : i + size]] for i in range(0, len(sources), size)
+    ]
     try:
         with beam.Pipeline(options=pipeline_options(config.beam)) as pipeline:
             _ = (
                 pipeline
-                | "Sources" >> beam.Create(sources, reshuffle=True)
+                | "Sources" >> beam.Create(batches, reshuffle=True)
                 | "Ingest" >> IngestImages(staging, config.ingest)
             )
         raw = storage.read_json(storage.join(staging, _COUNTS_FILE))
         storage.remove(storage.join(staging, _COUNTS_FILE))
         stats = _finish_stats(data_uri, raw, config.ingest)
-        stats["shards"] = _commit_all_shards(staging, raw["shards"])
+        stats["shards"] = _commit_all_shards(staging, raw["files"])
+        concatenate_parts(
+            storage.join(staging, _REJECTS_PARTS),
+            [f for f in raw["files"] if f.startswith(storage.join(staging, _REJECTS_PARTS, ""))],
+            storage.join(staging, F.REJECTS_FILE),
+        )
         storage.write_json(storage.join(staging, F.STATS_FILE), stats)
         if stats["status"] != "complete":
             _commit_report_only(staging, output_uri)
@@ -136,10 +155,20 @@ def assign_split(sha256: str, config: IngestConfig) -> str:
     return "test"
 
 
+def worker_threads(config: IngestConfig) -> int:
+    """Threads per Beam worker for the per-image work (``ingest.threads``; 0: one per core)."""
+    return config.threads or len(os.sched_getaffinity(0))
+
+
 @beam.ptransform_fn
-def IngestImages(sources, staging: str, config: IngestConfig):  # noqa: N802
-    """Reads, validates, de-duplicates, splits and writes images under ``staging``."""
-    inspected = sources | "Inspect" >> beam.ParDo(_InspectFn(config)).with_outputs(
+def IngestImages(batches, staging: str, config: IngestConfig):  # noqa: N802
+    """Reads, validates, de-duplicates, splits and writes batches of ``(uri, label)``.
+
+    The per-image work (reading, hashing, decoding, building and gzipping the record)
+    runs on a thread pool in each Beam worker: it is almost all in C code that releases
+    the GIL, so one process uses every core without the start-up of worker processes.
+    """
+    inspected = batches | "Inspect" >> beam.ParDo(_InspectFn(config)).with_outputs(
         "rejected", main="ok"
     )
     unique = (
@@ -151,7 +180,7 @@ def IngestImages(sources, staging: str, config: IngestConfig):  # noqa: N802
     # again here and streamed to the shard writers, so memory does not grow with data.
     encoded = (
         unique.ok
-        | "Split" >> beam.Map(lambda rec: (assign_split(rec["sha256"], config), rec))
+        | "Batch" >> beam.BatchElements(config.batch_size, config.batch_size)
         | "Encode" >> beam.ParDo(_EncodeFn(config)).with_outputs("rejected", main="ok")
     )
     rejected = (
@@ -159,108 +188,117 @@ def IngestImages(sources, staging: str, config: IngestConfig):  # noqa: N802
         unique.rejected,
         encoded.rejected,
     ) | "AllRejects" >> beam.Flatten()
-    keyed = encoded.ok
-    parts = keyed | "BySplit" >> beam.Partition(lambda kv, n: F.SPLITS.index(kv[0]), len(F.SPLITS))
+    written = encoded.ok
     max_bytes = int(config.shard_size_mb * 2**20)
-    shard_files = [
-        part
-        | f"Serialize{split}" >> beam.Map(lambda kv: kv[1]["example"])
-        | f"Write{split}"
-        >> beam.ParDo(RollingShardWriteFn(storage.join(staging, split), max_bytes))
-        for split, part in zip(F.SPLITS, parts, strict=True)
-    ]
-    completed = shard_files | "AllShards" >> beam.Flatten()
-    _ = (
+    shard_files = (
+        written
+        | "Records" >> beam.Map(lambda w: (w.split, w.record))
+        | "WriteShards" >> beam.ParDo(RollingFileWriteFn(staging, max_bytes))
+    )
+    reject_files = (
         rejected
-        | "RejectJson" >> beam.Map(_json_line)
-        | "WriteRejects"
-        >> beam.io.WriteToText(storage.join(staging, F.REJECTS_FILE), shard_name_template="")
-    )
-    outcomes = (
-        keyed | "WrittenKey" >> beam.Map(lambda kv: ("written", kv[0], kv[1]["label"])),
-        rejected | "RejectKey" >> beam.Map(lambda r: ("rejected", r["reason"], r["label"])),
-        unique.duplicate | "DupKey" >> beam.Map(lambda r: ("duplicate", "", r["label"])),
-    )
-    fingerprint = (
-        keyed
-        | "FingerprintItems" >> beam.Map(lambda kv: f"{kv[1]['sha256']}:{kv[1]['label']}")
-        | "Fingerprint" >> beam.CombineGlobally(_MultisetHashFn())
+        | "RejectLines" >> beam.Map(lambda r: (_REJECTS_PARTS, _json_line(r)))
+        | "WriteRejects" >> beam.ParDo(RollingFileWriteFn(staging, max_bytes, ".jsonl"))
     )
     _ = (
-        outcomes
-        | "AllOutcomes" >> beam.Flatten()
-        | "CountOutcomes" >> beam.combiners.Count.PerElement()
-        | "CollectCounts" >> beam.combiners.ToList()
-        | "WithFingerprint"
-        >> beam.Map(
-            lambda counts, fp, shards: {
-                "counts": [[*k, n] for k, n in counts],
-                "fingerprint": fp,
-                "shards": sorted(shards),
-            },
-            fp=beam.pvalue.AsSingleton(fingerprint),
-            shards=beam.pvalue.AsList(completed),
+        (
+            written | "WrittenItem" >> beam.Map(lambda w: ("written", w.split, w.label, w.sha256)),
+            rejected | "RejectItem" >> beam.Map(lambda r: ("rejected", r["reason"], r["label"])),
+            unique.duplicate | "DupItem" >> beam.Map(lambda r: ("duplicate", "", r["label"])),
+            (shard_files, reject_files) | "AllFiles" >> beam.Flatten() | beam.Map(_file_item),
         )
-        | "WriteCounts"
+        | "AllItems" >> beam.Flatten()
+        | "Summarize" >> beam.CombineGlobally(_SummaryFn()).without_defaults()
+        | "WriteSummary"
         >> beam.Map(lambda obj: storage.write_json(storage.join(staging, _COUNTS_FILE), obj))
     )
 
 
-class _InspectFn(beam.DoFn):
-    """Reads and validates one source; rejects go to the ``rejected`` output."""
+def _file_item(path: str) -> tuple[str, str]:
+    return ("file", path)
+
+
+class _PooledFn(beam.DoFn):
+    """A DoFn that maps its per-image work over a thread pool of ``worker_threads``."""
 
     def __init__(self, config: IngestConfig) -> None:
         self._config = config
-        self._read = beam.metrics.Metrics.counter("ingest", "images_read")
-        self._rejected = beam.metrics.Metrics.counter("ingest", "images_rejected")
 
     def setup(self) -> None:
-        """Per-worker progress count."""
+        """One pool per DoFn instance, reused across bundles."""
+        self._pool = ThreadPoolExecutor(worker_threads(self._config))
+
+    def teardown(self) -> None:
+        """Stops the pool's threads."""
+        self._pool.shutdown()
+
+
+class _InspectFn(_PooledFn):
+    """Reads and validates a batch of sources; rejects go to the ``rejected`` output."""
+
+    def setup(self) -> None:
+        """The pool, the counters and a per-worker progress count."""
+        super().setup()
+        self._read = beam.metrics.Metrics.counter("ingest", "images_read")
+        self._rejected = beam.metrics.Metrics.counter("ingest", "images_rejected")
         self._seen = 0
 
-    def process(self, source: Source):
-        """Yields ``(sha256, metadata tuple)`` for an accepted image, else a tagged reject."""
-        self._read.inc()
-        self._seen += 1
-        if self._seen % _PROGRESS_EVERY == 0:
+    def process(self, batch: list[tuple[str, str]]):
+        """Yields ``(sha256, metadata tuple)`` for each accepted image, else a tagged reject."""
+        inspect_one = partial(inspect_source, config=self._config)
+        for outcome, value in self._pool.map(inspect_one, batch):
+            if outcome == "rejected":
+                self._rejected.inc()
+                yield beam.pvalue.TaggedOutput("rejected", value)
+            else:
+                yield value
+        self._read.inc(len(batch))
+        before, self._seen = self._seen, self._seen + len(batch)
+        if self._seen // _PROGRESS_EVERY > before // _PROGRESS_EVERY:
             log.info("ingest: %d images inspected by this worker", self._seen)
-        outcome, value = inspect_source((source.uri, source.label), self._config)
-        if outcome == "rejected":
-            self._rejected.inc()
-            yield beam.pvalue.TaggedOutput("rejected", value)
-        else:
-            yield value
 
 
-class _EncodeFn(beam.DoFn):
-    """Reads a kept image again and serialises its example; a changed file is rejected."""
+@dataclass(frozen=True)
+class _Written:
+    """One example ready for its split's shards: the gzipped record and what to count."""
 
-    def __init__(self, config: IngestConfig) -> None:
-        self._config = config
+    split: str
+    label: str
+    sha256: str
+    record: bytes
 
-    def process(self, element):
-        split, rec = element
-        cfg = self._config
-        try:
-            data = storage.read_bytes(rec["source"])
-            if hashlib.sha256(data).hexdigest() != rec["sha256"]:
-                raise Rejected("changed_during_ingest", "content changed between reads")
-            encoded = data
-            if rec["reencoded"]:
-                encoded = inspect(data, cfg.max_pixels, cfg.max_side, cfg.jpeg_quality).encoded
-        except (OSError, Rejected) as err:
-            yield beam.pvalue.TaggedOutput(
-                "rejected",
-                {
-                    "source": rec["source"],
-                    "label": rec["label"],
-                    "reason": "changed_during_ingest",
-                    "detail": str(err),
-                },
-            )
-            return
-        example = _to_example({**rec, "encoded": encoded})
-        yield split, {"example": example, "label": rec["label"], "sha256": rec["sha256"]}
+
+class _EncodeFn(_PooledFn):
+    """Reads kept images again and builds their gzipped records; a changed file is rejected."""
+
+    def process(self, batch: list[dict[str, Any]]):
+        """Yields a ``_Written`` per image, or a tagged reject."""
+        for outcome in self._pool.map(partial(_encode, config=self._config), batch):
+            if isinstance(outcome, _Written):
+                yield outcome
+            else:
+                yield beam.pvalue.TaggedOutput("rejected", outcome)
+
+
+def _encode(rec: dict[str, Any], config: IngestConfig) -> _Written | dict[str, str]:
+    """The record of one kept image (run on a pool thread), or its reject."""
+    try:
+        data = storage.read_bytes(rec["source"])
+        if hashlib.sha256(data).hexdigest() != rec["sha256"]:
+            raise Rejected("changed_during_ingest", "content changed between reads")
+        encoded = data
+        if rec["reencoded"]:
+            encoded = inspect(data, config.max_pixels, config.max_side, config.jpeg_quality).encoded
+    except (OSError, Rejected) as err:
+        return {
+            "source": rec["source"],
+            "label": rec["label"],
+            "reason": "changed_during_ingest",
+            "detail": str(err),
+        }
+    split = assign_split(rec["sha256"], config)
+    record = gzip_record(_to_example({**rec, "encoded": encoded}), config.gzip_level)
+    return _Written(split, rec["label"], rec["sha256"], record)
 
 
 class _DedupFn(beam.DoFn):
@@ -293,22 +331,46 @@ class _DedupFn(beam.DoFn):
             )
 
 
-class _MultisetHashFn(beam.CombineFn):
-    """An order-independent hash of a set of strings, in constant memory."""
+class _SummaryFn(beam.CombineFn):
+    """Outcome counts, the data fingerprint and the completed files, in one pass.
+
+    The fingerprint is an order-independent (multiset) hash of ``sha256:label`` over
+    the written examples: a sum of their SHA-256 values modulo 2**256, so it can be
+    combined per bundle and merged in any order, in constant memory.
+    """
 
     _MOD = 2**256
 
     def create_accumulator(self):
-        return 0
+        return {"counts": {}, "fingerprint": 0, "files": []}
 
     def add_input(self, acc, item):
-        return (acc + int.from_bytes(hashlib.sha256(item.encode()).digest(), "big")) % self._MOD
+        kind = item[0]
+        if kind == "file":
+            acc["files"].append(item[1])
+            return acc
+        key = item[:3]
+        acc["counts"][key] = acc["counts"].get(key, 0) + 1
+        if kind == "written":
+            digest = hashlib.sha256(f"{item[3]}:{item[2]}".encode()).digest()
+            acc["fingerprint"] = (acc["fingerprint"] + int.from_bytes(digest, "big")) % self._MOD
+        return acc
 
     def merge_accumulators(self, accs):
-        return sum(accs) % self._MOD
+        merged = self.create_accumulator()
+        for acc in accs:
+            for key, n in acc["counts"].items():
+                merged["counts"][key] = merged["counts"].get(key, 0) + n
+            merged["fingerprint"] = (merged["fingerprint"] + acc["fingerprint"]) % self._MOD
+            merged["files"].extend(acc["files"])
+        return merged
 
     def extract_output(self, acc):
-        return f"{acc:064x}"
+        return {
+            "counts": [[*key, n] for key, n in sorted(acc["counts"].items())],
+            "fingerprint": f"{acc['fingerprint']:064x}",
+            "files": sorted(acc["files"]),
+        }
 
 
 def _to_example(rec: dict[str, Any]) -> bytes:
@@ -326,10 +388,8 @@ def _to_example(rec: dict[str, Any]) -> bytes:
     )
 
 
-def _json_line(record: dict[str, Any]) -> str:
-    import json
-
-    return json.dumps(record, sort_keys=True)
+def _json_line(record: dict[str, Any]) -> bytes:
+    return (json.dumps(record, sort_keys=True) + "\n").encode()
 
 
 def _finish_stats(data_uri: str, raw: dict[str, Any], config: IngestConfig) -> dict[str, Any]:
