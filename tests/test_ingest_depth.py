@@ -204,3 +204,29 @@ def test_a_file_changed_between_reads_is_rejected_not_written(tmp_path):
     }
     out = _encode(rec, load_config().ingest)
     assert out["reason"] == "changed_during_ingest" and out["source"] == str(path)
+
+
+@pytest.mark.parametrize("level", [0, 1])
+def test_records_gzipped_one_member_each_read_back_as_one_stream(tmp_path, level):
+    import gzip
+
+    from components.ingest.shards import gzip_record
+
+    records = [f"record {i}".encode() * (i + 1) for i in range(5)]
+    path = tmp_path / "data.tfrecord.gz"
+    path.write_bytes(b"".join(gzip_record(r, level) for r in records))
+    read = [bytes(r.numpy()) for r in tf.data.TFRecordDataset(str(path), compression_type="GZIP")]
+    assert read == records
+    assert len(gzip.decompress(path.read_bytes())) == sum(len(r) + 16 for r in records)
+
+
+def test_thread_count_and_batch_size_do_not_change_the_output(tmp_path, tiny_dataset):
+    one = run_ingest(str(tiny_dataset), str(tmp_path / "one"), _config("ingest.threads=1"))
+    many = run_ingest(
+        str(tiny_dataset),
+        str(tmp_path / "many"),
+        _config("ingest.threads=4", "ingest.batch_size=5", "ingest.gzip_level=1"),
+    )
+    for key in ("inputs", "written", "per_split", "fingerprint"):
+        assert one.stats[key] == many.stats[key], key
+    assert one.stats["written"] == 36
