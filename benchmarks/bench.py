@@ -8,7 +8,12 @@ Ingest: Beam ingest on ~3000 photo-sized JPEGs against a plain single-process lo
 doing the same work, and peak memory at 10x the images against 1x
 (``benchmarks/ingest_bench.py``).
 
-Usage: python benchmarks/bench.py --data data/sample [--only pipeline|ingest] [--set k=v ...]
+Transform and serving: transform's images per second next to ingest's, bytes per
+transformed example, and the served model on raw bytes against the bare Keras model
+on decoded tensors (``benchmarks/serving_bench.py``).
+
+Usage: python benchmarks/bench.py --data data/sample [--only pipeline|ingest|serving]
+       [--set k=v ...]
 """
 
 from __future__ import annotations
@@ -70,7 +75,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True)
     parser.add_argument("--set", action="append", default=[])
-    parser.add_argument("--only", choices=("pipeline", "ingest"))
+    parser.add_argument("--only", choices=("pipeline", "ingest", "serving"))
     parser.add_argument("--photos", type=int, default=3000)
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -80,6 +85,11 @@ def main() -> int:
             from benchmarks.ingest_bench import bench_ingest
 
             rows += bench_ingest(Path(work) / "ingest", photos=args.photos)
+        if args.only in (None, "serving"):
+            from benchmarks.serving_bench import bench_transform_and_serving
+
+            serving = Path(work) / "serving"
+            rows += bench_transform_and_serving(serving, os.path.abspath(args.data), args.set)
         if args.only in (None, "pipeline"):
             os.environ["VISIONPIPE_HOME"] = work  # a fresh store: no champion, no earlier runs
             rows += bench_pipeline(os.path.abspath(args.data), args.set)

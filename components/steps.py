@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 
 from visionpipe import registry, tracking
@@ -78,7 +79,7 @@ def transform(
     config: Config,
     parent_run_id: str = "",
 ):
-    """Runs tf.Transform; logs the label vocabulary and transformed counts."""
+    """Runs tf.Transform; logs the label vocabulary, its frequencies and pixel statistics."""
     import mlflow
 
     from components.transform.transform import run_transform
@@ -87,6 +88,18 @@ def transform(
         result = run_transform(raw_examples_uri, examples_uri, graph_uri, config)
         mlflow.log_metrics({f"transformed_{s}": n for s, n in result.examples.items()})
         mlflow.log_dict({"labels": result.labels}, "label_vocabulary.json")
+        mlflow.log_dict(result.statistics, "transform_statistics.json")
+        stats = result.statistics
+        mlflow.log_metrics(
+            {
+                **{f"pixel_mean_{c}": v for c, v in zip("rgb", stats["image_mean"], strict=True)},
+                **{f"pixel_std_{c}": v for c, v in zip("rgb", stats["image_std"], strict=True)},
+                **{
+                    f"train_count_{re.sub(r'[^0-9A-Za-z_.-]', '_', k)}": n
+                    for k, n in stats["label_counts"].items()
+                },
+            }
+        )
     return result
 
 

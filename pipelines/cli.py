@@ -32,8 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 - known input errors become one line, others re-raise
         from components.ingest.sources import DataError
         from components.push.push import NotBlessedError
+        from visionpipe.serving import ModelNotFoundError
 
-        if isinstance(err, DataError | NotBlessedError):
+        if isinstance(err, DataError | NotBlessedError | ModelNotFoundError):
             print(f"visionpipe: error: {err}", file=sys.stderr)
             return 2
         raise
@@ -97,6 +98,18 @@ def _parser() -> argparse.ArgumentParser:
     p = command("push", _push, "Publish a blessed model to the serving root and the registry.")
     p.add_argument("--model", required=True, help="SavedModel directory")
     p.add_argument("--blessing", required=True, help="evaluate's output directory")
+
+    p = command("predict", _predict, "Classify image files with a served model.")
+    p.add_argument(
+        "--model",
+        required=True,
+        metavar="PATH_OR_MODELS_URI",
+        help="SavedModel directory, a model folder of a serving root (highest version), "
+        "or models:/NAME@ALIAS or models:/NAME/VERSION from the MLflow registry",
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (local or URIs)")
+    p.add_argument("--json", action="store_true", help="print a JSON list, one object per file")
+    p.add_argument("--batch-size", type=int, default=64, help="images per model call")
 
     p = command("run", _run, "Run the whole pipeline locally (kfp.local, no cluster).")
     p.add_argument("--data", required=True, help="folder of class folders, or CSV of path,label")
@@ -183,6 +196,28 @@ def _push(args, config: Config) -> None:
             }
         )
     )
+
+
+def _predict(args, config: Config) -> int:
+    import tempfile
+
+    from visionpipe import tracking
+    from visionpipe.serving import MODELS_SCHEME, Classifier, resolve_model
+
+    with tempfile.TemporaryDirectory(prefix="visionpipe-model-") as tmp:
+        if args.model.startswith(MODELS_SCHEME):
+            tracking.configure(config)
+        predictions = Classifier(resolve_model(args.model, tmp)).predict_files(
+            args.images, args.batch_size
+        )
+    if args.json:
+        print(json.dumps([p.to_dict() for p in predictions], indent=2))
+    for p in predictions:
+        if p.error:
+            print(f"visionpipe: error: {p.file}: {p.error}", file=sys.stderr)
+        elif not args.json:
+            print(f"{p.file}\t{p.class_name}\t{p.probability:.4f}")
+    return 1 if any(p.error for p in predictions) else 0
 
 
 def _run(args, config: Config) -> None:

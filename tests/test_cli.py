@@ -13,6 +13,7 @@ SUBCOMMANDS = [
     "train",
     "evaluate",
     "push",
+    "predict",
     "run",
     "compile",
 ]
@@ -115,3 +116,59 @@ def test_ingest_subcommand_takes_several_inputs_and_logs_to_mlflow(tmp_path, tin
     [run] = mlflow.search_runs(experiment_names=["visionpipe"], output_format="list")
     assert run.data.tags["data_fingerprint"] == stats["fingerprint"]
     assert run.inputs.dataset_inputs[0].dataset.digest == stats["fingerprint"][:32]
+
+
+def test_predict_names_bad_files_and_still_predicts_the_others(
+    trained, tiny_dataset, tmp_path, capsys
+):
+    import json
+    import shutil
+
+    # A serving root's model folder: the highest integer version is used.
+    root = tmp_path / "serving" / "visionpipe"
+    shutil.copytree(trained.model_uri, root / "3")
+    (root / "12").mkdir()  # not a SavedModel: ignored
+    good = [str(tiny_dataset / c / f"{c}_00003.jpg") for c in ("circle", "triangle")]
+    missing = str(tmp_path / "missing.jpg")
+    junk = tmp_path / "junk.jpg"
+    junk.write_bytes(b"not an image at all")
+    args = ["predict", "--model", str(root), good[0], missing, str(junk), good[1]]
+
+    assert main(args) == 1
+    out, err = capsys.readouterr()
+    lines = out.strip().splitlines()
+    assert [line.split("\t")[0] for line in lines] == good
+    assert all(0.0 <= float(line.split("\t")[2]) <= 1.0 for line in lines)
+    assert f"{missing}: no such file" in err and f"{junk}: not an image" in err
+
+    assert main([*args, "--json"]) == 1
+    records = json.loads(capsys.readouterr().out)
+    assert [r["file"] for r in records] == [good[0], missing, str(junk), good[1]]
+    assert "error" in records[1] and "error" in records[2]
+    assert records[0]["class_name"] in ("circle", "square", "triangle")
+    assert abs(sum(records[3]["probabilities"]) - 1.0) < 1e-5
+
+
+def test_predict_with_no_model_there_fails_in_one_line(tmp_path, tiny_dataset, capsys):
+    code = main(["predict", "--model", str(tmp_path), str(tiny_dataset / "labels.csv")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "not a SavedModel" in err
+
+
+def test_transform_subcommand_logs_vocabulary_frequencies_and_statistics(
+    ingested, tmp_path, capsys
+):
+    import json
+
+    import mlflow
+
+    out = tmp_path / "transformed"
+    args = ["transform", "--examples", ingested.output_uri, "--out", str(out)]
+    assert main([*args, "--set", "transform.image_size=16"]) == 0
+    assert json.loads(capsys.readouterr().out)["examples"] == ingested.examples
+    [run] = mlflow.search_runs(experiment_names=["visionpipe"], output_format="list")
+    metrics = run.data.metrics
+    assert {f"train_count_{c}" for c in ("circle", "square", "triangle")} <= set(metrics)
+    assert 0 < metrics["pixel_mean_r"] < 255 and metrics["pixel_std_g"] > 0
+    stats = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/transform_statistics.json")
+    assert stats["label_counts"]["circle"] == ingested.stats["per_split"]["train"]["circle"]

@@ -10,11 +10,13 @@ from trainer.tune import run_tune
 from visionpipe import features as F
 from visionpipe.config import load_config
 
+_STATS = ([120.0, 110.0, 100.0], [60.0, 55.0, 50.0])  # per-channel pixel mean and std
+
 
 def test_build_model_defaults_are_the_configured_values():
     config = load_config(overrides=["trainer.width=8", "trainer.depth=2", "tuner.search_space={}"])
     hp = kt.HyperParameters()
-    model = build_model(hp, (16, 16, 3), 4, config.trainer, config.tuner)
+    model = build_model(hp, (16, 16, 3), 4, config.trainer, config.tuner, *_STATS)
     assert hp.values == {
         "learning_rate": config.trainer.learning_rate,
         "width": 8,
@@ -29,7 +31,7 @@ def test_build_model_defaults_are_the_configured_values():
 def test_search_space_choices_are_offered_to_the_tuner():
     config = load_config(overrides=["tuner.search_space={width: [4, 8], dropout: [0.0, 0.5]}"])
     hp = kt.HyperParameters()
-    build_model(hp, (16, 16, 3), 3, config.trainer, config.tuner)
+    build_model(hp, (16, 16, 3), 3, config.trainer, config.tuner, *_STATS)
     spaces = {p.name: p.values for p in hp.space if hasattr(p, "values")}
     assert spaces["width"] == [4, 8] and spaces["dropout"] == [0.0, 0.5]
     assert spaces["learning_rate"] == [config.trainer.learning_rate]
@@ -72,27 +74,98 @@ def test_exported_model_answers_raw_jpeg_bytes(trained, transformed, tiny_datase
     assert trained.epochs_run >= 1 and "test_accuracy" in trained.metrics
 
 
-def test_served_preprocessing_equals_what_the_trainer_saw(transformed, ingested):
-    """Skew check: the graph on raw bytes reproduces the Beam-transformed training pixels."""
+def _untrained_export(transformed, tmp_path):
+    """A freshly built classifier and its export: two paths to the same weights."""
+    from components.transform.transform import TransformGraph
+    from trainer.export import export_serving_model
+    from trainer.model import model_inputs
+
+    config = load_config(overrides=["trainer.width=4", "trainer.depth=1"])
+    graph = TransformGraph.load(transformed.transform_graph_uri)
+    model = build_model(
+        kt.HyperParameters(), **model_inputs(graph), trainer=config.trainer, tuner=config.tuner
+    )
+    classifier = served_part(model)
+    export_serving_model(classifier, graph, str(tmp_path / "export"))
+    return graph, model, tf.saved_model.load(str(tmp_path / "export"))
+
+
+def test_served_probabilities_from_raw_bytes_equal_the_trainer_path(
+    transformed, ingested, tmp_path
+):
+    """The skew test: served model on raw bytes vs. the trainer's model on transformed examples."""
     from components.evaluate.evaluate import load_test_examples
-    from components.transform.transform import transform_output
     from trainer.data import make_dataset
 
-    output = transform_output(transformed.transform_graph_uri)
+    graph, model, loaded = _untrained_export(transformed, tmp_path)
     images, _ = load_test_examples(ingested.output_uri)
-    served = output.transform_features_layer()({F.IMAGE_ENCODED: tf.constant(images)})
-    served = served[F.TRANSFORMED_IMAGE].numpy()
-    seen = np.concatenate(
-        [
-            x.numpy()
-            for x, _ in make_dataset(
-                transformed.examples_uri, "test", output.transformed_feature_spec(), 64
-            )
-        ]
+    served = loaded.signatures[F.SERVING_SIGNATURE](**{F.SERVING_INPUT: tf.constant(images)})
+    served = served["probabilities"].numpy()
+    # The trainer's path: transformed examples as the trainer reads them, through the
+    # training model (augmentation inactive outside training).
+    pixels, trainer_probs = [], []
+    for x, _ in make_dataset(transformed.examples_uri, "test", graph.image_shape, 64):
+        pixels.append(x.numpy())
+        trainer_probs.append(model(x, training=False).numpy())
+    pixels, trainer_probs = np.concatenate(pixels), np.concatenate(trainer_probs)
+    # Pair each test image with its transformed example by the 8-bit pixels, which the
+    # bytes path must reproduce exactly.
+    layer = graph.output.transform_features_layer()
+    served_pixels = layer({F.IMAGE_ENCODED: tf.constant(images)})[F.TRANSFORMED_IMAGE].numpy()
+    assert len(images) == len(pixels) > 0
+    for i, image in enumerate(served_pixels):
+        [match] = np.flatnonzero((pixels == image).all(axis=(1, 2, 3)))
+        np.testing.assert_allclose(served[i], trainer_probs[match], atol=1e-5, rtol=0)
+
+
+def test_pixels_signature_equals_the_bytes_signature(transformed, tiny_dataset, tmp_path):
+    from trainer.export import PIXELS_INPUT, PIXELS_SIGNATURE
+
+    _, _, loaded = _untrained_export(transformed, tmp_path)
+    files = sorted(tiny_dataset.rglob("*.jpg"))[:8]
+    data = [f.read_bytes() for f in files]
+    decoded = np.stack([tf.io.decode_jpeg(d, channels=3).numpy() for d in data])
+    by_bytes = loaded.signatures[F.SERVING_SIGNATURE](**{F.SERVING_INPUT: tf.constant(data)})
+    by_pixels = loaded.signatures[PIXELS_SIGNATURE](**{PIXELS_INPUT: tf.constant(decoded)})
+    np.testing.assert_allclose(
+        by_pixels["probabilities"].numpy(), by_bytes["probabilities"].numpy(), atol=1e-5, rtol=0
     )
-    assert len(seen) == len(served)
-    for pixels in served:
-        assert np.abs(seen - pixels).max(axis=(1, 2, 3)).min() < 1e-5
+    assert list(by_pixels["class_name"].numpy()) == list(by_bytes["class_name"].numpy())
+
+
+def test_rest_b64_payload_is_decoded_and_predicted_through_the_signature(trained, tiny_dataset):
+    import base64
+
+    from visionpipe.serving import Classifier
+
+    files = [tiny_dataset / c / f"{c}_00002.jpg" for c in ("circle", "square")]
+    data = [f.read_bytes() for f in files]
+    classifier = Classifier(trained.model_uri)
+    payload = json.loads(
+        json.dumps(
+            {
+                "signature_name": "serving_default",
+                "instances": [
+                    {"b64": base64.b64encode(data[0]).decode()},
+                    {"image_bytes": {"b64": base64.b64encode(data[1]).decode()}},
+                ],
+            }
+        )
+    )
+    answer = classifier.rest_predict(payload)
+    direct = classifier.classify(data)
+    assert [p["class_name"] for p in answer["predictions"]] == [
+        n.decode() for n in direct["class_name"]
+    ]
+    np.testing.assert_allclose(
+        [p["probabilities"] for p in answer["predictions"]], direct["probabilities"], atol=1e-6
+    )
+    import pytest
+
+    with pytest.raises(ValueError, match=r"instances\[0\]"):
+        classifier.rest_predict({"instances": [{"b64": "not base64!"}]})
+    with pytest.raises(ValueError, match="instances"):
+        classifier.rest_predict({"inputs": []})
 
 
 def test_training_is_reproducible_for_a_seed(transformed, tiny_config, tmp_path, trained):

@@ -12,8 +12,10 @@ from components.transform.preprocessing import (
     decode_and_resize,
     make_preprocessing_fn,
     raw_feature_spec,
+    resize_batch,
 )
-from components.transform.transform import transform_output
+from components.transform.transform import TransformGraph, transform_output
+from trainer.data import parse_transformed
 from visionpipe import features as F
 
 
@@ -23,7 +25,7 @@ def _png(colour, size=(6, 4)):
     return buf.getvalue()
 
 
-def test_preprocessing_fn_normalises_with_training_statistics_and_builds_vocabulary():
+def test_preprocessing_fn_statistics_vocabulary_and_frequencies(tmp_path):
     raw = [
         {F.IMAGE_ENCODED: _png((0, 0, 0)), F.LABEL_TEXT: b"dark"},
         {F.IMAGE_ENCODED: _png((0, 0, 0)), F.LABEL_TEXT: b"dark"},
@@ -34,16 +36,22 @@ def test_preprocessing_fn_normalises_with_training_statistics_and_builds_vocabul
         schema_utils.schema_from_feature_spec(raw_feature_spec())
     )
     with tempfile.TemporaryDirectory() as temp, tft_beam.Context(temp_dir=temp):
-        (out, _), _ = (raw, metadata) | tft_beam.AnalyzeAndTransformDataset(
+        (out, _), transform_fn = (raw, metadata) | tft_beam.AnalyzeAndTransformDataset(
             make_preprocessing_fn(4, "stretch")
         )
-    # Per channel: mean = v/4, std = sqrt(3)/4 * v, so dark -> -1/sqrt(3), bright -> sqrt(3).
+        _ = transform_fn | tft_beam.WriteTransformFn(str(tmp_path))
+    # Pixels stay 8-bit values; the statistics are per channel over the training data:
+    # mean = v/4 and std = sqrt(3)/4 * v for a channel value v in one of four images.
     dark, bright = np.asarray(out[0][F.TRANSFORMED_IMAGE]), np.asarray(out[3][F.TRANSFORMED_IMAGE])
-    assert dark.shape == (4, 4, 3)
-    np.testing.assert_allclose(dark, -1 / np.sqrt(3), atol=1e-3)
-    np.testing.assert_allclose(bright, np.sqrt(3), atol=1e-3)
+    assert dark.shape == (4, 4, 3) and dark.max() == 0
+    assert (bright == [200, 100, 40]).all()
+    value = np.array([200.0, 100.0, 40.0])
+    np.testing.assert_allclose(out[0][F.IMAGE_MEAN], value / 4, rtol=1e-5)
+    np.testing.assert_allclose(out[0][F.IMAGE_STD], np.sqrt(3) / 4 * value, rtol=1e-4)
     # The vocabulary is ordered by frequency: "dark" (3) gets id 0.
     assert [row[F.TRANSFORMED_LABEL] for row in out] == [0, 0, 0, 1]
+    output = transform_output(str(tmp_path))
+    assert output.vocabulary_by_name(F.LABEL_FREQUENCIES) == [b"3 dark", b"1 bright"]
 
 
 @pytest.mark.parametrize("mode", ["stretch", "pad", "center_crop"])
@@ -51,6 +59,20 @@ def test_every_resize_mode_gives_the_target_square(mode):
     wide = _png((255, 255, 255), size=(40, 20))
     images = decode_and_resize(tf.constant([wide, _png((9, 9, 9), size=(7, 30))]), 16, mode)
     assert images.shape == (2, 16, 16, 3)
+
+
+def test_decoded_pixels_resize_exactly_like_the_bytes_path():
+    sizes = [(40, 20), (7, 30)]
+    rng = np.random.default_rng(0)
+    for mode in ("stretch", "pad", "center_crop"):
+        for w, h in sizes:
+            pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            buf = io.BytesIO()
+            Image.fromarray(pixels).save(buf, format="PNG")
+            from_bytes = decode_and_resize(tf.constant([buf.getvalue()]), 16, mode)
+            from_pixels = resize_batch(tf.constant(pixels[None]), 16, mode)
+            assert from_bytes.dtype == tf.uint8
+            np.testing.assert_array_equal(from_bytes.numpy(), from_pixels.numpy())
 
 
 def test_pad_keeps_aspect_and_crop_fills_the_square():
@@ -71,12 +93,31 @@ def test_unknown_resize_mode_is_refused():
 def test_transform_step_writes_every_split_and_the_graph(ingested, transformed):
     assert transformed.examples == ingested.examples
     assert sorted(transformed.labels) == ["circle", "square", "triangle"]
-    output = transform_output(transformed.transform_graph_uri)
-    spec = output.transformed_feature_spec()
-    assert spec[F.TRANSFORMED_IMAGE].shape == [16, 16, 3]
+    graph = TransformGraph.load(transformed.transform_graph_uri)
+    assert graph.image_shape == (16, 16, 3) and graph.labels == transformed.labels
+    train_counts = ingested.stats["per_split"]["train"]
+    assert graph.statistics["label_counts"] == {c: train_counts[c] for c in graph.labels}
+    assert len(graph.statistics["image_mean"]) == len(graph.statistics["image_std"]) == 3
+    assert all(0 < m < 255 for m in graph.statistics["image_mean"])
     files = tf.io.gfile.glob(F.split_pattern(transformed.examples_uri, "train"))
-    count = sum(1 for _ in tf.data.TFRecordDataset(files, compression_type="GZIP"))
-    assert count == ingested.examples["train"]
+    records = list(tf.data.TFRecordDataset(files, compression_type="GZIP"))
+    assert len(records) == ingested.examples["train"]
+    images, labels = parse_transformed(tf.stack(records), graph.image_shape)
+    assert images.dtype == tf.uint8 and images.shape[1:] == (16, 16, 3)
+    assert set(labels.numpy()) == {0, 1, 2}
+    # One byte per pixel value, plus the example's framing and the label.
+    per_example = np.mean([len(r.numpy()) for r in records])
+    assert 16 * 16 * 3 < per_example < 16 * 16 * 3 + 40
+
+
+def test_transform_statistics_match_the_training_pixels(transformed):
+    graph = TransformGraph.load(transformed.transform_graph_uri)
+    files = tf.io.gfile.glob(F.split_pattern(transformed.examples_uri, "train"))
+    records = tf.stack(list(tf.data.TFRecordDataset(files, compression_type="GZIP")))
+    images, _ = parse_transformed(records, graph.image_shape)
+    values = images.numpy().astype(np.float64).reshape(-1, 3)
+    np.testing.assert_allclose(graph.statistics["image_mean"], values.mean(axis=0), rtol=1e-4)
+    np.testing.assert_allclose(graph.statistics["image_std"], values.std(axis=0), rtol=1e-3)
 
 
 def test_transform_graph_serves_raw_bytes_without_a_label(transformed, tiny_dataset):

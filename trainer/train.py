@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from trainer.data import make_dataset
 from trainer.export import export_serving_model
-from trainer.model import build_model, served_part
+from trainer.model import build_model, model_inputs, served_part
 from visionpipe import features as F
 from visionpipe import storage
 from visionpipe.config import Config
@@ -95,22 +95,21 @@ def run_train(
     Returns:
         Where the model went, the hyperparameters used and the final metrics.
     """
-    from components.transform.transform import transform_output
+    from components.transform.transform import TransformGraph
 
     keras.utils.set_random_seed(config.trainer.seed)
-    tft_output = transform_output(transform_graph_uri)
-    labels = [v.decode() for v in tft_output.vocabulary_by_name(F.LABEL_VOCABULARY)]
+    graph = TransformGraph.load(transform_graph_uri)
+    labels = graph.labels
     hp = load_hyperparameters(hyperparameters_uri)
-    size = config.transform.image_size
     strategy = choose_strategy(config.trainer.strategy)
     with strategy.scope():
-        model = build_model(hp, (size, size, 3), len(labels), config.trainer, config.tuner)
+        model = build_model(hp, **model_inputs(graph), trainer=config.trainer, tuner=config.tuner)
     batch_size = int(hp.get("batch_size"))
-    spec = tft_output.transformed_feature_spec()
+    shape = graph.image_shape
     train = make_dataset(
-        examples_uri, "train", spec, batch_size, shuffle=True, seed=config.trainer.seed
+        examples_uri, "train", shape, batch_size, shuffle=True, seed=config.trainer.seed
     )
-    valid = make_dataset(examples_uri, "valid", spec, batch_size)
+    valid = make_dataset(examples_uri, "valid", shape, batch_size)
     log.info("train: %d replicas, hyperparameters %s", strategy.num_replicas_in_sync, hp.values)
     history = model.fit(
         train,
@@ -129,10 +128,10 @@ def run_train(
     )
     metrics = {k: float(v[-1]) for k, v in history.history.items()}
     test = model.evaluate(
-        make_dataset(examples_uri, "test", spec, batch_size), return_dict=True, verbose=0
+        make_dataset(examples_uri, "test", shape, batch_size), return_dict=True, verbose=0
     )
     metrics.update({f"test_{k}": float(v) for k, v in test.items()})
-    export_serving_model(served_part(model), tft_output, labels, model_uri)
+    export_serving_model(served_part(model), graph, model_uri)
     storage.write_json(
         storage.join(model_uri, "assets.extra", "training.json"),
         {"hyperparameters": hp.values, "labels": labels, "metrics": metrics},

@@ -16,7 +16,7 @@ import keras
 import keras_tuner as kt
 
 from trainer.data import make_dataset
-from trainer.model import build_model
+from trainer.model import build_model, model_inputs
 from trainer.train import MlflowEpochLogger, cosine_schedule
 from visionpipe import features as F
 from visionpipe import storage
@@ -94,22 +94,14 @@ def run_tune(
 
     With ``tuner.max_trials == 0`` no search runs and the configured defaults are written.
     """
-    from components.transform.transform import transform_output
+    from components.transform.transform import TransformGraph
 
-    tft_output = transform_output(transform_graph_uri)
-    labels = tft_output.vocabulary_by_name(F.LABEL_VOCABULARY)
-    size = config.transform.image_size
-    build = partial(
-        build_model,
-        input_shape=(size, size, 3),
-        num_classes=len(labels),
-        trainer=config.trainer,
-        tuner=config.tuner,
-    )
+    graph = TransformGraph.load(transform_graph_uri)
+    build = partial(build_model, **model_inputs(graph), trainer=config.trainer, tuner=config.tuner)
     if config.tuner.max_trials == 0:
         best, score, trials = _defaults(build), None, 0
     else:
-        best, score, trials = _search(build, examples_uri, tft_output, config)
+        best, score, trials = _search(build, examples_uri, graph.image_shape, config)
     storage.write_json(
         storage.join(output_uri, F.HYPERPARAMETERS_FILE),
         {
@@ -129,14 +121,13 @@ def _defaults(build) -> kt.HyperParameters:
     return hp
 
 
-def _search(build, examples_uri, tft_output, config: Config):
+def _search(build, examples_uri, image_shape, config: Config):
     cfg = config.tuner
     kwargs = (
         {"max_epochs": cfg.epochs}
         if cfg.algorithm == "hyperband"
         else {"max_trials": cfg.max_trials}
     )
-    spec = tft_output.transformed_feature_spec()
     with tempfile.TemporaryDirectory(prefix="tune-") as workdir:
         tuner = _with_mlflow(_TUNERS[cfg.algorithm])(
             hypermodel=build,
@@ -151,9 +142,9 @@ def _search(build, examples_uri, tft_output, config: Config):
         batch = config.trainer.batch_size
         tuner.search(
             make_dataset(
-                examples_uri, "train", spec, batch, shuffle=True, seed=config.trainer.seed
+                examples_uri, "train", image_shape, batch, shuffle=True, seed=config.trainer.seed
             ),
-            validation_data=make_dataset(examples_uri, "valid", spec, batch),
+            validation_data=make_dataset(examples_uri, "valid", image_shape, batch),
             epochs=cfg.epochs,
             verbose=0,
         )
