@@ -129,16 +129,30 @@ def train(
     config: Config,
     parent_run_id: str = "",
 ):
-    """Trains and exports; per-epoch metrics land on this step's run."""
+    """Trains and exports; per-epoch metrics, curves and summaries land on this step's run.
+
+    Under ``multi_worker`` only the chief records to MLflow; the other workers train.
+    """
     import mlflow
 
-    from trainer.train import run_train
+    from trainer.train import is_chief, run_train
 
-    with tracking.step_run(config, "train", parent_run_id):
-        result = run_train(examples_uri, graph_uri, hyperparameters_uri, model_uri, config)
+    if not is_chief():
+        return run_train(examples_uri, graph_uri, hyperparameters_uri, model_uri, config)
+    with (
+        tracking.step_run(config, "train", parent_run_id),
+        tempfile.TemporaryDirectory(prefix="train-artifacts-") as artifacts,
+    ):
+        result = run_train(
+            examples_uri, graph_uri, hyperparameters_uri, model_uri, config, artifacts
+        )
         mlflow.log_params({f"hp.{k}": v for k, v in result.hyperparameters.items()})
+        mlflow.log_params({"model": config.trainer.model, "replicas": result.replicas})
         mlflow.log_metrics({f"final_{k}": v for k, v in result.metrics.items()})
         mlflow.log_metric("epochs_run", result.epochs_run)
+        mlflow.log_metric("resumed_from_epoch", result.resumed_from_epoch)
+        mlflow.log_dict(result.hyperparameters, "hyperparameters.json")
+        mlflow.log_artifacts(artifacts)
         tracking.log_outcome(
             parent_run_id,
             metrics={"trainer_test_accuracy": result.metrics.get("test_accuracy", 0.0)},

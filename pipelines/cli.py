@@ -21,7 +21,9 @@ log = logging.getLogger("visionpipe")
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``visionpipe`` console script."""
     parser = _parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     _quiet_libraries()
     try:
         config = load_config(args.config, args.set or [])
@@ -88,6 +90,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--transformed", required=True, help="transform's output directory")
     p.add_argument("--hyperparameters", help="tune's output directory (default: config values)")
     p.add_argument("--out", required=True, help="model export directory")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="train with N local worker processes under MultiWorkerMirroredStrategy",
+    )
 
     p = command("evaluate", _evaluate, "Candidate vs. champion on the test split, and the gate.")
     p.add_argument("--examples", required=True, help="ingest's output directory")
@@ -166,12 +174,43 @@ def _tune(args, config: Config) -> None:
     print(json.dumps({"best": result.best_hyperparameters, "score": result.best_score}))
 
 
-def _train(args, config: Config) -> None:
+def _train(args, config: Config) -> int:
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be at least 1. Received: {args.workers}")
+    if args.workers > 1:
+        from trainer.launch import launch_workers
+
+        return launch_workers(_without_option(args.argv, "--workers"), args.workers)
     from components import steps
 
     examples, graph = _transformed_paths(args.transformed)
     result = steps.train(examples, graph, args.hyperparameters, args.out, config)
-    print(json.dumps({"model": args.out, "metrics": result.metrics}))
+    if result.chief:
+        print(
+            json.dumps(
+                {
+                    "model": args.out,
+                    "metrics": result.metrics,
+                    "epochs_run": result.epochs_run,
+                    "resumed_from_epoch": result.resumed_from_epoch,
+                    "replicas": result.replicas,
+                }
+            )
+        )
+    return 0
+
+
+def _without_option(argv: list[str], name: str) -> list[str]:
+    """``argv`` without ``name VALUE`` or ``name=VALUE``."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == name:
+            skip = True
+        elif not arg.startswith(f"{name}="):
+            out.append(arg)
+    return out
 
 
 def _evaluate(args, config: Config) -> None:

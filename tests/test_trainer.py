@@ -14,7 +14,14 @@ _STATS = ([120.0, 110.0, 100.0], [60.0, 55.0, 50.0])  # per-channel pixel mean a
 
 
 def test_build_model_defaults_are_the_configured_values():
-    config = load_config(overrides=["trainer.width=8", "trainer.depth=2", "tuner.search_space={}"])
+    config = load_config(
+        overrides=[
+            "trainer.width=8",
+            "trainer.depth=2",
+            "tuner.search_space={}",
+            "tuner.max_trials=0",
+        ]
+    )
     hp = kt.HyperParameters()
     model = build_model(hp, (16, 16, 3), 4, config.trainer, config.tuner, *_STATS)
     assert hp.values == {
@@ -23,6 +30,7 @@ def test_build_model_defaults_are_the_configured_values():
         "depth": 2,
         "dropout": config.trainer.dropout,
         "batch_size": config.trainer.batch_size,
+        "augment_strength": config.trainer.augment_strength,
     }
     assert model.output_shape == (None, 4)
     assert served_part(model).output_shape == (None, 4)

@@ -69,18 +69,65 @@ class TransformConfig(_Section):
     resize_mode: Literal["stretch", "pad", "center_crop"] = "stretch"
 
 
+BACKBONES = ("mobilenet_v2", "efficientnet_b0", "resnet50")
+
+
 class TrainerConfig(_Section):
     """Model and training loop; model values are the hyperparameter defaults."""
 
     epochs: int = Field(25, ge=1)
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1, description="The global batch, over all replicas.")
     learning_rate: float = Field(3e-3, gt=0, lt=1)
-    width: int = Field(16, ge=4, description="Filters of the first conv block.")
-    depth: int = Field(3, ge=1, le=6, description="Number of conv blocks.")
+    scale_learning_rate: bool = Field(
+        True, description="Multiply the learning rate by the number of replicas (linear rule)."
+    )
+    # The model family: a small CNN, or a keras.applications backbone with a new head.
+    model: Literal["cnn", "mobilenet_v2", "efficientnet_b0", "resnet50"] = "cnn"
+    weights: str = Field(
+        "none", description="Backbone weights: none, imagenet, or a local .weights.h5 / .h5 file."
+    )
+    width: int = Field(16, ge=4, description="CNN: filters of the first conv block.")
+    depth: int = Field(3, ge=1, le=6, description="CNN: number of conv blocks.")
+    batch_norm: bool = Field(True, description="CNN: batch normalisation after each conv.")
     dropout: float = Field(0.1, ge=0, lt=1)
+    fine_tune_epochs: int = Field(
+        0, ge=0, description="Backbones: epochs with the top layers unfrozen, after the head."
+    )
+    fine_tune_layers: int = Field(20, ge=1, description="Backbone layers unfrozen to fine-tune.")
+    fine_tune_learning_rate_factor: float = Field(0.1, gt=0, le=1)
+    # Augmentation, active in training only; strengths are scaled by the tunable
+    # ``augment_strength`` hyperparameter (default 1).
+    flip: Literal["none", "horizontal", "vertical", "horizontal_and_vertical"] = (
+        "horizontal_and_vertical"
+    )
+    rotation: float = Field(0.1, ge=0, le=1, description="Fraction of a full turn.")
+    zoom: float = Field(0.0, ge=0, lt=1)
+    translation: float = Field(0.0, ge=0, lt=1)
+    contrast: float = Field(0.0, ge=0, lt=1)
+    brightness: float = Field(0.0, ge=0, lt=1)
+    augment_strength: float = Field(1.0, ge=0, le=2)
+    mix: Literal["none", "mixup", "cutmix"] = "none"
+    mix_alpha: float = Field(0.2, gt=0, description="Beta(alpha, alpha) mixing weights.")
+    class_weights: Literal["auto", "balanced", "none"] = Field(
+        "auto", description="auto: balanced when the largest class is 1.5x the smallest."
+    )
+    lr_schedule: Literal["cosine", "plateau", "constant"] = "cosine"
     early_stopping_patience: int = Field(8, ge=1, description="Epochs without val_loss gain.")
-    strategy: Literal["auto", "one_device", "mirrored"] = "auto"
+    mixed_precision: Literal["auto", "on", "off"] = Field(
+        "auto", description="mixed_float16; auto: when a GPU is present."
+    )
+    xla: bool = Field(False, description="Compile the train step with XLA.")
+    cache_max_mb: int = Field(
+        2048, ge=0, description="Cache the decoded split in memory below this size."
+    )
+    strategy: Literal["auto", "one_device", "mirrored", "multi_worker"] = "auto"
     seed: int = 42
+
+    @model_validator(mode="after")
+    def _weights_fit_the_model(self) -> TrainerConfig:
+        if self.model == "cnn" and self.weights != "none":
+            raise ValueError(f"weights={self.weights!r} needs a backbone model, not 'cnn'")
+        return self
 
 
 class TunerConfig(_Section):
@@ -92,9 +139,17 @@ class TunerConfig(_Section):
     search_space: dict[str, list[float]] = Field(
         default_factory=lambda: {"learning_rate": [2e-3, 3e-3], "dropout": [0.1, 0.2]}
     )
+    max_consecutive_failed_trials: int = Field(
+        3, ge=1, description="Stop the search after this many failed trials in a row."
+    )
 
     @model_validator(mode="after")
     def _known_hyperparameters(self) -> TunerConfig:
+        if self.max_trials and not self.search_space:
+            raise ValueError(
+                "search_space is empty: every trial would train the same model; "
+                "give choices for some of " + ", ".join(TUNABLE) + " or set max_trials=0"
+            )
         unknown = sorted(set(self.search_space) - set(TUNABLE))
         if unknown:
             raise ValueError(
@@ -106,7 +161,7 @@ class TunerConfig(_Section):
         return self
 
 
-TUNABLE = ("learning_rate", "width", "depth", "dropout", "batch_size")
+TUNABLE = ("learning_rate", "width", "depth", "dropout", "batch_size", "augment_strength")
 
 
 class EvaluateConfig(_Section):
