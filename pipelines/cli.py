@@ -85,6 +85,12 @@ def _parser() -> argparse.ArgumentParser:
     p = command("tune", _tune, "keras-tuner search for the best hyperparameters.")
     p.add_argument("--transformed", required=True, help="transform's output directory")
     p.add_argument("--out", required=True, help="output directory (hyperparameters.json)")
+    p.add_argument(
+        "--tuner-workers",
+        type=int,
+        default=0,
+        help="run trials in N worker processes (keras-tuner's distributed mode)",
+    )
 
     p = command("train", _train, "Train and export the serving SavedModel.")
     p.add_argument("--transformed", required=True, help="transform's output directory")
@@ -166,12 +172,41 @@ def _transform(args, config: Config) -> None:
     print(json.dumps({"examples": result.examples, "labels": result.labels, "output": args.out}))
 
 
-def _tune(args, config: Config) -> None:
+def _tune(args, config: Config) -> int:
     from components import steps
+    from trainer.tune import run_tune, tuner_role
 
     examples, graph = _transformed_paths(args.transformed)
-    result = steps.tune(examples, graph, args.out, config)
-    print(json.dumps({"best": result.best_hyperparameters, "score": result.best_score}))
+    if tuner_role() == "worker":  # a process started by --tuner-workers (or a cluster job)
+        run_tune(examples, graph, args.out, config)
+        return 0
+    if args.tuner_workers < 0:
+        raise ConfigError(f"--tuner-workers must be 0 or more. Received: {args.tuner_workers}")
+    if args.tuner_workers:
+        from trainer.launch import launch_tuning
+
+        command = _without_option(args.argv, "--tuner-workers")
+
+        def chief(run_id: str) -> None:
+            code = launch_tuning(
+                command, args.tuner_workers, lambda: run_tune(examples, graph, args.out, config)
+            )
+            if code:
+                raise RuntimeError(f"tune: a tuning worker failed (exit status {code})")
+
+        result = steps.tune(examples, graph, args.out, config, search=chief)
+    else:
+        result = steps.tune(examples, graph, args.out, config)
+    print(
+        json.dumps(
+            {
+                "best": result.best_hyperparameters,
+                "score": result.best_score,
+                "trials": result.trials,
+            }
+        )
+    )
+    return 0
 
 
 def _train(args, config: Config) -> int:

@@ -76,3 +76,35 @@ def _stop(procs: list[subprocess.Popen]) -> None:
             p.wait(timeout=10)
         except subprocess.TimeoutExpired:
             p.kill()
+
+
+def launch_tuning(command: list[str], workers: int, run_chief) -> int:
+    """keras-tuner's distributed mode on this machine: ``workers`` trial processes.
+
+    The calling process is the chief: ``run_chief()`` serves the oracle (it returns
+    when every trial has ended) while each worker process runs ``command`` (a
+    ``visionpipe tune`` argv) with ``KERASTUNER_TUNER_ID=tunerI``. The variables are
+    the ones keras-tuner reads, so the same command runs workers on other machines.
+    """
+    [port] = free_ports(1)
+    oracle = {"KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": str(port)}
+    procs = []
+    for index in range(workers):
+        env = {**os.environ, **oracle, "KERASTUNER_TUNER_ID": f"tuner{index}"}
+        argv = [sys.executable, "-m", "pipelines.cli", *command]
+        procs.append(subprocess.Popen(argv, env=env, stdout=sys.stderr))
+    saved = {k: os.environ.get(k) for k in (*oracle, "KERASTUNER_TUNER_ID")}
+    os.environ.update({**oracle, "KERASTUNER_TUNER_ID": "chief"})
+    try:
+        run_chief()
+    except BaseException:
+        _stop(procs)
+        raise
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    codes = [p.wait() for p in procs]
+    return next((c for c in codes if c), 0)

@@ -55,20 +55,32 @@ class TrainResult:
 
 
 class MlflowEpochLogger(keras.callbacks.Callback):
-    """Logs every epoch's metrics to the active MLflow run (step = epoch)."""
+    """Logs every epoch's metrics to an MLflow run (step = epoch).
 
-    def __init__(self, prefix: str = "") -> None:
+    The run is ``run_id``, or the active run; without either, nothing is logged.
+    """
+
+    def __init__(self, prefix: str = "", run_id: str = "") -> None:
         super().__init__()
         self._prefix = prefix
+        self._run_id = run_id
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        """Logs ``logs`` at step ``epoch`` if an MLflow run is active."""
-        import mlflow
+        """Logs ``logs`` at step ``epoch``."""
+        import time
 
-        if mlflow.active_run() and logs:
-            mlflow.log_metrics(
-                {f"{self._prefix}{k}": float(v) for k, v in logs.items()}, step=epoch
-            )
+        import mlflow
+        from mlflow.entities import Metric
+
+        from visionpipe import tracking
+
+        active = mlflow.active_run()
+        run_id = self._run_id or (active.info.run_id if active else "")
+        if not run_id or not logs:
+            return
+        now = int(time.time() * 1000)
+        metrics = [Metric(f"{self._prefix}{k}", float(v), now, epoch) for k, v in logs.items()]
+        tracking.retrying(mlflow.MlflowClient().log_batch, run_id, metrics=metrics)
 
 
 def cosine_schedule(base_rate: float, epochs: int) -> keras.callbacks.Callback:

@@ -1,13 +1,23 @@
 """The tune step: a keras-tuner search over ``build_model``'s hyperparameters.
 
-Each trial is an MLflow run nested under the active (tune step) run, with its
-hyperparameters, per-epoch metrics and final score. keras-tuner has no MLflow
-integration of its own; ``_with_mlflow`` adds it to whichever tuner is configured.
+Each trial is an MLflow run nested under the tune step's run, with its
+hyperparameters, per-epoch metrics and final score (or FAILED, with the error).
+keras-tuner has no MLflow integration of its own; ``_with_mlflow`` adds it to
+whichever tuner is configured.
+
+The search directory is kept (``<output>/search``): a re-run with the same output
+continues the search instead of repeating finished trials. Distributed mode is
+keras-tuner's own: a chief process serves the oracle and worker processes run trials,
+selected by ``KERASTUNER_TUNER_ID`` (``chief``, ``tuner0``, ...),
+``KERASTUNER_ORACLE_IP`` and ``KERASTUNER_ORACLE_PORT``; ``visionpipe tune
+--tuner-workers N`` starts them on loopback, and the same variables work across machines.
 """
 
 from __future__ import annotations
 
+import glob
 import logging
+import os
 import tempfile
 from dataclasses import dataclass
 from functools import partial
@@ -43,35 +53,68 @@ class TuneResult:
     trials: int
 
 
+def tuner_role() -> str:
+    """``standalone``, ``chief`` (serves the oracle) or ``worker`` (runs trials)."""
+    tuner_id = os.environ.get("KERASTUNER_TUNER_ID", "")
+    if not tuner_id:
+        return "standalone"
+    return "chief" if tuner_id == "chief" else "worker"
+
+
 def _with_mlflow(tuner_cls: type) -> type:
     """A subclass of ``tuner_cls`` that records every trial as a nested MLflow run.
 
-    Trials also get the trainer's cosine learning-rate schedule over their epochs, so
-    short trials are scored as the final training will run.
+    The parent is the active run, or in a worker process the run named by
+    ``MLFLOW_RUN_ID`` (the tune step's run, set by the launcher). Trials also get the
+    trainer's cosine learning-rate schedule over their epochs, so short trials are
+    scored as the final training will run.
     """
 
     class MlflowTuner(tuner_cls):
         def run_trial(self, trial, *args, **kwargs):
             import mlflow
 
+            from visionpipe import tracking
+
             rate = float(trial.hyperparameters.get("learning_rate"))
             schedule = cosine_schedule(rate, kwargs.get("epochs") or 1)
             kwargs["callbacks"] = [*kwargs.get("callbacks", []), schedule]
-            if not mlflow.active_run():
+            active = mlflow.active_run()
+            parent = active.info.run_id if active else tracking.parent_run_id()
+            if not parent:
                 return super().run_trial(trial, *args, **kwargs)
-            with mlflow.start_run(run_name=f"trial-{trial.trial_id}", nested=True):
-                mlflow.set_tag("visionpipe.kind", "trial")
-                mlflow.log_params(trial.hyperparameters.values)
-                kwargs["callbacks"] = [*kwargs.get("callbacks", []), MlflowEpochLogger()]
-                try:
-                    result = super().run_trial(trial, *args, **kwargs)
-                except Exception:
-                    mlflow.set_tag("visionpipe.trial_status", "failed")
-                    raise
-                score = _best_of(result)
-                if score is not None:
-                    mlflow.log_metric(f"best_{OBJECTIVE}", score)
-                return result
+            client = mlflow.MlflowClient()
+            parent_run = tracking.retrying(client.get_run, parent)
+            run = tracking.retrying(
+                client.create_run,
+                parent_run.info.experiment_id,
+                run_name=f"trial-{trial.trial_id}",
+                tags={
+                    tracking.PARENT_TAG: parent,
+                    tracking.KIND_TAG: "trial",
+                    "visionpipe.tuner_id": os.environ.get("KERASTUNER_TUNER_ID", "standalone"),
+                },
+            )
+            run_id = run.info.run_id
+            for name, value in trial.hyperparameters.values.items():
+                tracking.retrying(client.log_param, run_id, name, value)
+            logger = MlflowEpochLogger(run_id=run_id)
+            kwargs["callbacks"] = [*kwargs["callbacks"], logger]
+            try:
+                result = super().run_trial(trial, *args, **kwargs)
+            except Exception as err:
+                tracking.retrying(client.set_tag, run_id, "visionpipe.error", str(err)[:5000])
+                tracking.retrying(client.set_terminated, run_id, "FAILED")
+                raise
+            # The trial's best-epoch weights are never used (train retrains the best
+            # hyperparameters); keeping them would make the kept search dir grow per trial.
+            for path in glob.glob(os.path.join(self.get_trial_dir(trial.trial_id), "*.h5")):
+                os.remove(path)
+            score = _best_of(result)
+            if score is not None:
+                tracking.retrying(client.log_metric, run_id, f"best_{OBJECTIVE}", score)
+            tracking.retrying(client.set_terminated, run_id, "FINISHED")
+            return result
 
     MlflowTuner.__name__ = f"Mlflow{tuner_cls.__name__}"
     return MlflowTuner
@@ -92,7 +135,9 @@ def run_tune(
 ) -> TuneResult:
     """Searches hyperparameters on train/valid and writes the best to ``hyperparameters.json``.
 
-    With ``tuner.max_trials == 0`` no search runs and the configured defaults are written.
+    With ``tuner.max_trials == 0`` no search runs and the configured defaults are
+    written. A distributed worker (``KERASTUNER_TUNER_ID=tunerN``) runs trials and
+    writes nothing; the chief writes the result once every trial has ended.
     """
     from components.transform.transform import TransformGraph
 
@@ -101,7 +146,9 @@ def run_tune(
     if config.tuner.max_trials == 0:
         best, score, trials = _defaults(build), None, 0
     else:
-        best, score, trials = _search(build, examples_uri, graph.image_shape, config)
+        best, score, trials = _search(build, examples_uri, graph.image_shape, output_uri, config)
+        if best is None:  # a worker: the chief reports
+            return TuneResult(output_uri, {}, None, trials)
     storage.write_json(
         storage.join(output_uri, F.HYPERPARAMETERS_FILE),
         {
@@ -121,21 +168,31 @@ def _defaults(build) -> kt.HyperParameters:
     return hp
 
 
-def _search(build, examples_uri, image_shape, config: Config):
+def search_directory(output_uri: str) -> str | None:
+    """The kept search directory under a local output, or None for a remote output."""
+    if "://" in output_uri:
+        return None
+    return os.path.join(output_uri, "search")
+
+
+def _search(build, examples_uri, image_shape, output_uri: str, config: Config):
     cfg = config.tuner
     kwargs = (
         {"max_epochs": cfg.epochs}
         if cfg.algorithm == "hyperband"
         else {"max_trials": cfg.max_trials}
     )
-    with tempfile.TemporaryDirectory(prefix="tune-") as workdir:
+    role = tuner_role()
+    kept = search_directory(output_uri)
+    with tempfile.TemporaryDirectory(prefix="tune-") as scratch:
         tuner = _with_mlflow(_TUNERS[cfg.algorithm])(
             hypermodel=build,
             objective=kt.Objective(OBJECTIVE, direction="max"),
-            directory=workdir,
+            directory=kept or scratch,
             project_name="search",
             seed=config.trainer.seed,
-            overwrite=True,
+            overwrite=False,  # reload the oracle: finished trials are not run again
+            max_consecutive_failed_trials=cfg.max_consecutive_failed_trials,
             **kwargs,
         )
         # batch_size is searched too, but datasets are built once here with the default.
@@ -148,8 +205,15 @@ def _search(build, examples_uri, image_shape, config: Config):
             epochs=cfg.epochs,
             verbose=0,
         )
+        if role == "worker":
+            return None, None, 0
         trials = list(tuner.oracle.trials.values())
         completed = [t for t in trials if t.status == "COMPLETED" and t.score is not None]
+        failed = [t for t in trials if t.status == "FAILED"]
+        if failed:
+            log.warning(
+                "tune: %d of %d trials failed; the search went on", len(failed), len(trials)
+            )
         if not completed:
             messages = sorted({(t.message or t.status).strip().splitlines()[-1] for t in trials})
             raise RuntimeError(

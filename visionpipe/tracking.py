@@ -38,6 +38,7 @@ def configure(config: Config, explicit_uri: str = "") -> str:
     mlflow.set_registry_uri(uri)
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name(config.mlflow.experiment)
+    _write_ahead_log(uri)
     if experiment is not None:
         return experiment.experiment_id
     artifact_location = None
@@ -71,6 +72,40 @@ def end_pipeline_run(run_id: str, ok: bool) -> None:
     import mlflow
 
     mlflow.MlflowClient().set_terminated(run_id, status="FINISHED" if ok else "FAILED")
+
+
+def _write_ahead_log(uri: str) -> None:
+    """Puts a SQLite store in WAL mode: readers no longer block the (one) writer.
+
+    The mode is a property of the database file, so this is done once per store.
+    """
+    if not uri.startswith("sqlite:///"):
+        return
+    import sqlite3
+
+    path = uri.removeprefix("sqlite:///")
+    if not os.path.exists(path):
+        return
+    with contextlib.closing(sqlite3.connect(path, timeout=30)) as db:
+        if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            db.execute("PRAGMA journal_mode=WAL")
+
+
+def retrying(fn, *args, attempts: int = 8, **kwargs):
+    """Calls ``fn``, retrying while the SQLite store is locked by another writer.
+
+    Concurrent tuning workers write trial runs to the same SQLite file; SQLite lets one
+    writer in at a time, and a writer that waits past the busy timeout gets
+    "database is locked". Backs off 0.1 s, 0.2 s, ... before giving up.
+    """
+    for attempt in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - MLflow wraps SQLAlchemy's errors
+            if "database is locked" not in str(err) or attempt == attempts - 1:
+                raise
+            time.sleep(0.1 * 2**attempt)
+    return None
 
 
 def parent_run_id(explicit: str = "") -> str:
