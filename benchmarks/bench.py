@@ -12,7 +12,10 @@ Transform and serving: transform's images per second next to ingest's, bytes per
 transformed example, and the served model on raw bytes against the bare Keras model
 on decoded tensors (``benchmarks/serving_bench.py``).
 
-Usage: python benchmarks/bench.py --data data/sample [--only pipeline|ingest|serving]
+Trainer: the input pipeline alone against training steps, and training with one and
+two local workers (``benchmarks/trainer_bench.py``).
+
+Usage: python benchmarks/bench.py --data data/sample [--only pipeline|ingest|serving|trainer]
        [--set k=v ...]
 """
 
@@ -75,7 +78,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True)
     parser.add_argument("--set", action="append", default=[])
-    parser.add_argument("--only", choices=("pipeline", "ingest", "serving"))
+    parser.add_argument("--only", choices=("pipeline", "ingest", "serving", "trainer"))
     parser.add_argument("--photos", type=int, default=3000)
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -90,6 +93,10 @@ def main() -> int:
 
             serving = Path(work) / "serving"
             rows += bench_transform_and_serving(serving, os.path.abspath(args.data), args.set)
+        if args.only in (None, "trainer"):
+            from benchmarks.trainer_bench import bench_trainer
+
+            rows += bench_trainer(Path(work) / "trainer", os.path.abspath(args.data), args.set)
         if args.only in (None, "pipeline"):
             os.environ["VISIONPIPE_HOME"] = work  # a fresh store: no champion, no earlier runs
             rows += bench_pipeline(os.path.abspath(args.data), args.set)
