@@ -9,7 +9,16 @@ decided at import time.
 from types import SimpleNamespace
 
 from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import (
+    Artifact,
+    ClassificationMetrics,
+    Dataset,
+    Input,
+    Markdown,
+    Metrics,
+    Model,
+    Output,
+)
 
 
 def ingest_op(
@@ -114,6 +123,8 @@ def evaluate_op(
     mlflow_tracking_uri: str,
     mlflow_run_id: str,
     metrics: Output[Metrics],
+    confusion: Output[ClassificationMetrics],
+    report: Output[Markdown],
     blessing: Output[Artifact],
 ) -> bool:
     """Candidate vs. champion on the same test split; returns whether the model is blessed.
@@ -124,10 +135,25 @@ def evaluate_op(
     from components import steps
 
     config = steps.component_config(config_json, mlflow_tracking_uri)
+    from components.evaluate.evaluate import markdown_report
+
     result = steps.evaluate(raw_examples.path, model.path, blessing.path, config, mlflow_run_id)
     for name, value in result.candidate.items():
         metrics.log_metric(name, value)
-    blessing.metadata.update({"blessed": result.blessed, "reason": result.reason})
+    table = result.candidate_report
+    confusion.log_confusion_matrix(table["classes"], table["confusion_matrix"])
+    with open(report.path, "w") as f:
+        f.write(markdown_report(result))
+    blessing.metadata.update(
+        {
+            "blessed": result.blessed,
+            "reason": result.reason,
+            "checks": [
+                {"name": c.name, "passed": c.passed, "value": c.value, "threshold": c.threshold}
+                for c in result.checks
+            ],
+        }
+    )
     return result.blessed
 
 

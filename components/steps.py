@@ -201,7 +201,12 @@ def evaluate(
     """Evaluates candidate against the registry's champion (unless one is given) and gates."""
     import mlflow
 
-    from components.evaluate.evaluate import run_evaluate
+    from components.evaluate.evaluate import (
+        confusion_png,
+        markdown_report,
+        metric_key,
+        run_evaluate,
+    )
 
     with (
         tracking.step_run(config, "evaluate", parent_run_id),
@@ -210,21 +215,77 @@ def evaluate(
         if champion_model_uri is None:
             champion_model_uri = registry.download_champion(config.push.model_name, download_dir)
         blessing = run_evaluate(raw_examples_uri, model_uri, output_uri, config, champion_model_uri)
-        metrics = {f"test_{k}": v for k, v in blessing.candidate.items() if k != "examples"}
+        metrics = {
+            metric_key(f"test_{k}"): v for k, v in blessing.candidate.items() if k != "examples"
+        }
         if blessing.champion:
             metrics.update(
-                {f"champion_test_{k}": v for k, v in blessing.champion.items() if k != "examples"}
+                {
+                    metric_key(f"champion_test_{k}"): v
+                    for k, v in blessing.champion.items()
+                    if k != "examples"
+                }
             )
         metrics["blessed"] = float(blessing.blessed)
         mlflow.log_metrics(metrics)
         mlflow.log_dict(blessing.to_dict(), "blessing.json")
+        mlflow.log_text(markdown_report(blessing), "evaluation_report.md")
+        png = os.path.join(download_dir, "confusion_matrix.png")
+        confusion_png(blessing.candidate_report, png)
+        mlflow.log_artifact(png)
         mlflow.set_tag("blessing_reason", blessing.reason)
+        print(f"evaluate: {blessing.reason}")
         tracking.log_outcome(
             parent_run_id,
             metrics=metrics,
             tags={"blessed": str(blessing.blessed).lower(), "blessing_reason": blessing.reason},
         )
     return blessing
+
+
+def _pipeline_tag(run_id: str, key: str) -> str:
+    """A tag of the pipeline run, or "" without one."""
+    import mlflow
+
+    if not run_id:
+        return ""
+    return mlflow.MlflowClient().get_run(run_id).data.tags.get(key, "")
+
+
+def _protected_digests(model_name: str) -> set[str]:
+    """Model digests of the registry's champion and previous: retention keeps them."""
+    digests = set()
+    for alias in (registry.CHAMPION, registry.PREVIOUS):
+        version = registry.version_by_alias(model_name, alias)
+        if version is not None and version.tags.get("model_digest"):
+            digests.add(version.tags["model_digest"])
+    return digests
+
+
+def rollback(config: Config, model_name: str | None = None) -> dict:
+    """The previous champion becomes champion again: in the serving root, then the registry.
+
+    The serving root gets the previous champion's files as a new highest version
+    (servers load the highest); only then do the registry aliases swap, so a failed
+    copy changes nothing.
+    """
+    from components.push.push import check_writable, rollback_serving
+    from visionpipe import storage
+    from visionpipe.home import Home
+
+    name = model_name or config.push.model_name
+    serving_root = Home.resolve().serving_root_for(config)
+    check_writable(serving_root)
+    tracking.configure(config)
+    previous = registry.version_by_alias(name, registry.PREVIOUS)
+    if previous is None or registry.version_by_alias(name, registry.CHAMPION) is None:
+        registry.swap_champion(name)  # raises RollbackError naming what is missing
+    digest = previous.tags.get("model_digest", "")
+    version, path = rollback_serving(storage.join(serving_root, name), digest)
+    champion, demoted = registry.swap_champion(
+        name, {"serving_version": str(version), "serving_path": path}
+    )
+    return {"champion": champion, "previous": demoted, "serving_version": version, "path": path}
 
 
 def push(model_uri: str, blessing_uri: str, config: Config, parent_run_id: str = ""):
@@ -235,24 +296,39 @@ def push(model_uri: str, blessing_uri: str, config: Config, parent_run_id: str =
     import mlflow
 
     from components.evaluate.evaluate import read_blessing
-    from components.push.push import run_push
+    from components.push.push import apply_retention, check_writable, run_push
+    from visionpipe import storage
     from visionpipe.home import Home
 
     serving_root = Home.resolve().serving_root_for(config)
+    check_writable(serving_root)  # before any work: a clear error naming the target
     with tracking.step_run(config, "push", parent_run_id) as run:
         result = run_push(model_uri, blessing_uri, serving_root, config.push.model_name)
         registered = None
         if not result.already_pushed:
             mlflow.log_artifacts(result.path, "model")
             blessing = read_blessing(blessing_uri)
+            parent = tracking.parent_run_id(parent_run_id)
             tags = {
-                "pipeline_run_id": tracking.parent_run_id(parent_run_id),
+                "pipeline_run_id": parent,
                 "serving_path": result.path,
                 "serving_version": str(result.version),
                 "model_digest": result.digest,
-                "test_accuracy": f"{blessing['candidate']['accuracy']:.6f}",
+                "data_fingerprint": _pipeline_tag(parent, "data_fingerprint"),
+                **{
+                    f"test_{k}": f"{blessing['candidate'][k]:.6f}"
+                    for k in ("accuracy", "macro_f1", "log_loss")
+                    if k in blessing["candidate"]
+                },
             }
             registered = registry.register(config.push.model_name, run.info.run_id, "model", tags)
+        deleted = apply_retention(
+            storage.join(serving_root, config.push.model_name),
+            config.push.keep_versions,
+            _protected_digests(config.push.model_name) | {result.digest},
+        )
+        if deleted:
+            mlflow.set_tag("retention_deleted_versions", ",".join(map(str, deleted)))
         mlflow.log_metric("pushed_version", result.version)
         outcome = {"pushed_version": result.version, "pushed_path": result.path}
         if registered:

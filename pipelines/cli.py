@@ -32,11 +32,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"visionpipe: error: {err}", file=sys.stderr)
         return 2
     except Exception as err:  # noqa: BLE001 - known input errors become one line, others re-raise
+        from components.evaluate.evaluate import ThresholdError
         from components.ingest.sources import DataError
-        from components.push.push import NotBlessedError
+        from components.push.push import NotBlessedError, PushTargetError
+        from trainer.model import WeightsError
+        from visionpipe.registry import RollbackError
         from visionpipe.serving import ModelNotFoundError
 
-        if isinstance(err, DataError | NotBlessedError | ModelNotFoundError):
+        known = (
+            DataError,
+            NotBlessedError,
+            ModelNotFoundError,
+            PushTargetError,
+            RollbackError,
+            ThresholdError,
+            WeightsError,
+        )
+        if isinstance(err, known):
             print(f"visionpipe: error: {err}", file=sys.stderr)
             return 2
         raise
@@ -112,6 +124,11 @@ def _parser() -> argparse.ArgumentParser:
     p = command("push", _push, "Publish a blessed model to the serving root and the registry.")
     p.add_argument("--model", required=True, help="SavedModel directory")
     p.add_argument("--blessing", required=True, help="evaluate's output directory")
+
+    p = command(
+        "rollback", _rollback, "Make the previous champion the champion again (registry + serving)."
+    )
+    p.add_argument("--model-name", help="registered model name (default: push.model_name)")
 
     p = command("predict", _predict, "Classify image files with a served model.")
     p.add_argument(
@@ -270,6 +287,12 @@ def _push(args, config: Config) -> None:
             }
         )
     )
+
+
+def _rollback(args, config: Config) -> None:
+    from components import steps
+
+    print(json.dumps(steps.rollback(config, args.model_name)))
 
 
 def _predict(args, config: Config) -> int:

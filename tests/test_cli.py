@@ -13,6 +13,7 @@ SUBCOMMANDS = [
     "train",
     "evaluate",
     "push",
+    "rollback",
     "predict",
     "run",
     "compile",

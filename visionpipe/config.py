@@ -164,14 +164,125 @@ class TunerConfig(_Section):
 TUNABLE = ("learning_rate", "width", "depth", "dropout", "batch_size", "augment_strength")
 
 
-class EvaluateConfig(_Section):
-    """The evaluation gate."""
+# Metrics the gate can name: whole-model ones, and per-class ones (with ``class_name``).
+MODEL_METRICS = (
+    "accuracy",
+    "top_k_accuracy",
+    "macro_precision",
+    "macro_recall",
+    "macro_f1",
+    "weighted_precision",
+    "weighted_recall",
+    "weighted_f1",
+    "log_loss",
+    "expected_calibration_error",
+)
+CLASS_METRICS = ("precision", "recall", "f1")
+LOWER_IS_BETTER = ("log_loss", "expected_calibration_error")
 
-    min_accuracy: float = Field(0.8, ge=0, le=1, description="Absolute accuracy threshold.")
-    champion_tolerance: float = Field(
-        0.0, ge=0, le=1, description="Candidate may trail the champion by at most this."
+
+class Threshold(_Section):
+    """A bound on a metric's value: ``lower <= value <= upper`` (either may be omitted).
+
+    With ``class_name`` the metric is per class (precision, recall or f1); ``"*"``
+    applies the bound to every class.
+    """
+
+    metric: str
+    class_name: str | None = None
+    lower: float | None = None
+    upper: float | None = None
+
+    @model_validator(mode="after")
+    def _valid(self) -> Threshold:
+        _check_metric(self.metric, self.class_name)
+        if self.lower is None and self.upper is None:
+            raise ValueError(f"threshold on {self.metric!r} needs lower and/or upper")
+        return self
+
+
+class ChangeThreshold(_Section):
+    """How the candidate must compare with the champion on a metric.
+
+    The improvement is ``candidate - champion`` when higher is better, else
+    ``champion - candidate``; ``absolute`` is its minimum (negative: a tolerated loss),
+    ``relative`` its minimum as a fraction of the champion's value.
+    """
+
+    metric: str
+    class_name: str | None = None
+    direction: Literal["higher", "lower"] | None = None  # default: from the metric
+    absolute: float | None = None
+    relative: float | None = None
+
+    @model_validator(mode="after")
+    def _valid(self) -> ChangeThreshold:
+        _check_metric(self.metric, self.class_name)
+        if self.absolute is None and self.relative is None:
+            raise ValueError(f"change threshold on {self.metric!r} needs absolute and/or relative")
+        return self
+
+    @property
+    def higher_is_better(self) -> bool:
+        """The direction, configured or from the metric."""
+        if self.direction is not None:
+            return self.direction == "higher"
+        return self.metric not in LOWER_IS_BETTER
+
+
+def _check_metric(metric: str, class_name: str | None) -> None:
+    if class_name is None and metric not in MODEL_METRICS:
+        hint = " (per-class: set class_name)" if metric in CLASS_METRICS else ""
+        raise ValueError(f"unknown metric {metric!r}{hint}; known: {', '.join(MODEL_METRICS)}")
+    if class_name is not None and metric not in CLASS_METRICS:
+        raise ValueError(f"unknown per-class metric {metric!r}; known: {', '.join(CLASS_METRICS)}")
+
+
+class SignificanceConfig(_Section):
+    """Require the accuracy gain over the champion to be statistically real."""
+
+    test: Literal["none", "mcnemar", "bootstrap"] = "none"
+    alpha: float = Field(0.05, gt=0, lt=0.5)
+    resamples: int = Field(2000, ge=100, description="Bootstrap resamples.")
+
+
+class EvaluateConfig(_Section):
+    """The evaluation gate.
+
+    ``min_accuracy`` and ``champion_tolerance`` are shorthands for the most common
+    value and change thresholds (null disables them); ``thresholds`` and
+    ``change_thresholds`` hold any others.
+    """
+
+    min_accuracy: float | None = Field(0.8, ge=0, le=1, description="Accuracy lower bound.")
+    champion_tolerance: float | None = Field(
+        0.0, ge=0, le=1, description="Candidate accuracy may trail the champion's by this."
     )
+    thresholds: list[Threshold] = Field(default_factory=list)
+    change_thresholds: list[ChangeThreshold] = Field(default_factory=list)
+    significance: SignificanceConfig = SignificanceConfig()
+    bless_without_thresholds: bool = Field(
+        False, description="With no thresholds at all: bless (true) or never bless (false)."
+    )
+    top_k: int = Field(3, ge=1, description="k of top_k_accuracy (at most the class count).")
+    calibration_bins: int = Field(15, ge=2)
     batch_size: int = Field(64, ge=1)
+
+    def value_thresholds(self) -> list[Threshold]:
+        """Every value threshold, the shorthand included."""
+        extra = (
+            []
+            if self.min_accuracy is None
+            else [Threshold(metric="accuracy", lower=self.min_accuracy)]
+        )
+        return [*extra, *self.thresholds]
+
+    def all_change_thresholds(self) -> list[ChangeThreshold]:
+        """Every change threshold, the shorthand included."""
+        extra = []
+        if self.champion_tolerance is not None:
+            extra = [ChangeThreshold(metric="accuracy", absolute=-self.champion_tolerance)]
+        return [*extra, *self.change_thresholds]
 
 
 class PushConfig(_Section):
@@ -179,6 +290,11 @@ class PushConfig(_Section):
 
     model_name: str = Field("visionpipe-classifier", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     serving_root: str = Field("", description="Empty: <VISIONPIPE_HOME>/serving.")
+    keep_versions: int = Field(
+        0,
+        ge=0,
+        description="Versions kept in the serving root (champion, previous always); 0: all.",
+    )
 
 
 class MlflowConfig(_Section):

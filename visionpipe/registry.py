@@ -24,6 +24,53 @@ def champion_version(model_name: str):
         raise
 
 
+def version_by_alias(model_name: str, alias: str):
+    """The registry's ``ModelVersion`` with ``alias``, or None."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow.MlflowClient().get_model_version_by_alias(model_name, alias)
+    except MlflowException as err:
+        if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
+class RollbackError(RuntimeError):
+    """There is nothing to roll back to."""
+
+
+def swap_champion(model_name: str, tags: dict[str, str] | None = None) -> tuple[str, str]:
+    """Makes ``previous`` the champion again and the champion ``previous``.
+
+    Returns ``(new champion version, new previous version)``.
+
+    Raises:
+        RollbackError: the model has no ``previous`` (or no ``champion``) version.
+    """
+    import mlflow
+
+    champion = version_by_alias(model_name, CHAMPION)
+    previous = version_by_alias(model_name, PREVIOUS)
+    if champion is None or previous is None:
+        raise RollbackError(
+            f"{model_name}: nothing to roll back to (champion: "
+            f"{champion.version if champion else None}, previous: "
+            f"{previous.version if previous else None})"
+        )
+    client = mlflow.MlflowClient()
+    for key, value in (tags or {}).items():
+        client.set_model_version_tag(model_name, previous.version, key, value)
+    client.set_model_version_tag(
+        model_name, previous.version, "rolled_back_from", str(champion.version)
+    )
+    client.set_registered_model_alias(model_name, CHAMPION, previous.version)
+    client.set_registered_model_alias(model_name, PREVIOUS, champion.version)
+    log.info("registry: %s rolled back to version %s", model_name, previous.version)
+    return str(previous.version), str(champion.version)
+
+
 def download_champion(model_name: str, dst_dir: str) -> str | None:
     """Downloads the champion's SavedModel under ``dst_dir``; returns its directory, or None."""
     import mlflow

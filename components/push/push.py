@@ -3,7 +3,11 @@
 A version directory appears whole or not at all: files are copied into a hidden
 temporary directory in the model's folder, ``saved_model.pb`` last (servers treat it
 as "ready"), then the directory is renamed to the next integer version. Pushing the
-same model again returns the version it already has.
+same model again returns the version it already has. A killed push leaves only a
+hidden ``.tmp-*`` directory, which servers ignore and a later push removes.
+
+Rollback republishes an earlier version as a new highest version (servers load the
+highest); retention keeps the newest versions and never the champion's or previous'.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import posixpath
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -23,8 +28,29 @@ PUSH_RECORD = "assets.extra/visionpipe_push.json"
 _READY_FILE = "saved_model.pb"
 
 
+_STAGING_PREFIX = ".tmp-"
+_STALE_SECONDS = 3600  # a staging directory this old belongs to a push that died
+
+
 class NotBlessedError(RuntimeError):
     """Push was asked to publish a model the evaluation gate did not bless."""
+
+
+class PushTargetError(ValueError):
+    """The serving root cannot be written; the message names it."""
+
+
+def check_writable(serving_root: str) -> None:
+    """Raises PushTargetError unless a file can be created and removed under ``serving_root``."""
+    probe = storage.join(serving_root, f".visionpipe-write-test-{uuid.uuid4().hex[:8]}")
+    try:
+        storage.makedirs(serving_root)
+        storage.write_bytes(probe, b"")
+        storage.remove(probe)
+    except OSError as err:
+        raise PushTargetError(
+            f"push.serving_root {serving_root} is not writable: {err.strerror or err}"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -88,19 +114,92 @@ def run_push(model_uri: str, blessing_uri: str, serving_root: str, model_name: s
         if storage.exists(record) and storage.read_json(record).get("digest") == digest:
             log.info("push: %s is already version %d", model_uri, number)
             return PushResult(number, uri, digest, already_pushed=True)
-    version = max(existing, default=0) + 1
+    version, final = publish(model_uri, model_root, digest)
+    log.info("push: %s -> %s", model_uri, final)
+    return PushResult(version, final, digest, already_pushed=False)
+
+
+def publish(model_uri: str, model_root: str, digest: str, **record) -> tuple[int, str]:
+    """Copies a SavedModel to the next integer version under ``model_root``, atomically."""
+    _remove_stale_staging(model_root)
+    version = max(versions(model_root), default=0) + 1
     final = storage.join(model_root, str(version))
-    staging = storage.join(model_root, f".tmp-{version}-{uuid.uuid4().hex[:8]}")
+    staging = storage.join(model_root, f"{_STAGING_PREFIX}{version}-{uuid.uuid4().hex[:8]}")
     try:
         _copy_model(model_uri, staging)
         storage.write_json(
-            storage.join(staging, PUSH_RECORD), {"digest": digest, "source": model_uri}
+            storage.join(staging, PUSH_RECORD), {"digest": digest, "source": model_uri, **record}
         )
         storage.rename(staging, final)
     finally:
         storage.remove(staging)
-    log.info("push: %s -> %s", model_uri, final)
-    return PushResult(version, final, digest, already_pushed=False)
+    return version, final
+
+
+def version_digest(version_uri: str) -> str | None:
+    """The content digest recorded when a version was pushed."""
+    record = storage.join(version_uri, PUSH_RECORD)
+    return storage.read_json(record).get("digest") if storage.exists(record) else None
+
+
+def rollback_serving(model_root: str, digest: str) -> tuple[int, str]:
+    """Republishes the version holding ``digest`` as a new highest version.
+
+    Raises:
+        FileNotFoundError: no version under ``model_root`` holds that model.
+    """
+    for number, uri in sorted(versions(model_root).items(), reverse=True):
+        if version_digest(uri) == digest:
+            version, final = publish(uri, model_root, digest, rolled_back_from_version=number)
+            log.info("rollback: version %d republished as %d", number, version)
+            return version, final
+    raise FileNotFoundError(f"{model_root}: no version holds model {digest[:12]}")
+
+
+def apply_retention(model_root: str, keep: int, protected_digests: set[str]) -> list[int]:
+    """Deletes all but the ``keep`` newest versions, never the newest copy of a protected model.
+
+    Returns the deleted version numbers. ``keep`` 0 keeps everything.
+    """
+    if keep <= 0:
+        return []
+    existing = sorted(versions(model_root).items(), reverse=True)
+    digests = {number: version_digest(uri) for number, uri in existing}
+    # The newest version holding each protected model (a rollback makes a second copy).
+    protected = {
+        max(n for n, d in digests.items() if d == digest)
+        for digest in protected_digests
+        if digest in digests.values()
+    }
+    deleted = []
+    for number, uri in existing[keep:]:
+        if number in protected:
+            continue
+        storage.remove(uri)
+        deleted.append(number)
+    if deleted:
+        log.info("push: retention removed versions %s of %s", sorted(deleted), model_root)
+    return sorted(deleted)
+
+
+def _remove_stale_staging(model_root: str) -> None:
+    if not storage.exists(model_root):
+        return
+    now = time.time()
+    for uri in storage.listdir(model_root):
+        name = posixpath.basename(uri.rstrip("/"))
+        if name.startswith(_STAGING_PREFIX) and now - _mtime(uri) > _STALE_SECONDS:
+            log.info("push: removing %s, left by a push that did not finish", uri)
+            storage.remove(uri)
+
+
+def _mtime(uri: str) -> float:
+    fs, path = storage.filesystem(uri)
+    try:
+        modified = fs.modified(path)
+    except (NotImplementedError, OSError):
+        return time.time()
+    return modified.timestamp()
 
 
 def _copy_model(src: str, dst: str) -> None:
