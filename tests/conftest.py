@@ -77,3 +77,25 @@ def trained(transformed, tiny_config, tmp_path_factory):
     return run_train(
         transformed.examples_uri, transformed.transform_graph_uri, None, str(out), tiny_config
     )
+
+
+@pytest.fixture
+def crashing_copy():
+    """A factory of ``copy_file`` stand-ins that die mid-push.
+
+    ``crashing_copy(real_copy, after, message)`` copies ``after`` files for real, then
+    raises ``OSError(message)``: the push process losing its disk or power mid-copy.
+    """
+
+    def make(real_copy, after: int, message: str):
+        copied = []
+
+        def copy(src, dst):
+            if len(copied) == after:
+                raise OSError(message)
+            copied.append(dst)
+            real_copy(src, dst)
+
+        return copy
+
+    return make

@@ -49,18 +49,10 @@ def test_unblessed_model_is_refused(trained, tmp_path):
     assert not (tmp_path / "s").exists()
 
 
-def test_crash_mid_copy_leaves_no_version_behind(trained, tmp_path, monkeypatch):
+def test_crash_mid_copy_leaves_no_version_behind(trained, tmp_path, monkeypatch, crashing_copy):
     root = tmp_path / "serving"
-    copied = []
-    real_copy = push_module.storage.copy_file
-
-    def crash_after_two(src, dst):
-        if len(copied) == 2:
-            raise OSError("disk gone")
-        copied.append(dst)
-        real_copy(src, dst)
-
-    monkeypatch.setattr(push_module.storage, "copy_file", crash_after_two)
+    crash = crashing_copy(push_module.storage.copy_file, 2, "disk gone")
+    monkeypatch.setattr(push_module.storage, "copy_file", crash)
     with pytest.raises(OSError, match="disk gone"):
         run_push(trained.model_uri, _blessing(tmp_path), str(root), "shapes")
     assert versions(str(root / "shapes")) == {}

@@ -156,22 +156,14 @@ def test_leftovers_of_a_killed_push_are_invisible_and_cleaned_later(trained, tmp
 
 
 def test_a_push_crashing_mid_copy_leaves_no_version_and_the_alias_unchanged(
-    trained, tmp_path, monkeypatch
+    trained, tmp_path, monkeypatch, crashing_copy
 ):
     from components.push import push as push_module
 
     config = _config(tmp_path)
     steps.push(_variant(trained, tmp_path, "a"), _blessed(tmp_path), config)
-    real_copy = push_module.storage.copy_file
-    copied = []
-
-    def crash_after_three(src, dst):
-        if len(copied) == 3:
-            raise OSError("node lost power")
-        copied.append(dst)
-        real_copy(src, dst)
-
-    monkeypatch.setattr(push_module.storage, "copy_file", crash_after_three)
+    crash = crashing_copy(push_module.storage.copy_file, 3, "node lost power")
+    monkeypatch.setattr(push_module.storage, "copy_file", crash)
     with pytest.raises(OSError, match="lost power"):
         steps.push(_variant(trained, tmp_path, "b"), _blessed(tmp_path), config)
     assert sorted(versions(str(tmp_path / "serving" / NAME))) == [1]

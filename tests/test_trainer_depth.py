@@ -180,31 +180,20 @@ def _env(tmp_path):
     }
 
 
-def _transformed_dir(transformed) -> str:
-    return str(Path(transformed.examples_uri).parent)
+def _train_args(transformed, out, *options, **settings):
+    """``visionpipe train`` on the tiny transformed data with a tiny model."""
+    tiny = {"transform.image_size": 16, "trainer.width": 4, "trainer.depth": 1}
+    tiny.update({"trainer.batch_size": 8, **{k.replace("__", "."): v for k, v in settings.items()}})
+    args = ["train", "--transformed", str(Path(transformed.examples_uri).parent)]
+    args += ["--out", str(out), *options]
+    for key, value in tiny.items():
+        args += ["--set", f"{key}={value}"]
+    return _cli(*args)
 
 
 def test_a_killed_training_resumes_from_its_last_completed_epoch(transformed, tmp_path):
     out = tmp_path / "model"
-    args = _cli(
-        "train",
-        "--transformed",
-        _transformed_dir(transformed),
-        "--out",
-        str(out),
-        "--set",
-        "transform.image_size=16",
-        "--set",
-        "trainer.epochs=40",
-        "--set",
-        "trainer.early_stopping_patience=100",
-        "--set",
-        "trainer.width=4",
-        "--set",
-        "trainer.depth=1",
-        "--set",
-        "trainer.batch_size=8",
-    )
+    args = _train_args(transformed, out, trainer__epochs=40, trainer__early_stopping_patience=100)
     proc = subprocess.Popen(args, env=_env(tmp_path), stdout=subprocess.PIPE, text=True)
     metadata = Path(f"{out}.backup") / "head" / "training_metadata.json"
     deadline = time.monotonic() + 300
@@ -231,25 +220,7 @@ def test_a_killed_training_resumes_from_its_last_completed_epoch(transformed, tm
 
 def test_two_local_workers_train_one_model_and_one_mlflow_run(transformed, tmp_path):
     out = tmp_path / "model"
-    args = _cli(
-        "train",
-        "--transformed",
-        _transformed_dir(transformed),
-        "--out",
-        str(out),
-        "--workers",
-        "2",
-        "--set",
-        "transform.image_size=16",
-        "--set",
-        "trainer.epochs=2",
-        "--set",
-        "trainer.width=4",
-        "--set",
-        "trainer.depth=1",
-        "--set",
-        "trainer.batch_size=8",
-    )
+    args = _train_args(transformed, out, "--workers", "2", trainer__epochs=2)
     done = subprocess.run(args, env=_env(tmp_path), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -267,19 +238,7 @@ def test_two_local_workers_train_one_model_and_one_mlflow_run(transformed, tmp_p
 
 
 def test_a_batch_smaller_than_the_replicas_fails_before_training(transformed, tmp_path):
-    args = _cli(
-        "train",
-        "--transformed",
-        _transformed_dir(transformed),
-        "--out",
-        str(tmp_path / "model"),
-        "--workers",
-        "2",
-        "--set",
-        "transform.image_size=16",
-        "--set",
-        "trainer.batch_size=1",
-    )
+    args = _train_args(transformed, tmp_path / "model", "--workers", "2", trainer__batch_size=1)
     done = subprocess.run(args, env=_env(tmp_path), capture_output=True, text=True, timeout=600)
     assert done.returncode != 0
     assert "smaller than the 2 replicas" in done.stderr

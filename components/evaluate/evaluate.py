@@ -463,22 +463,14 @@ def run_evaluate(
     images, truth = load_test_examples(raw_examples_uri)
     classes = sorted(set(truth))
     check_threshold_classes(cfg, classes)
-    candidate, cand_report = evaluate_model(
-        truth,
-        predict_probabilities(candidate_model_uri, images, cfg.batch_size),
-        model_labels(candidate_model_uri),
-        cfg.top_k,
-        cfg.calibration_bins,
-    )
-    champion = champ_report = None
-    if champion_model_uri:
-        champion, champ_report = evaluate_model(
-            truth,
-            predict_probabilities(champion_model_uri, images, cfg.batch_size),
-            model_labels(champion_model_uri),
-            cfg.top_k,
-            cfg.calibration_bins,
-        )
+
+    def score(model_uri: str):
+        probabilities = predict_probabilities(model_uri, images, cfg.batch_size)
+        labels = model_labels(model_uri)
+        return evaluate_model(truth, probabilities, labels, cfg.top_k, cfg.calibration_bins)
+
+    candidate, cand_report = score(candidate_model_uri)
+    champion, champ_report = score(champion_model_uri) if champion_model_uri else (None, None)
     correct = (cand_report["correct"], champ_report["correct"]) if champ_report else None
     decision = gate(candidate, champion, cfg, classes, correct)
     blessing = Blessing(
