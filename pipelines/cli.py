@@ -146,6 +146,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="folder of class folders, or CSV of path,label")
     p.add_argument("--json", action="store_true", help="print the summary as JSON (last line)")
 
+    p = command("compare", _compare, "Compare pipeline runs from MLflow: a table and a chart.")
+    p.add_argument("--experiment", help="MLflow experiment (default: mlflow.experiment)")
+    p.add_argument("--last", type=int, default=20, help="how many of the latest runs")
+    p.add_argument("--metric", default="test_accuracy", help="sort by this pipeline-run metric")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.add_argument(
+        "--chart",
+        help="PNG of the metric across runs and of training curves "
+        "(default: <VISIONPIPE_HOME>/compare.png)",
+    )
+
     p = command("compile", _compile, "Compile the pipeline to KFP IR YAML.")
     p.add_argument("--out", default="pipeline.yaml", help="output YAML file")
     return parser
@@ -350,6 +361,27 @@ def _format_summary(s) -> str:
             f"--default-artifact-root {home.mlflow_artifacts})",
         ]
     )
+
+
+def _compare(args, config: Config) -> None:
+    from pipelines.compare import compare_runs, format_table, plot
+    from visionpipe import tracking
+    from visionpipe.home import Home
+
+    if args.last < 1:
+        raise ConfigError(f"--last must be at least 1. Received: {args.last}")
+    tracking.configure(config)
+    rows = compare_runs(args.experiment or config.mlflow.experiment, args.last, args.metric)
+    chart = args.chart or str(Home.resolve().root / "compare.png")
+    if rows:
+        os.makedirs(os.path.dirname(os.path.abspath(chart)), exist_ok=True)
+        plot(rows, args.metric, chart)
+    if args.json:
+        print(json.dumps({"runs": [r.to_dict() for r in rows], "chart": chart if rows else None}))
+        return
+    print(format_table(rows, args.metric) if rows else "no pipeline runs yet")
+    if rows:
+        print(f"chart: {chart}")
 
 
 def _compile(args, config: Config) -> None:

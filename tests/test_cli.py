@@ -16,6 +16,7 @@ SUBCOMMANDS = [
     "rollback",
     "predict",
     "run",
+    "compare",
     "compile",
 ]
 

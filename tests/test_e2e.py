@@ -89,3 +89,23 @@ def test_pipeline_runs_end_to_end_then_retrains_against_the_champion(tiny_datase
         )
     else:
         assert second["pushed_version"] is None
+
+    # Both runs side by side, from MLflow: best test accuracy first, with their curves.
+    table = _compare(isolated_home, "--last", "5")
+    rows = table["runs"]
+    assert {r["run_id"] for r in rows} == {first["mlflow_run_id"], second["mlflow_run_id"]}
+    accuracies = [r["metrics"]["test_accuracy"] for r in rows]
+    assert accuracies == sorted(accuracies, reverse=True)
+    by_id = {r["run_id"]: r for r in rows}
+    assert by_id[first["mlflow_run_id"]]["pushed_version"] == "1"
+    assert by_id[first["mlflow_run_id"]]["params"]["trainer.epochs"] == "2"
+    assert all(len(r["curve"]) == 2 and r["data_fingerprint"] for r in rows)
+    assert os.path.getsize(table["chart"]) > 1000
+    assert len(_compare(isolated_home, "--last", "1")["runs"]) == 1
+
+
+def _compare(home, *args):
+    cmd = [sys.executable, "-m", "pipelines.cli", "compare", "--json", *args]
+    env = {**os.environ, "VISIONPIPE_HOME": str(home)}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])

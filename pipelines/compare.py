@@ -1,0 +1,140 @@
+"""Comparing pipeline runs from MLflow: a table sorted by a metric, and a chart.
+
+Everything comes from ``mlflow.search_runs`` and the runs' metric histories: the
+pipeline runs (tag ``visionpipe.kind = pipeline``) carry the config as params, the
+data fingerprint, the test metrics, the blessing and the pushed version; each run's
+``train`` step run carries its per-epoch curves.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass, field
+
+from visionpipe import tracking
+
+KEY_PARAMS = ("trainer.model", "transform.image_size", "trainer.epochs", "tuner.max_trials")
+_LOWER_IS_BETTER = ("test_log_loss", "test_expected_calibration_error")
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """One pipeline run, as the comparison shows it."""
+
+    run_id: str
+    started: str
+    status: str
+    data_fingerprint: str
+    params: dict[str, str]
+    metrics: dict[str, float]
+    blessed: str
+    pushed_version: str
+    curve: list[float] = field(default_factory=list)  # the train step's val_accuracy
+
+    def to_dict(self) -> dict:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+def compare_runs(experiment: str, last: int, metric: str) -> list[RunRow]:
+    """The last ``last`` pipeline runs of ``experiment``, best ``metric`` first.
+
+    Runs without the metric (failed early, still running) come last. Raises
+    ValueError when the experiment does not exist.
+    """
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise ValueError(
+            f"no MLflow experiment named {experiment!r} at {mlflow.get_tracking_uri()}"
+        )
+    runs = mlflow.search_runs(
+        experiment_ids=[found.experiment_id],
+        filter_string=f"tags.`{tracking.KIND_TAG}` = 'pipeline'",
+        order_by=["attributes.start_time DESC"],
+        max_results=last,
+        output_format="list",
+    )
+    rows = [_row(client, found.experiment_id, run) for run in runs]
+    sign = 1 if metric in _LOWER_IS_BETTER else -1
+    return sorted(
+        rows,
+        key=lambda r: (metric not in r.metrics, sign * r.metrics.get(metric, 0.0), r.started),
+    )
+
+
+def _row(client, experiment_id: str, run) -> RunRow:
+    tags, data = run.data.tags, run.data
+    started = dt.datetime.fromtimestamp(run.info.start_time / 1000).strftime("%Y-%m-%d %H:%M")
+    train = client.search_runs(
+        [experiment_id],
+        f"tags.mlflow.parentRunId = '{run.info.run_id}' and tags.`{tracking.STEP_TAG}` = 'train'",
+        max_results=1,
+    )
+    curve = []
+    if train:
+        history = client.get_metric_history(train[0].info.run_id, "val_accuracy")
+        curve = [m.value for m in sorted(history, key=lambda m: m.step)]
+    return RunRow(
+        run_id=run.info.run_id,
+        started=started,
+        status=run.info.status,
+        data_fingerprint=tags.get("data_fingerprint", "")[:12],
+        params={k: data.params.get(k, "") for k in KEY_PARAMS},
+        metrics={k: v for k, v in data.metrics.items() if k.startswith("test_")},
+        blessed=tags.get("blessed", ""),
+        pushed_version=tags.get("pushed_version", ""),
+        curve=curve,
+    )
+
+
+def format_table(rows: list[RunRow], metric: str) -> str:
+    """A fixed-width text table, one line per run."""
+    header = ["run", "started", "status", "data", *(p.split(".")[-1] for p in KEY_PARAMS)]
+    header += [metric, "blessed", "pushed"]
+    lines = [
+        [
+            r.run_id[:8],
+            r.started,
+            r.status.lower(),
+            r.data_fingerprint,
+            *(r.params[p] for p in KEY_PARAMS),
+            f"{r.metrics[metric]:.4f}" if metric in r.metrics else "-",
+            r.blessed or "-",
+            r.pushed_version or "-",
+        ]
+        for r in rows
+    ]
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *lines, strict=True)]
+    return "\n".join(
+        "  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+        for line in [header, *lines]
+    )
+
+
+def plot(rows: list[RunRow], metric: str, path: str) -> None:
+    """Left: ``metric`` across runs in time order; right: each run's validation accuracy curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    timeline = sorted(rows, key=lambda r: r.started)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    points = [(i, r.metrics[metric]) for i, r in enumerate(timeline) if metric in r.metrics]
+    if points:
+        left.plot([p[0] for p in points], [p[1] for p in points], "o-")
+    left.set_xticks(range(len(timeline)), [r.run_id[:8] for r in timeline], rotation=45)
+    left.set_title(f"{metric} by run (oldest first)")
+    for r in timeline:
+        if r.curve:
+            right.plot(range(1, len(r.curve) + 1), r.curve, label=r.run_id[:8])
+    right.set_xlabel("epoch")
+    right.set_title("validation accuracy while training")
+    if any(r.curve for r in timeline):
+        right.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
