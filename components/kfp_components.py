@@ -21,6 +21,35 @@ from kfp.dsl import (
 )
 
 
+def configure_op(
+    config_json: str,
+    image_size: int,
+    epochs: int,
+    max_trials: int,
+    min_accuracy: float,
+    model_name: str,
+    serving_root: str,
+) -> str:
+    """The run's config: the compiled-in config with this run's parameters applied.
+
+    ``min_accuracy`` below 0 turns the accuracy threshold off; an empty
+    ``serving_root`` keeps the default. Fails (before any step) on a bad value.
+    """
+    import json
+
+    from visionpipe.config import Config
+
+    overrides = [
+        f"transform.image_size={image_size}",
+        f"trainer.epochs={epochs}",
+        f"tuner.max_trials={max_trials}",
+        f"evaluate.min_accuracy={'null' if min_accuracy < 0 else min_accuracy}",
+        f"push.model_name={json.dumps(model_name)}",
+        f"push.serving_root={json.dumps(serving_root)}",
+    ]
+    return Config.from_json(config_json).with_overrides(overrides).to_json()
+
+
 def ingest_op(
     data: str,
     config_json: str,
@@ -180,6 +209,7 @@ def make_components(image: str) -> SimpleNamespace:
     """The pipeline's components, each a lightweight Python component on ``image``."""
     component = dsl.component(base_image=image, install_kfp_package=False)
     return SimpleNamespace(
+        configure=component(configure_op),
         ingest=component(ingest_op),
         transform=component(transform_op),
         tune=component(tune_op),

@@ -79,6 +79,7 @@ def run_local(data_uri: str, config: Config) -> RunSummary:
     try:
         build_pipeline(config)(
             data=data_uri,
+            serving_root=config.push.serving_root,  # a local path is never compiled in
             config_json=config.to_json(),
             mlflow_tracking_uri=uri,
             mlflow_run_id=run_id,

@@ -10,20 +10,41 @@ def build_pipeline(config: Config):
     """The pipeline function for ``config``: its base image, name and parameter defaults.
 
     The whole validated config travels as the ``config_json`` parameter, so every step
-    sees the same typed configuration; ``data`` and the MLflow coordinates are
-    separate parameters because they change per run.
+    sees the same typed configuration. What users change per run is a parameter of its
+    own with the config's value as default (data, image size, epochs, trials, accuracy
+    threshold, model name, serving root); a first ``configure`` step applies them to
+    the config, validated, before any work. The MLflow coordinates are parameters too.
     """
     ops = make_components(config.pipeline.image)
+    min_accuracy = config.evaluate.min_accuracy
+    # A local serving root is this machine's path: it is not compiled in.
+    serving_root = config.push.serving_root if "://" in config.push.serving_root else ""
+    compiled = config.with_overrides(['push.serving_root=""'])
 
     @dsl.pipeline(name=config.pipeline.name, description="Images in, a served classifier out.")
     def visionpipe(
         data: str,
-        config_json: str = config.to_json(),
+        image_size: int = config.transform.image_size,
+        epochs: int = config.trainer.epochs,
+        max_trials: int = config.tuner.max_trials,
+        min_accuracy: float = -1.0 if min_accuracy is None else min_accuracy,
+        model_name: str = config.push.model_name,
+        serving_root: str = serving_root,
+        config_json: str = compiled.to_json(),
         mlflow_tracking_uri: str = "",
         mlflow_run_id: str = "",
     ):
+        configure = ops.configure(
+            config_json=config_json,
+            image_size=image_size,
+            epochs=epochs,
+            max_trials=max_trials,
+            min_accuracy=min_accuracy,
+            model_name=model_name,
+            serving_root=serving_root,
+        ).set_display_name("configure")
         tracking = {
-            "config_json": config_json,
+            "config_json": configure.output,
             "mlflow_tracking_uri": mlflow_tracking_uri,
             "mlflow_run_id": mlflow_run_id,
         }

@@ -76,20 +76,39 @@ def test_wrongly_typed_set_value_fails_naming_the_key(tiny_dataset, capsys, isol
 
 def test_compile_writes_a_strict_kfp_pipeline_spec(tmp_path, capsys):
     out = tmp_path / "pipeline.yaml"
-    assert (
-        main(["compile", "--out", str(out), "--set", "pipeline.image=registry.example/vp:1.2"]) == 0
-    )
+    args = ["compile", "--out", str(out), "--set", "pipeline.image=registry.example/vp:1.2"]
+    local_root = tmp_path / "my-serving-root"
+    args += ["--set", f"push.serving_root={local_root}", "--set", "trainer.epochs=7"]
+    assert main(args) == 0
     text = out.read_text()
     spec = json_format.ParseDict(yaml.safe_load(text), pipeline_spec_pb2.PipelineSpec())
     executors = spec.deployment_spec.fields["executors"].struct_value.fields
-    assert len(executors) == 6
+    assert len(executors) == 7  # configure + the six steps
+    params = spec.root.input_definitions.parameters
+    expected = {"data", "image_size", "epochs", "max_trials", "min_accuracy", "model_name"}
+    assert expected | {"serving_root", "config_json", "mlflow_tracking_uri"} <= set(params)
+    assert params["epochs"].default_value.number_value == 7
+    assert params["model_name"].default_value.string_value == "visionpipe-classifier"
     images = {
         e.struct_value.fields["container"].struct_value.fields["image"].string_value
         for e in executors.values()
     }
     assert images == {"registry.example/vp:1.2"}
-    assert str(tmp_path) not in text and "/work/" not in text
+    assert str(tmp_path) not in text and "/work/" not in text  # no local paths compiled in
     assert "pip install" not in text
+
+
+def test_run_parameters_are_applied_and_validated_by_the_configure_step():
+    from components.kfp_components import configure_op
+    from visionpipe.config import Config, ConfigError, load_config
+
+    base = load_config().to_json()
+    merged = Config.from_json(configure_op(base, 48, 3, 0, -1.0, "cats", "gs://b/serving"))
+    assert merged.transform.image_size == 48 and merged.trainer.epochs == 3
+    assert merged.tuner.max_trials == 0 and merged.evaluate.min_accuracy is None
+    assert merged.push.model_name == "cats" and merged.push.serving_root == "gs://b/serving"
+    with pytest.raises(ConfigError, match="transform.image_size"):
+        configure_op(base, 3, 3, 0, 0.5, "cats", "")
 
 
 def test_ingest_subcommand_takes_several_inputs_and_logs_to_mlflow(tmp_path, tiny_dataset, capsys):

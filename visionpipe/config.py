@@ -344,6 +344,13 @@ class Config(_Section):
         """Reads a config written by ``to_json``."""
         return _validate(json.loads(text), source="config JSON")
 
+    def with_overrides(self, overrides: list[str]) -> Config:
+        """A copy with ``section.key=value`` overrides applied, validated again."""
+        data = json.loads(self.to_json())
+        for item in overrides:
+            _apply_override(data, item)
+        return _validate(data, source="overrides")
+
     def flat(self) -> dict[str, Any]:
         """``section.key -> value`` pairs, for logging as MLflow params."""
         out: dict[str, Any] = {}
