@@ -7,7 +7,7 @@ SAMPLE := data/sample
 export VISIONPIPE_HOME ?= $(CURDIR)/.visionpipe
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup run test test-fast bench lint mlflow-ui compile clean
+.PHONY: setup postgres run test test-fast bench lint mlflow-ui mlflow-server compile clean
 
 setup: $(STAMP)
 
@@ -15,8 +15,13 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,server]'
 	touch $(STAMP)
+
+# PostgreSQL's server programs (Debian's package) for `make mlflow-server` and its test.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql)
 
 $(SAMPLE)/labels.csv: | $(STAMP)
 	$(BIN)/visionpipe sample-data --out $(SAMPLE)
@@ -24,7 +29,7 @@ $(SAMPLE)/labels.csv: | $(STAMP)
 run: setup $(SAMPLE)/labels.csv
 	$(BIN)/visionpipe run --data $(SAMPLE)
 
-test: setup
+test: setup postgres
 	$(BIN)/python -m pytest -q -ra
 
 test-fast: setup
@@ -39,6 +44,10 @@ lint: setup
 
 compile: setup
 	$(BIN)/visionpipe compile --out pipeline.yaml
+
+# An MLflow tracking server on PostgreSQL, artifacts served by it, on 127.0.0.1:5001.
+mlflow-server: setup postgres
+	$(BIN)/python -m visionpipe.mlflow_server --port 5001 --db-port 5433
 
 mlflow-ui: setup
 	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 \

@@ -1,0 +1,78 @@
+"""The pipeline against `make mlflow-server`'s setup: PostgreSQL + an MLflow server."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from tests.conftest import TINY_OVERRIDES
+from trainer.launch import free_ports
+from visionpipe.mlflow_server import Postgres, server_command, wait_until_up
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def server():
+    """PostgreSQL and the MLflow server on free loopback ports; stopped afterwards."""
+    # Not under pytest's 0700 temp root: when tests run as root, PostgreSQL runs as the
+    # postgres user, which must reach its data directory.
+    root = Path(tempfile.mkdtemp(prefix="visionpipe-mlflow-server-"))
+    os.chmod(root, 0o755)
+    db_port, port = free_ports(2)
+    postgres = Postgres(root / "postgres", db_port).start()
+    log = open(root / "server.log", "w")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(
+        server_command(postgres.uri, root / "artifacts", port), stdout=log, stderr=log
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(url, process)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+        postgres.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_the_pipeline_logs_runs_metrics_and_the_registry_through_the_server(
+    server, tiny_dataset, isolated_home
+):
+    args = [sys.executable, "-m", "pipelines.cli", "run", "--data", str(tiny_dataset), "--json"]
+    for item in TINY_OVERRIDES:
+        args += ["--set", item]
+    env = {**os.environ, "VISIONPIPE_HOME": str(isolated_home), "MLFLOW_TRACKING_URI": server}
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["tracking_uri"] == server
+    assert not (isolated_home / "mlflow.db").exists()  # nothing went to the local store
+
+    client = mlflow.MlflowClient(tracking_uri=server, registry_uri=server)
+    run = client.get_run(summary["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["test_accuracy"] == pytest.approx(summary["test_accuracy"])
+    steps = client.search_runs(
+        [run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'"
+    )
+    assert {s.data.tags["visionpipe.step"] for s in steps} >= {"ingest", "train", "evaluate"}
+    train = next(s for s in steps if s.data.tags["visionpipe.step"] == "train")
+    assert len(client.get_metric_history(train.info.run_id, "loss")) == 2
+    # Artifacts went through the server (--serve-artifacts), not to a local path.
+    assert train.info.artifact_uri.startswith("mlflow-artifacts:")
+    names = {a.path for a in client.list_artifacts(train.info.run_id)}
+    assert "training_curves.png" in names
+    champion = client.get_model_version_by_alias("visionpipe-classifier", "champion")
+    assert champion.tags["pipeline_run_id"] == summary["mlflow_run_id"]
+    model_dir = client.download_artifacts(
+        champion.run_id, "model", str(isolated_home / "downloaded")
+    )
+    assert os.path.exists(os.path.join(model_dir, "saved_model.pb"))
