@@ -161,28 +161,20 @@ def evaluate_op(
     A single ``bool`` return (KFP output ``Output``) rather than a named output: kfp.local
     2.17 resolves ``dsl.If`` conditions only on a task's ``Output``.
     """
+    import shutil
+
     from components import steps
+    from visionpipe import features as F
 
     config = steps.component_config(config_json, mlflow_tracking_uri)
-    from components.evaluate.evaluate import markdown_report
-
     result = steps.evaluate(raw_examples.path, model.path, blessing.path, config, mlflow_run_id)
     for name, value in result.candidate.items():
         metrics.log_metric(name, value)
     table = result.candidate_report
     confusion.log_confusion_matrix(table["classes"], table["confusion_matrix"])
-    with open(report.path, "w") as f:
-        f.write(markdown_report(result))
-    blessing.metadata.update(
-        {
-            "blessed": result.blessed,
-            "reason": result.reason,
-            "checks": [
-                {"name": c.name, "passed": c.passed, "value": c.value, "threshold": c.threshold}
-                for c in result.checks
-            ],
-        }
-    )
+    shutil.copy(f"{blessing.path}/{F.REPORT_FILE}", report.path)  # written by evaluate
+    summary = result.to_dict()
+    blessing.metadata.update({k: summary[k] for k in ("blessed", "reason", "checks")})
     return result.blessed
 
 

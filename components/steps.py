@@ -109,40 +109,31 @@ def tune(
     output_uri: str,
     config: Config,
     parent_run_id: str = "",
-    search=None,
+    tuner_workers: int = 0,
+    worker_command: list[str] | None = None,
 ):
     """Runs the keras-tuner search; every trial is a nested run; logs the best hyperparameters.
 
-    ``search(step_run_id)``, when given, runs the search instead (the distributed
-    launcher: its worker processes nest their trials under the step run); the result
-    is then read from ``hyperparameters.json``.
+    With ``tuner_workers``, this process serves keras-tuner's oracle while that many
+    processes run ``worker_command`` (a ``visionpipe tune`` argv) and the trials; they
+    nest their trial runs under this step's run.
     """
     import mlflow
 
-    from trainer.tune import TuneResult, run_tune
+    from trainer.tune import run_tune
 
     with tracking.step_run(config, "tune", parent_run_id) as run:
-        if search is None:
-            result = run_tune(examples_uri, graph_uri, output_uri, config)
-        else:
-            saved = os.environ.get("MLFLOW_RUN_ID")
-            os.environ["MLFLOW_RUN_ID"] = run.info.run_id  # the workers' trial parent
-            try:
-                search(run.info.run_id)
-            finally:
-                if saved is None:
-                    os.environ.pop("MLFLOW_RUN_ID", None)
-                else:
-                    os.environ["MLFLOW_RUN_ID"] = saved
-            from visionpipe import storage
 
-            best = storage.read_json(storage.join(output_uri, "hyperparameters.json"))
-            trials = mlflow.search_runs(
-                [run.info.experiment_id],
-                f"tags.mlflow.parentRunId = '{run.info.run_id}'",
-                output_format="list",
-            )
-            result = TuneResult(output_uri, best["values"], best["score"], len(trials))
+        def search():
+            return run_tune(examples_uri, graph_uri, output_uri, config)
+
+        if tuner_workers:
+            from trainer.launch import environment, launch_tuning
+
+            with environment(MLFLOW_RUN_ID=run.info.run_id):  # the workers' trial parent
+                result = launch_tuning(worker_command or [], tuner_workers, search)
+        else:
+            result = search()
         mlflow.log_params({f"best.{k}": v for k, v in result.best_hyperparameters.items()})
         mlflow.log_metric("trials", result.trials)
         if result.best_score is not None:

@@ -210,21 +210,14 @@ def _tune(args, config: Config) -> int:
         return 0
     if args.tuner_workers < 0:
         raise ConfigError(f"--tuner-workers must be 0 or more. Received: {args.tuner_workers}")
-    if args.tuner_workers:
-        from trainer.launch import launch_tuning
-
-        command = _without_option(args.argv, "--tuner-workers")
-
-        def chief(run_id: str) -> None:
-            code = launch_tuning(
-                command, args.tuner_workers, lambda: run_tune(examples, graph, args.out, config)
-            )
-            if code:
-                raise RuntimeError(f"tune: a tuning worker failed (exit status {code})")
-
-        result = steps.tune(examples, graph, args.out, config, search=chief)
-    else:
-        result = steps.tune(examples, graph, args.out, config)
+    result = steps.tune(
+        examples,
+        graph,
+        args.out,
+        config,
+        tuner_workers=args.tuner_workers,
+        worker_command=_without_option(args.argv, "--tuner-workers"),
+    )
     print(
         json.dumps(
             {

@@ -8,6 +8,7 @@ in each worker pod, with ``TF_CONFIG`` set by the job (see ``infra/``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -78,13 +79,33 @@ def _stop(procs: list[subprocess.Popen]) -> None:
             p.kill()
 
 
-def launch_tuning(command: list[str], workers: int, run_chief) -> int:
+@contextlib.contextmanager
+def environment(**values: str):
+    """Sets environment variables for the duration of the block, then restores them."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def launch_tuning(command: list[str], workers: int, run_chief):
     """keras-tuner's distributed mode on this machine: ``workers`` trial processes.
 
     The calling process is the chief: ``run_chief()`` serves the oracle (it returns
     when every trial has ended) while each worker process runs ``command`` (a
     ``visionpipe tune`` argv) with ``KERASTUNER_TUNER_ID=tunerI``. The variables are
     the ones keras-tuner reads, so the same command runs workers on other machines.
+
+    Returns what ``run_chief`` returns.
+
+    Raises:
+        RuntimeError: a worker process failed.
     """
     [port] = free_ports(1)
     oracle = {"KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": str(port)}
@@ -93,18 +114,13 @@ def launch_tuning(command: list[str], workers: int, run_chief) -> int:
         env = {**os.environ, **oracle, "KERASTUNER_TUNER_ID": f"tuner{index}"}
         argv = [sys.executable, "-m", "pipelines.cli", *command]
         procs.append(subprocess.Popen(argv, env=env, stdout=sys.stderr))
-    saved = {k: os.environ.get(k) for k in (*oracle, "KERASTUNER_TUNER_ID")}
-    os.environ.update({**oracle, "KERASTUNER_TUNER_ID": "chief"})
     try:
-        run_chief()
+        with environment(**oracle, KERASTUNER_TUNER_ID="chief"):
+            result = run_chief()
     except BaseException:
         _stop(procs)
         raise
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-    codes = [p.wait() for p in procs]
-    return next((c for c in codes if c), 0)
+    failed = [code for code in (p.wait() for p in procs) if code]
+    if failed:
+        raise RuntimeError(f"tune: a tuning worker failed (exit status {failed[0]})")
+    return result

@@ -31,6 +31,7 @@ TRANSFORM_STATISTICS_FILE = "statistics.json"  # next to transform_fn/ in the gr
 # Trainer / evaluate / push artifacts.
 HYPERPARAMETERS_FILE = "hyperparameters.json"
 BLESSING_FILE = "blessing.json"
+REPORT_FILE = "report.md"  # the evaluation report, next to the blessing
 SERVING_SIGNATURE = "serving_default"
 SERVING_INPUT = "image_bytes"
 

@@ -105,12 +105,6 @@ def predict_probabilities(model_dir: str, images: list[bytes], batch_size: int) 
     return np.concatenate(parts) if parts else np.zeros((0, 0))
 
 
-def predict_labels(model_dir: str, images: list[bytes], batch_size: int) -> list[str]:
-    """Class names predicted by a served model from raw encoded bytes."""
-    labels = model_labels(model_dir)
-    return [labels[i] for i in predict_probabilities(model_dir, images, batch_size).argmax(axis=1)]
-
-
 def evaluate_model(
     truth: list[str],
     probabilities: np.ndarray,
@@ -483,7 +477,7 @@ def run_evaluate(
         None if champ_report is None else {k: v for k, v in champ_report.items() if k != "correct"},
     )
     storage.write_json(storage.join(output_uri, F.BLESSING_FILE), blessing.to_dict())
-    storage.write_bytes(storage.join(output_uri, "report.md"), markdown_report(blessing).encode())
+    storage.write_bytes(storage.join(output_uri, F.REPORT_FILE), markdown_report(blessing).encode())
     log.info("evaluate: %s", blessing.reason)
     return blessing
 
