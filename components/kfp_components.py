@@ -74,6 +74,27 @@ def ingest_op(
     return stats["fingerprint"]
 
 
+def data_check_op(
+    fingerprint: str,
+    only_if_data_changed: bool,
+    config_json: str,
+    mlflow_tracking_uri: str,
+    mlflow_run_id: str,
+    decision: Output[Artifact],
+) -> bool:
+    """Whether the run goes on to train.
+
+    False only when the run asks to train on changed data alone and the data's
+    fingerprint equals the last successful run's.
+    """
+    from components import steps
+
+    config = steps.component_config(config_json, mlflow_tracking_uri)
+    check = steps.check_data(fingerprint, config, only_if_data_changed, mlflow_run_id)
+    decision.metadata.update({**check.to_dict(), "fingerprint": fingerprint})
+    return check.retrain
+
+
 def transform_op(
     raw_examples: Input[Dataset],
     config_json: str,
@@ -203,6 +224,7 @@ def make_components(image: str) -> SimpleNamespace:
     return SimpleNamespace(
         configure=component(configure_op),
         ingest=component(ingest_op),
+        data_check=component(data_check_op),
         transform=component(transform_op),
         tune=component(tune_op),
         train=component(train_op),

@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import tempfile
+from dataclasses import asdict, dataclass
 
 from visionpipe import registry, tracking
 from visionpipe.config import Config
@@ -51,6 +52,59 @@ def ingest(data_uri: str | list[str], output_uri: str, config: Config, parent_ru
         mlflow.set_tags(tags)
         tracking.log_outcome(parent_run_id, metrics=counts, tags=tags)
     return result
+
+
+@dataclass(frozen=True)
+class DataCheck:
+    """Whether a pipeline run goes on to train, and why."""
+
+    retrain: bool
+    reason: str
+    previous_run_id: str = ""
+
+    def to_dict(self) -> dict:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+def check_data(
+    fingerprint: str, config: Config, only_if_changed: bool, parent_run_id: str = ""
+) -> DataCheck:
+    """Decides whether this pipeline run trains on the data ingest just fingerprinted.
+
+    It always does, unless ``only_if_changed`` (what scheduled runs ask for) and the
+    fingerprint equals the one of the experiment's last successful pipeline run. The
+    decision is recorded on the pipeline run: tags ``visionpipe.skipped`` and
+    ``data_check``.
+    """
+    experiment_id = tracking.configure(config)
+    parent = tracking.parent_run_id(parent_run_id)
+    check = DataCheck(True, "retrains on every run (only_if_data_changed is off)")
+    if only_if_changed:
+        previous = tracking.last_successful_pipeline_run(experiment_id, exclude_run_id=parent)
+        check = _compare_fingerprints(fingerprint, previous)
+    log.info("data check: %s", check.reason)
+    if parent:
+        tags = {
+            tracking.KIND_TAG: "pipeline",  # also when KFP's MLflow integration made the run
+            tracking.SKIPPED_TAG: str(not check.retrain).lower(),
+            "data_check": check.reason,
+        }
+        tracking.log_outcome(parent, tags=tags)
+    return check
+
+
+def _compare_fingerprints(fingerprint: str, previous) -> DataCheck:
+    if previous is None:
+        return DataCheck(True, "no earlier successful pipeline run to compare the data with")
+    run_id = previous.info.run_id
+    before = previous.data.tags.get("data_fingerprint", "")
+    if before == fingerprint:
+        return DataCheck(
+            False, f"data unchanged since run {run_id} (fingerprint {fingerprint[:12]})", run_id
+        )
+    change = f"{before[:12] or 'none'} -> {fingerprint[:12]}"
+    return DataCheck(True, f"data changed since run {run_id} ({change})", run_id)
 
 
 def log_dataset(data_uri: str, fingerprint: str, context: str) -> None:

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 
 from visionpipe.config import Config, ConfigError, load_config
+from visionpipe.errors import UserError
 
 log = logging.getLogger("visionpipe")
 
@@ -28,30 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config, args.set or [])
         return args.handler(args, config) or 0
-    except (ConfigError, FileNotFoundError) as err:
+    except (UserError, FileNotFoundError) as err:  # the user's to fix: one line, no traceback
         print(f"visionpipe: error: {err}", file=sys.stderr)
         return 2
-    except Exception as err:  # noqa: BLE001 - known input errors become one line, others re-raise
-        from components.evaluate.evaluate import ThresholdError
-        from components.ingest.sources import DataError
-        from components.push.push import NotBlessedError, PushTargetError
-        from trainer.model import WeightsError
-        from visionpipe.registry import RollbackError
-        from visionpipe.serving import ModelNotFoundError
-
-        known = (
-            DataError,
-            NotBlessedError,
-            ModelNotFoundError,
-            PushTargetError,
-            RollbackError,
-            ThresholdError,
-            WeightsError,
-        )
-        if isinstance(err, known):
-            print(f"visionpipe: error: {err}", file=sys.stderr)
-            return 2
-        raise
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -145,12 +125,22 @@ def _parser() -> argparse.ArgumentParser:
     p = command("run", _run, "Run the whole pipeline locally (kfp.local, no cluster).")
     p.add_argument("--data", required=True, help="folder of class folders, or CSV of path,label")
     p.add_argument("--json", action="store_true", help="print the summary as JSON (last line)")
+    p.add_argument(
+        "--only-if-data-changed",
+        action="store_true",
+        help="stop after ingest when the data equals the last successful run's (as schedules do)",
+    )
 
     p = command("compare", _compare, "Compare pipeline runs from MLflow: a table and a chart.")
     p.add_argument("--experiment", help="MLflow experiment (default: mlflow.experiment)")
     p.add_argument("--last", type=int, default=20, help="how many of the latest runs")
     p.add_argument("--metric", default="test_accuracy", help="sort by this pipeline-run metric")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.add_argument(
+        "--include-skipped",
+        action="store_true",
+        help="also list runs that stopped after ingest because the data had not changed",
+    )
     p.add_argument(
         "--chart",
         help="PNG of the metric across runs and of training curves "
@@ -164,6 +154,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _quiet_libraries() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
@@ -324,7 +315,7 @@ def _predict(args, config: Config) -> int:
 def _run(args, config: Config) -> None:
     from pipelines.local import run_local
 
-    summary = run_local(args.data, config)
+    summary = run_local(args.data, config, only_if_data_changed=args.only_if_data_changed)
     if args.json:
         print(json.dumps(summary.to_dict()))
         return
@@ -340,6 +331,16 @@ def _format_summary(s) -> str:
     pushed = f"version {s.pushed_version} -> {s.pushed_path}" if s.pushed_version else "not pushed"
     total = sum(s.examples.values())
     split = " / ".join(f"{k} {v}" for k, v in s.examples.items())
+    if s.skipped:
+        return "\n".join(
+            [
+                "",
+                f"visionpipe run skipped after ingest in {s.wall_seconds:.0f} s",
+                f"  images      {total} ingested ({split})",
+                f"  reason      {s.data_check}",
+                f"  MLflow run  {s.mlflow_run_id}",
+            ]
+        )
     return "\n".join(
         [
             "",
@@ -364,7 +365,9 @@ def _compare(args, config: Config) -> None:
     if args.last < 1:
         raise ConfigError(f"--last must be at least 1. Received: {args.last}")
     tracking.configure(config)
-    rows = compare_runs(args.experiment or config.mlflow.experiment, args.last, args.metric)
+    rows = compare_runs(
+        args.experiment or config.mlflow.experiment, args.last, args.metric, args.include_skipped
+    )
     chart = args.chart or str(Home.resolve().root / "compare.png")
     if rows:
         os.makedirs(os.path.dirname(os.path.abspath(chart)), exist_ok=True)

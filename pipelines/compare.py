@@ -1,6 +1,6 @@
 """Comparing pipeline runs from MLflow: a table sorted by a metric, and a chart.
 
-Everything comes from ``mlflow.search_runs`` and the runs' metric histories: the
+Everything comes from MLflow's ``search_runs`` and the runs' metric histories: the
 pipeline runs (tag ``visionpipe.kind = pipeline``) carry the config as params, the
 data fingerprint, the test metrics, the blessing and the pushed version; each run's
 ``train`` step run carries its per-epoch curves.
@@ -9,12 +9,18 @@ data fingerprint, the test metrics, the blessing and the pushed version; each ru
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from dataclasses import asdict, dataclass, field
 
 from visionpipe import tracking
+from visionpipe.errors import UserError
 
 KEY_PARAMS = ("trainer.model", "transform.image_size", "trainer.epochs", "tuner.max_trials")
 _LOWER_IS_BETTER = ("test_log_loss", "test_expected_calibration_error")
+
+
+class CompareError(UserError, ValueError):
+    """An experiment or metric that the tracking store does not have."""
 
 
 @dataclass(frozen=True)
@@ -36,28 +42,32 @@ class RunRow:
         return asdict(self)
 
 
-def compare_runs(experiment: str, last: int, metric: str) -> list[RunRow]:
+def compare_runs(
+    experiment: str, last: int, metric: str, include_skipped: bool = False
+) -> list[RunRow]:
     """The last ``last`` pipeline runs of ``experiment``, best ``metric`` first.
 
-    Runs without the metric (failed early, still running) come last. Raises
-    ValueError when the experiment does not exist.
+    Runs without the metric (failed early, still running) come last; runs skipped
+    because the data had not changed are left out unless ``include_skipped``.
+
+    Raises:
+        CompareError: the experiment does not exist, or none of its runs has ``metric``.
     """
     import mlflow
 
     client = mlflow.MlflowClient()
     found = client.get_experiment_by_name(experiment)
     if found is None:
-        raise ValueError(
+        raise CompareError(
             f"no MLflow experiment named {experiment!r} at {mlflow.get_tracking_uri()}"
         )
-    runs = mlflow.search_runs(
-        experiment_ids=[found.experiment_id],
-        filter_string=f"tags.`{tracking.KIND_TAG}` = 'pipeline'",
-        order_by=["attributes.start_time DESC"],
-        max_results=last,
-        output_format="list",
+    runs = itertools.islice(
+        tracking.pipeline_runs(found.experiment_id, include_skipped=include_skipped), last
     )
     rows = [_row(client, found.experiment_id, run) for run in runs]
+    known = sorted({name for row in rows for name in row.metrics})
+    if known and metric not in known:
+        raise CompareError(f"unknown metric {metric!r}: the runs have {', '.join(known)}")
     sign = 1 if metric in _LOWER_IS_BETTER else -1
     return sorted(
         rows,
@@ -80,7 +90,7 @@ def _row(client, experiment_id: str, run) -> RunRow:
     return RunRow(
         run_id=run.info.run_id,
         started=started,
-        status=run.info.status,
+        status="SKIPPED" if tags.get(tracking.SKIPPED_TAG) == "true" else run.info.status,
         data_fingerprint=tags.get("data_fingerprint", "")[:12],
         params={k: data.params.get(k, "") for k in KEY_PARAMS},
         metrics={k: v for k, v in data.metrics.items() if k.startswith("test_")},

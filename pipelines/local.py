@@ -26,6 +26,8 @@ class RunSummary:
 
     mlflow_run_id: str
     status: str
+    skipped: bool
+    data_check: str
     examples: dict[str, int]
     rejected: int
     duplicates: int
@@ -50,8 +52,11 @@ def resolve_local(config: Config, home: Home) -> Config:
     return config.model_copy(update={"push": push})
 
 
-def run_local(data_uri: str, config: Config) -> RunSummary:
+def run_local(data_uri: str, config: Config, only_if_data_changed: bool = False) -> RunSummary:
     """Validates the data, then runs the whole pipeline locally and summarises it.
+
+    With ``only_if_data_changed``, the run stops after ingest (reported as skipped,
+    with the reason) when the data equals the last successful run's.
 
     Raises:
         DataError: the data path is missing, empty or has fewer than two classes
@@ -80,6 +85,7 @@ def run_local(data_uri: str, config: Config) -> RunSummary:
         build_pipeline(config)(
             data=data_uri,
             serving_root=config.push.serving_root,  # a local path is never compiled in
+            only_if_data_changed=only_if_data_changed,
             config_json=config.to_json(),
             mlflow_tracking_uri=uri,
             mlflow_run_id=run_id,
@@ -100,6 +106,8 @@ def summarize(run_id: str, wall_seconds: float, uri: str) -> RunSummary:
     return RunSummary(
         mlflow_run_id=run_id,
         status=run.info.status,
+        skipped=t.get(tracking.SKIPPED_TAG) == "true",
+        data_check=t.get("data_check", ""),
         examples={s: int(m.get(f"examples_{s}", 0)) for s in ("train", "valid", "test")},
         rejected=int(m.get("rejected", 0)),
         duplicates=int(m.get("duplicates", 0)),

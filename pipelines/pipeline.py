@@ -1,4 +1,8 @@
-"""The KFP v2 pipeline: ingest -> transform -> tune -> train -> evaluate -> push (if blessed)."""
+"""The KFP v2 pipeline: ingest -> data check -> transform -> tune -> train -> evaluate -> push.
+
+Transform onwards runs only when the data check says so (always, unless the run asks to
+train on changed data only), and push only when evaluate blessed the model.
+"""
 
 from kfp import compiler, dsl
 
@@ -14,6 +18,8 @@ def build_pipeline(config: Config):
     own with the config's value as default (data, image size, epochs, trials, accuracy
     threshold, model name, serving root); a first ``configure`` step applies them to
     the config, validated, before any work. The MLflow coordinates are parameters too.
+    ``only_if_data_changed`` (what schedules set) skips training when the data's
+    fingerprint equals the one of the last successful run.
     """
     ops = make_components(config.pipeline.image)
     min_accuracy = config.evaluate.min_accuracy
@@ -30,6 +36,7 @@ def build_pipeline(config: Config):
         min_accuracy: float = -1.0 if min_accuracy is None else min_accuracy,
         model_name: str = config.push.model_name,
         serving_root: str = serving_root,
+        only_if_data_changed: bool = False,
         config_json: str = compiled.to_json(),
         mlflow_tracking_uri: str = "",
         mlflow_run_id: str = "",
@@ -49,27 +56,33 @@ def build_pipeline(config: Config):
             "mlflow_run_id": mlflow_run_id,
         }
         ingest = ops.ingest(data=data, **tracking).set_display_name("ingest")
-        transform = ops.transform(
-            raw_examples=ingest.outputs["examples"], **tracking
-        ).set_display_name("transform")
-        tune = ops.tune(
-            examples=transform.outputs["examples"],
-            transform_graph=transform.outputs["transform_graph"],
+        check = ops.data_check(
+            fingerprint=ingest.outputs["Output"],
+            only_if_data_changed=only_if_data_changed,
             **tracking,
-        ).set_display_name("tune")
-        train = ops.train(
-            examples=transform.outputs["examples"],
-            transform_graph=transform.outputs["transform_graph"],
-            hyperparameters=tune.outputs["hyperparameters"],
-            **tracking,
-        ).set_display_name("train")
-        evaluate = ops.evaluate(
-            raw_examples=ingest.outputs["examples"], model=train.outputs["model"], **tracking
-        ).set_display_name("evaluate")
-        with dsl.If(evaluate.outputs["Output"] == True, name="blessed"):  # noqa: E712
-            ops.push(
-                model=train.outputs["model"], blessing=evaluate.outputs["blessing"], **tracking
-            ).set_display_name("push")
+        ).set_display_name("data-check")
+        with dsl.If(check.outputs["Output"] == True, name="retrain"):  # noqa: E712
+            transform = ops.transform(
+                raw_examples=ingest.outputs["examples"], **tracking
+            ).set_display_name("transform")
+            tune = ops.tune(
+                examples=transform.outputs["examples"],
+                transform_graph=transform.outputs["transform_graph"],
+                **tracking,
+            ).set_display_name("tune")
+            train = ops.train(
+                examples=transform.outputs["examples"],
+                transform_graph=transform.outputs["transform_graph"],
+                hyperparameters=tune.outputs["hyperparameters"],
+                **tracking,
+            ).set_display_name("train")
+            evaluate = ops.evaluate(
+                raw_examples=ingest.outputs["examples"], model=train.outputs["model"], **tracking
+            ).set_display_name("evaluate")
+            with dsl.If(evaluate.outputs["Output"] == True, name="blessed"):  # noqa: E712
+                ops.push(
+                    model=train.outputs["model"], blessing=evaluate.outputs["blessing"], **tracking
+                ).set_display_name("push")
 
     return visionpipe
 

@@ -83,10 +83,12 @@ def test_compile_writes_a_strict_kfp_pipeline_spec(tmp_path, capsys):
     text = out.read_text()
     spec = json_format.ParseDict(yaml.safe_load(text), pipeline_spec_pb2.PipelineSpec())
     executors = spec.deployment_spec.fields["executors"].struct_value.fields
-    assert len(executors) == 7  # configure + the six steps
+    assert len(executors) == 8  # configure, the six steps and the data check
     params = spec.root.input_definitions.parameters
     expected = {"data", "image_size", "epochs", "max_trials", "min_accuracy", "model_name"}
-    assert expected | {"serving_root", "config_json", "mlflow_tracking_uri"} <= set(params)
+    expected |= {"serving_root", "only_if_data_changed", "config_json", "mlflow_tracking_uri"}
+    assert expected <= set(params)
+    assert params["only_if_data_changed"].default_value.bool_value is False
     assert params["epochs"].default_value.number_value == 7
     assert params["model_name"].default_value.string_value == "visionpipe-classifier"
     images = {

@@ -15,8 +15,8 @@ from visionpipe import features as F
 pytestmark = pytest.mark.e2e
 
 
-def _run(data, home):
-    args = [sys.executable, "-m", "pipelines.cli", "run", "--data", str(data), "--json"]
+def _run(data, home, *extra):
+    args = [sys.executable, "-m", "pipelines.cli", "run", "--data", str(data), "--json", *extra]
     for item in TINY_OVERRIDES:
         args += ["--set", item]
     env = {**os.environ, "VISIONPIPE_HOME": str(home)}
@@ -73,6 +73,16 @@ def test_pipeline_runs_end_to_end_then_retrains_against_the_champion(tiny_datase
     assert champion.tags["serving_version"] == "1"
     assert champion.tags["pipeline_run_id"] == first["mlflow_run_id"]
 
+    # Asked to train on changed data only, a run on the same data stops after ingest.
+    skipped = _run(tiny_dataset, isolated_home, "--only-if-data-changed")
+    assert skipped["skipped"] is True and skipped["status"] == "FINISHED"
+    assert f"data unchanged since run {first['mlflow_run_id']}" in skipped["data_check"]
+    assert skipped["test_accuracy"] is None and skipped["pushed_version"] is None
+    steps = client.search_runs(
+        [run.info.experiment_id], f"tags.mlflow.parentRunId = '{skipped['mlflow_run_id']}'"
+    )
+    assert {c.data.tags["visionpipe.step"] for c in steps} == {"ingest"}
+
     # A second run is evaluated against that champion on the same test split.
     second = _run(tiny_dataset, isolated_home)
     again = client.get_run(second["mlflow_run_id"])
@@ -102,6 +112,8 @@ def test_pipeline_runs_end_to_end_then_retrains_against_the_champion(tiny_datase
     assert all(len(r["curve"]) == 2 and r["data_fingerprint"] for r in rows)
     assert os.path.getsize(table["chart"]) > 1000
     assert len(_compare(isolated_home, "--last", "1")["runs"]) == 1
+    with_skipped = _compare(isolated_home, "--include-skipped")["runs"]
+    assert {r["run_id"]: r["status"] for r in with_skipped}[skipped["mlflow_run_id"]] == "SKIPPED"
 
 
 def _compare(home, *args):

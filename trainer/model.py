@@ -17,6 +17,7 @@ import keras
 import keras_tuner as kt
 
 from visionpipe.config import TrainerConfig, TunerConfig
+from visionpipe.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ _BACKBONES = {
 }
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError, ValueError):
     """Backbone weights were asked for and cannot be loaded; the message says which and why."""
 
 

@@ -22,10 +22,12 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from visionpipe.errors import UserError
+
 DATABASE = "mlflow"
 
 
-class PostgresNotFoundError(RuntimeError):
+class PostgresNotFoundError(UserError, RuntimeError):
     """The PostgreSQL server programs are not installed."""
 
 

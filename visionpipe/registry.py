@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from visionpipe.errors import UserError
+
 log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
@@ -37,7 +39,7 @@ def version_by_alias(model_name: str, alias: str):
         raise
 
 
-class RollbackError(RuntimeError):
+class RollbackError(UserError, RuntimeError):
     """There is nothing to roll back to."""
 
 

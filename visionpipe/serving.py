@@ -13,11 +13,12 @@ from typing import Any
 
 from visionpipe import features as F
 from visionpipe import storage
+from visionpipe.errors import UserError
 
 MODELS_SCHEME = "models:/"
 
 
-class ModelNotFoundError(ValueError):
+class ModelNotFoundError(UserError, ValueError):
     """The model location does not hold a SavedModel."""
 
 

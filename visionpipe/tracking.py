@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 PARENT_TAG = "mlflow.parentRunId"
 STEP_TAG = "visionpipe.step"
 KIND_TAG = "visionpipe.kind"
+SKIPPED_TAG = "visionpipe.skipped"
 
 
 def tracking_uri(config: Config, explicit: str = "") -> str:
@@ -65,6 +66,43 @@ def start_pipeline_run(config: Config, run_name: str | None = None) -> str:
         params=[mlflow.entities.Param(k, v) for k, v in sorted(params.items())],
     )
     return run.info.run_id
+
+
+def pipeline_runs(
+    experiment_id: str, finished_only: bool = False, include_skipped: bool = False
+) -> Iterator[Any]:
+    """The experiment's pipeline runs (``mlflow.entities.Run``), newest first, page by page.
+
+    Runs that stopped after the data check (``visionpipe.skipped``) are left out unless
+    ``include_skipped``.
+    """
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    query = f"tags.`{KIND_TAG}` = 'pipeline'"
+    if finished_only:
+        query += " and attributes.status = 'FINISHED'"
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment_id],
+            query,
+            order_by=["attributes.start_time DESC"],
+            max_results=100,
+            page_token=token,
+        )
+        for run in page:
+            if include_skipped or run.data.tags.get(SKIPPED_TAG) != "true":
+                yield run
+        token = page.token
+        if not token:
+            return
+
+
+def last_successful_pipeline_run(experiment_id: str, exclude_run_id: str = ""):
+    """The newest finished pipeline run of the experiment that trained, or None."""
+    runs = pipeline_runs(experiment_id, finished_only=True)
+    return next((r for r in runs if r.info.run_id != exclude_run_id), None)
 
 
 def end_pipeline_run(run_id: str, ok: bool) -> None:

@@ -31,13 +31,14 @@ from visionpipe.config import (
     EvaluateConfig,
     Threshold,
 )
+from visionpipe.errors import UserError
 
 log = logging.getLogger(__name__)
 
 TRAINING_RECORD = "assets.extra/training.json"  # written by the trainer: labels, metrics
 
 
-class ThresholdError(ValueError):
+class ThresholdError(UserError, ValueError):
     """A threshold names a class the test data does not have."""
 
 

@@ -10,9 +10,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from visionpipe import storage
+from visionpipe.errors import UserError
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """The dataset given as input cannot be used; the message names it and says why."""
 
 

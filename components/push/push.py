@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from components.evaluate.evaluate import read_blessing
 from visionpipe import storage
+from visionpipe.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +33,11 @@ _STAGING_PREFIX = ".tmp-"
 _STALE_SECONDS = 3600  # a staging directory this old belongs to a push that died
 
 
-class NotBlessedError(RuntimeError):
+class NotBlessedError(UserError, RuntimeError):
     """Push was asked to publish a model the evaluation gate did not bless."""
 
 
-class PushTargetError(ValueError):
+class PushTargetError(UserError, ValueError):
     """The serving root cannot be written; the message names it."""
 
 
