@@ -73,13 +73,16 @@ def test_pipeline_runs_end_to_end_then_retrains_against_the_champion(tiny_datase
     assert champion.tags["serving_version"] == "1"
     assert champion.tags["pipeline_run_id"] == first["mlflow_run_id"]
 
-    # Asked to train on changed data only, a run on the same data stops after ingest.
-    skipped = _run(tiny_dataset, isolated_home, "--only-if-data-changed")
-    assert skipped["skipped"] is True and skipped["status"] == "FINISHED"
-    assert f"data unchanged since run {first['mlflow_run_id']}" in skipped["data_check"]
-    assert skipped["test_accuracy"] is None and skipped["pushed_version"] is None
+    # The local scheduler's trigger on the same data stops after ingest, with the reason.
+    scheduled = _schedule_once(tiny_dataset, isolated_home)
+    assert scheduled["status"] == "skipped" and scheduled["trigger"] == 1
+    assert scheduled["detail"].startswith(f"data unchanged since run {first['mlflow_run_id']}")
+    skipped_run = client.get_run(scheduled["mlflow_run_id"])
+    assert skipped_run.info.status == "FINISHED"
+    assert skipped_run.data.tags["visionpipe.skipped"] == "true"
+    assert "test_accuracy" not in skipped_run.data.metrics
     steps = client.search_runs(
-        [run.info.experiment_id], f"tags.mlflow.parentRunId = '{skipped['mlflow_run_id']}'"
+        [run.info.experiment_id], f"tags.mlflow.parentRunId = '{scheduled['mlflow_run_id']}'"
     )
     assert {c.data.tags["visionpipe.step"] for c in steps} == {"ingest"}
 
@@ -113,7 +116,18 @@ def test_pipeline_runs_end_to_end_then_retrains_against_the_champion(tiny_datase
     assert os.path.getsize(table["chart"]) > 1000
     assert len(_compare(isolated_home, "--last", "1")["runs"]) == 1
     with_skipped = _compare(isolated_home, "--include-skipped")["runs"]
-    assert {r["run_id"]: r["status"] for r in with_skipped}[skipped["mlflow_run_id"]] == "SKIPPED"
+    assert {r["run_id"]: r["status"] for r in with_skipped}[scheduled["mlflow_run_id"]] == "SKIPPED"
+
+
+def _schedule_once(data, home):
+    args = [sys.executable, "-m", "pipelines.cli", "schedule", "run-local", "--data", str(data)]
+    args += ["--cron", "* * * * * *", "--max-runs", "1"]
+    for item in TINY_OVERRIDES:
+        args += ["--set", item]
+    env = {**os.environ, "VISIONPIPE_HOME": str(home)}
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _compare(home, *args):
