@@ -7,7 +7,9 @@ SAMPLE := data/sample
 export VISIONPIPE_HOME ?= $(CURDIR)/.visionpipe
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup postgres run test test-fast bench lint mlflow-ui mlflow-server compile clean
+IMAGE ?= visionpipe:0.1.0
+
+.PHONY: setup postgres run test test-fast bench lint mlflow-ui mlflow-server compile image clean
 
 setup: $(STAMP)
 
@@ -53,6 +55,12 @@ mlflow-ui: setup
 	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 \
 		--backend-store-uri sqlite:///$(VISIONPIPE_HOME)/mlflow.db \
 		--default-artifact-root $(VISIONPIPE_HOME)/mlartifacts
+
+# The component images, CPU and GPU (needs a Docker engine; push them and set pipeline.image).
+image:
+	@docker info >/dev/null 2>&1 || { echo "make image: no Docker engine answers here (docker info failed)" >&2; exit 2; }
+	docker build -f infra/Dockerfile -t $(IMAGE) .
+	docker build -f infra/Dockerfile --build-arg EXTRAS=server,gpu -t $(IMAGE)-gpu .
 
 clean:
 	rm -rf $(VISIONPIPE_HOME) $(SAMPLE) pipeline.yaml

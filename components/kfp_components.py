@@ -218,16 +218,20 @@ def push_op(
     return result.version
 
 
-def make_components(image: str) -> SimpleNamespace:
-    """The pipeline's components, each a lightweight Python component on ``image``."""
+def make_components(image: str, training_image: str | None = None) -> SimpleNamespace:
+    """The pipeline's components: lightweight Python components on ``image``.
+
+    Tune and train run on ``training_image`` (the GPU image) when one is given.
+    """
     component = dsl.component(base_image=image, install_kfp_package=False)
+    training = dsl.component(base_image=training_image or image, install_kfp_package=False)
     return SimpleNamespace(
         configure=component(configure_op),
         ingest=component(ingest_op),
         data_check=component(data_check_op),
         transform=component(transform_op),
-        tune=component(tune_op),
-        train=component(train_op),
+        tune=training(tune_op),
+        train=training(train_op),
         evaluate=component(evaluate_op),
         push=component(push_op),
     )

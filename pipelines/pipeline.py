@@ -21,7 +21,7 @@ def build_pipeline(config: Config):
     ``only_if_data_changed`` (what schedules set) skips training when the data's
     fingerprint equals the one of the last successful run.
     """
-    ops = make_components(config.pipeline.image)
+    ops = make_components(config.pipeline.image, config.pipeline.training_image)
     min_accuracy = config.evaluate.min_accuracy
     # A local serving root is this machine's path: it is not compiled in.
     serving_root = config.push.serving_root if "://" in config.push.serving_root else ""
@@ -70,12 +70,14 @@ def build_pipeline(config: Config):
                 transform_graph=transform.outputs["transform_graph"],
                 **tracking,
             ).set_display_name("tune")
+            _accelerators(tune, config)
             train = ops.train(
                 examples=transform.outputs["examples"],
                 transform_graph=transform.outputs["transform_graph"],
                 hyperparameters=tune.outputs["hyperparameters"],
                 **tracking,
             ).set_display_name("train")
+            _accelerators(train, config)
             evaluate = ops.evaluate(
                 raw_examples=ingest.outputs["examples"], model=train.outputs["model"], **tracking
             ).set_display_name("evaluate")
@@ -85,6 +87,13 @@ def build_pipeline(config: Config):
                 ).set_display_name("push")
 
     return visionpipe
+
+
+def _accelerators(task, config: Config) -> None:
+    """Asks the cluster for ``pipeline.gpus`` accelerators for a training task."""
+    if config.pipeline.gpus:
+        task.set_accelerator_type(config.pipeline.accelerator_type)
+        task.set_accelerator_limit(config.pipeline.gpus)
 
 
 def compile_pipeline(config: Config, out_path: str) -> str:

@@ -195,3 +195,18 @@ def test_transform_subcommand_logs_vocabulary_frequencies_and_statistics(
     assert 0 < metrics["pixel_mean_r"] < 255 and metrics["pixel_std_g"] > 0
     stats = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/transform_statistics.json")
     assert stats["label_counts"]["circle"] == ingested.stats["per_split"]["train"]["circle"]
+
+
+def test_compile_puts_tune_and_train_on_the_gpu_image_with_accelerators(tmp_path):
+    out = tmp_path / "pipeline.yaml"
+    sets = ["pipeline.image=reg.example/vp:2", "pipeline.gpus=2"]
+    assert main(["compile", "--out", str(out), *(f"--set={s}" for s in sets)]) == 0
+    spec = yaml.safe_load(out.read_text())
+    containers = {k: v["container"] for k, v in spec["deploymentSpec"]["executors"].items()}
+    on_gpu = {k for k, c in containers.items() if c["image"] == "reg.example/vp:2-gpu"}
+    assert on_gpu == {"exec-tune-op", "exec-train-op"}
+    for name in on_gpu:
+        accelerator = containers[name]["resources"]["accelerator"]
+        assert accelerator["resourceType"] == "nvidia.com/gpu"
+        assert str(accelerator["resourceCount"]) == "2"
+    assert all("resources" not in c for k, c in containers.items() if k not in on_gpu)

@@ -1,11 +1,13 @@
 """The Kubernetes manifests in infra/k8s: kustomizations resolve, workloads are complete."""
 
+import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent / "infra" / "k8s"
+REPO = Path(__file__).resolve().parent.parent
+ROOT = REPO / "infra" / "k8s"
 WORKLOADS = {"Deployment", "StatefulSet"}
 KNOWN_KINDS = {
     "Kustomization",
@@ -95,3 +97,33 @@ def test_training_job_runs_the_same_train_command_as_multi_worker():
     assert container["args"][0] == "train"
     assert "trainer.strategy=multi_worker" in container["args"]
     assert job["spec"]["tfReplicaSpecs"]["Worker"]["replicas"] >= 2
+
+
+def _locked() -> dict[str, str]:
+    lines = (REPO / "constraints.txt").read_text().splitlines()
+    return {name.lower(): version for name, _, version in (line.partition("==") for line in lines)}
+
+
+def test_the_image_installs_every_project_package_and_the_gpu_variant_is_locked():
+    import importlib.metadata
+
+    from packaging.requirements import Requirement
+
+    dockerfile = (REPO / "infra" / "Dockerfile").read_text()
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    packages = project["tool"]["setuptools"]["packages"]["find"]["include"]
+    for package in (p.rstrip("*") for p in packages):
+        assert f"COPY {package} {package}" in dockerfile
+    assert "ARG EXTRAS=server" in dockerfile and '".[${EXTRAS}]"' in dockerfile
+    assert project["project"]["optional-dependencies"]["gpu"] == ["tensorflow[and-cuda]==2.21.0"]
+    # Every CUDA library TensorFlow asks for with [and-cuda] is pinned, within its range.
+    locked = _locked()
+    cuda = [
+        Requirement(r)
+        for r in importlib.metadata.requires("tensorflow")
+        if 'extra == "and-cuda"' in r
+    ]
+    assert cuda
+    for requirement in cuda:
+        assert requirement.name in locked, requirement.name
+        assert locked[requirement.name] in requirement.specifier, requirement

@@ -322,6 +322,18 @@ class PipelineConfig(_Section):
 
     name: str = Field("visionpipe", pattern=r"^[a-z0-9][a-z0-9-]*$")
     image: str = Field("visionpipe:0.1.0", min_length=1, description="Base image of every step.")
+    gpu_image: str = Field(
+        "", description="Image of tune and train when they get GPUs (empty: image + '-gpu')."
+    )
+    gpus: int = Field(0, ge=0, description="Accelerators per tune and train step on a cluster.")
+    accelerator_type: str = Field("nvidia.com/gpu", min_length=1)
+
+    @property
+    def training_image(self) -> str:
+        """The image of the tune and train steps."""
+        if self.gpus == 0:
+            return self.image
+        return self.gpu_image or f"{self.image}-gpu"
 
 
 class Config(_Section):
