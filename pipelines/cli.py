@@ -447,6 +447,11 @@ def _package(args, config: Config, tmp: str):
     return Package.read(args.package or compile_pipeline(config, os.path.join(tmp, "p.yaml")))
 
 
+def _warn(messages: list[str]) -> None:
+    for message in messages:
+        print(f"visionpipe: warning: {message}", file=sys.stderr)
+
+
 def _submit(args, config: Config) -> int:
     import tempfile
     import time
@@ -460,6 +465,7 @@ def _submit(args, config: Config) -> int:
         name = args.run_name or f"{package.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         experiment = args.experiment or config.mlflow.experiment
         run = kfp_remote.submit(client, args.host, package, experiment, arguments, name)
+    _warn(package.cluster_warnings(arguments))
     print(f"run {run.run_id}\n{run.url}")
     if not args.wait:
         return 0
@@ -486,6 +492,7 @@ def _schedule_create(args, config: Config) -> None:
         made = kfp_remote.create_schedule(
             client, args.host, package, experiment, name, cron.kfp, arguments
         )
+    _warn(package.cluster_warnings(arguments))
     print(f"recurring run {made.id} ({made.cron}, {made.status})")
     print(kfp_remote.ui_link(args.host, "recurringrun", made.id))
 

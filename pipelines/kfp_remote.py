@@ -40,13 +40,15 @@ class KfpError(UserError):
 
 @dataclass(frozen=True)
 class Package:
-    """A compiled pipeline: its file, name, digest and root parameters (name -> type)."""
+    """A compiled pipeline: its file, name, digest, root parameters (types, defaults), images."""
 
     path: str
     name: str
     digest: str
     parameters: dict[str, str]
     required: tuple[str, ...]
+    defaults: dict
+    images: tuple[str, ...]
 
     @classmethod
     def read(cls, path: str) -> Package:
@@ -55,6 +57,7 @@ class Package:
             raw = f.read()
         spec = yaml.safe_load(raw)
         inputs = spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {})
+        executors = spec.get("deploymentSpec", {}).get("executors", {}).values()
         return cls(
             path=path,
             name=spec["pipelineInfo"]["name"],
@@ -63,6 +66,8 @@ class Package:
             required=tuple(
                 k for k, v in inputs.items() if "defaultValue" not in v and not v.get("isOptional")
             ),
+            defaults={k: v["defaultValue"] for k, v in inputs.items() if "defaultValue" in v},
+            images=tuple(sorted({e["container"]["image"] for e in executors})),
         )
 
     def arguments(self, items: list[str], defaults: dict | None = None) -> dict:
@@ -87,6 +92,21 @@ class Package:
                 f"the pipeline needs a value for {missing[0]!r}: --param {missing[0]}=VALUE"
             )
         return args
+
+    def cluster_warnings(self, arguments: dict) -> list[str]:
+        """What will likely go wrong on a cluster with these arguments (it may still work)."""
+        found = [
+            f"image {image!r} names no registry: the cluster's nodes must already have it "
+            "(set --set pipeline.image=REGISTRY/visionpipe:TAG)"
+            for image in self.images
+            if "/" not in image
+        ]
+        if "://" not in str(arguments.get("serving_root", self.defaults.get("serving_root"))):
+            found.append(
+                "serving_root is not shared storage: a pushed model would stay inside the push "
+                "step's pod (set --param serving_root=gs://... or s3://...)"
+            )
+        return found
 
 
 def _typed(key: str, value: str, kind: str):

@@ -35,8 +35,9 @@ def test_submit_uploads_the_pipeline_once_and_starts_a_run_with_typed_parameters
     params = ["--param", "data=gs://bucket/images", "--param", "epochs=3"]
     params += ["--param", "only_if_data_changed=true", "--param", "min_accuracy=0.8"]
     with KfpStub() as stub:
-        code, out, _ = _cli(capsys, "submit", "--host", stub.url, *params)
+        code, out, warnings = _cli(capsys, "submit", "--host", stub.url, *params)
         assert code == 0
+        assert [w.split(":")[2].split(" ")[1] for w in warnings] == ["image", "serving_root"]
         [run_id] = stub.runs
         assert out.splitlines() == [f"run {run_id}", f"{stub.url}/#/runs/details/{run_id}"]
         assert stub.calls() == [
@@ -79,6 +80,12 @@ def test_submit_uploads_the_pipeline_once_and_starts_a_run_with_typed_parameters
         assert _cli(capsys, "submit", "--host", stub.url, "--param", "data=gs://b/i",
                     "--set", "trainer.epochs=9")[0] == 0  # fmt: skip
         assert len(stub.versions["pipeline-1"]) == 2 and len(stub.pipelines) == 1
+        # Nothing to warn about with an image from a registry and a shared serving root.
+        shared = ["--set", "pipeline.image=reg.example/vp:1", "--param", "serving_root=gs://b/s"]
+        code, _, warnings = _cli(
+            capsys, "submit", "--host", stub.url, "--param", "data=/d", *shared
+        )
+        assert code == 0 and warnings == []
 
 
 def upload_version_id(stub):
