@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 
@@ -536,6 +537,7 @@ def _schedule_run_local(args, config: Config) -> int:
     trigger = PipelineTrigger(
         _absolute_data(args.data), passed_on, args.force, home / "schedule-runs"
     )
+    signal.signal(signal.SIGTERM, _interrupt)  # stop like Ctrl-C: the run in progress too
     with HomeLock(home):
         scheduler = LocalScheduler(cron, trigger, log_path=home / "schedule.jsonl")
         try:
@@ -546,6 +548,10 @@ def _schedule_run_local(args, config: Config) -> int:
     for o in outcomes:
         print(json.dumps(o.to_dict()))
     return 1 if outcomes and outcomes[-1].status == "failed" else 0
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _absolute_data(uri: str) -> str:

@@ -15,14 +15,19 @@ from visionpipe import features as F
 pytestmark = pytest.mark.e2e
 
 
-def _run(data, home, *extra):
-    args = [sys.executable, "-m", "pipelines.cli", "run", "--data", str(data), "--json", *extra]
+def _visionpipe(home, *args):
+    """Runs the CLI with the tiny config; returns the JSON of its last stdout line."""
+    command = [sys.executable, "-m", "pipelines.cli", *args]
     for item in TINY_OVERRIDES:
-        args += ["--set", item]
+        command += ["--set", item]
     env = {**os.environ, "VISIONPIPE_HOME": str(home)}
-    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _run(data, home):
+    return _visionpipe(home, "run", "--data", str(data), "--json")
 
 
 def _count(pattern):
@@ -120,14 +125,8 @@ def test_pipeline_runs_end_to_end_then_retrains_against_the_champion(tiny_datase
 
 
 def _schedule_once(data, home):
-    args = [sys.executable, "-m", "pipelines.cli", "schedule", "run-local", "--data", str(data)]
-    args += ["--cron", "* * * * * *", "--max-runs", "1"]
-    for item in TINY_OVERRIDES:
-        args += ["--set", item]
-    env = {**os.environ, "VISIONPIPE_HOME": str(home)}
-    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    cron = ["--cron", "* * * * * *", "--max-runs", "1"]
+    return _visionpipe(home, "schedule", "run-local", "--data", str(data), *cron)
 
 
 def _compare(home, *args):

@@ -124,3 +124,24 @@ def test_run_local_refuses_a_malformed_cron_before_starting(tmp_path, capsys):
 
     assert main(["schedule", "run-local", "--cron", "* * *", "--data", str(tmp_path)]) == 2
     assert "malformed cron expression '* * *'" in capsys.readouterr().err
+
+
+def test_a_second_scheduler_on_the_same_home_is_refused_and_sigterm_stops_the_first(tmp_path):
+    import signal
+
+    cmd = [sys.executable, "-m", "pipelines.cli", "schedule", "run-local", "--cron", "@yearly"]
+    cmd += ["--data", str(tmp_path)]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in first.stderr:  # wait until it holds the lock and sleeps
+            if "next run at" in line:
+                break
+        second = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2
+        assert "a local scheduler already runs on" in second.stderr
+        assert f"(pid {first.pid})" in second.stderr
+        first.send_signal(signal.SIGTERM)
+        out, _ = first.communicate(timeout=60)
+    finally:
+        first.kill()
+    assert first.returncode == 0 and out.strip() == "scheduler stopped"
