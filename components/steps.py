@@ -13,7 +13,8 @@ import re
 import tempfile
 from dataclasses import asdict, dataclass
 
-from visionpipe import registry, tracking
+from visionpipe import features as F
+from visionpipe import registry, storage, tracking
 from visionpipe.config import Config
 
 log = logging.getLogger(__name__)
@@ -170,12 +171,15 @@ def tune(
 
     With ``tuner_workers``, this process serves keras-tuner's oracle while that many
     processes run ``worker_command`` (a ``visionpipe tune`` argv) and the trials; they
-    nest their trial runs under this step's run.
+    nest their trial runs under this step's run. In such a worker process (or a
+    cluster's), only the trials run: the chief records the step.
     """
     import mlflow
 
-    from trainer.tune import run_tune
+    from trainer.tune import run_tune, tuner_role
 
+    if tuner_role() == "worker":
+        return run_tune(examples_uri, graph_uri, output_uri, config)
     with tracking.step_run(config, "tune", parent_run_id) as run:
 
         def search():
@@ -248,7 +252,6 @@ def evaluate(
 
     from components.evaluate.evaluate import (
         confusion_png,
-        markdown_report,
         metric_key,
         run_evaluate,
     )
@@ -274,7 +277,8 @@ def evaluate(
         metrics["blessed"] = float(blessing.blessed)
         mlflow.log_metrics(metrics)
         mlflow.log_dict(blessing.to_dict(), "blessing.json")
-        mlflow.log_text(markdown_report(blessing), "evaluation_report.md")
+        report = storage.read_bytes(storage.join(output_uri, F.REPORT_FILE))  # run_evaluate's
+        mlflow.log_text(report.decode(), "evaluation_report.md")
         png = os.path.join(download_dir, "confusion_matrix.png")
         confusion_png(blessing.candidate_report, png)
         mlflow.log_artifact(png)
@@ -315,16 +319,13 @@ def rollback(config: Config, model_name: str | None = None) -> dict:
     copy changes nothing.
     """
     from components.push.push import check_writable, rollback_serving
-    from visionpipe import storage
     from visionpipe.home import Home
 
     name = model_name or config.push.model_name
     serving_root = Home.resolve().serving_root_for(config)
     check_writable(serving_root)
     tracking.configure(config)
-    previous = registry.version_by_alias(name, registry.PREVIOUS)
-    if previous is None or registry.version_by_alias(name, registry.CHAMPION) is None:
-        registry.swap_champion(name)  # raises RollbackError naming what is missing
+    _, previous = registry.rollback_pair(name)  # RollbackError before any copy
     digest = previous.tags.get("model_digest", "")
     version, path = rollback_serving(storage.join(serving_root, name), digest)
     champion, demoted = registry.swap_champion(
@@ -342,7 +343,6 @@ def push(model_uri: str, blessing_uri: str, config: Config, parent_run_id: str =
 
     from components.evaluate.evaluate import read_blessing
     from components.push.push import apply_retention, check_writable, run_push
-    from visionpipe import storage
     from visionpipe.home import Home
 
     serving_root = Home.resolve().serving_root_for(config)

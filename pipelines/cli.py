@@ -247,12 +247,9 @@ def _transform(args, config: Config) -> None:
 
 def _tune(args, config: Config) -> int:
     from components import steps
-    from trainer.tune import run_tune, tuner_role
+    from trainer.tune import tuner_role
 
     examples, graph = _transformed_paths(args.transformed)
-    if tuner_role() == "worker":  # a process started by --tuner-workers (or a cluster job)
-        run_tune(examples, graph, args.out, config)
-        return 0
     if args.tuner_workers < 0:
         raise ConfigError(f"--tuner-workers must be 0 or more. Received: {args.tuner_workers}")
     result = steps.tune(
@@ -263,6 +260,8 @@ def _tune(args, config: Config) -> int:
         tuner_workers=args.tuner_workers,
         worker_command=_without_option(args.argv, "--tuner-workers"),
     )
+    if tuner_role() == "worker":  # ran trials for a chief, which reports the result
+        return 0
     print(
         json.dumps(
             {
@@ -523,6 +522,7 @@ def _schedule_change(args, config: Config) -> None:
 
 def _schedule_run_local(args, config: Config) -> int:
     from pipelines.schedule import Cron, HomeLock, LocalScheduler, PipelineTrigger
+    from visionpipe import storage
     from visionpipe.home import Home
 
     cron = Cron.parse(args.cron)
@@ -535,7 +535,7 @@ def _schedule_run_local(args, config: Config) -> int:
     for item in args.set or []:
         passed_on += ["--set", item]
     trigger = PipelineTrigger(
-        _absolute_data(args.data), passed_on, args.force, home / "schedule-runs"
+        storage.absolute(args.data), passed_on, args.force, home / "schedule-runs"
     )
     signal.signal(signal.SIGTERM, _interrupt)  # stop like Ctrl-C: the run in progress too
     with HomeLock(home):
@@ -552,10 +552,6 @@ def _schedule_run_local(args, config: Config) -> int:
 
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
-
-
-def _absolute_data(uri: str) -> str:
-    return uri if "://" in uri else os.path.abspath(uri)
 
 
 if __name__ == "__main__":

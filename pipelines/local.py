@@ -7,13 +7,12 @@ id is handed to every component, so all steps nest under one run.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass
 
 from components.ingest.sources import check_classes, list_sources
 from pipelines.pipeline import build_pipeline
-from visionpipe import tracking
+from visionpipe import storage, tracking
 from visionpipe.config import Config
 from visionpipe.home import Home
 
@@ -65,7 +64,7 @@ def run_local(data_uri: str, config: Config, only_if_data_changed: bool = False)
     """
     from kfp import local
 
-    data_uri = _absolute(data_uri)
+    data_uri = storage.absolute(data_uri)
     check_classes(data_uri, list_sources(data_uri), config.ingest.min_images_per_class)
     home = Home.resolve()
     home.root.mkdir(parents=True, exist_ok=True)
@@ -121,7 +120,3 @@ def summarize(run_id: str, wall_seconds: float, uri: str) -> RunSummary:
         wall_seconds=round(wall_seconds, 1),
         tracking_uri=uri,
     )
-
-
-def _absolute(uri: str) -> str:
-    return uri if "://" in uri else os.path.abspath(uri)

@@ -5,7 +5,6 @@ import pytest
 
 from components.evaluate.evaluate import (
     ThresholdError,
-    classification_metrics,
     evaluate_model,
     gate,
     markdown_report,
@@ -23,7 +22,9 @@ def _cfg(*overrides):
 def test_metrics_on_a_known_confusion():
     truth = ["a", "a", "a", "b", "b", "c"]
     pred = ["a", "a", "b", "b", "b", "a"]
-    m = classification_metrics(truth, pred)
+    labels = ["a", "b", "c"]
+    onehot = np.eye(len(labels))[[labels.index(p) for p in pred]]
+    m, _ = evaluate_model(truth, onehot, labels)
     assert m["accuracy"] == pytest.approx(4 / 6)
     # F1: a = 2*2/(4+1+1)=0.667, b = 2*2/(4+1+0)=0.8, c = 0
     assert m["macro_f1"] == pytest.approx((2 / 3 + 0.8 + 0) / 3)

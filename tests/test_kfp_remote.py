@@ -1,7 +1,6 @@
 """submit and schedule against a local stub of the KFP API (a contract test: see kfp_stub)."""
 
 import json
-import socket
 
 import pytest
 import yaml
@@ -9,6 +8,7 @@ from kfp.client import client as kfp_client
 
 from pipelines.cli import main
 from tests.kfp_stub import API, KfpStub
+from trainer.launch import free_ports
 
 
 @pytest.fixture(autouse=True)
@@ -151,14 +151,9 @@ def test_a_token_from_the_environment_is_sent_as_a_bearer_token(capsys, monkeypa
         assert stub.requests[-1].headers["authorization"] == "Bearer s3cret"
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_bad_input_gets_one_line_naming_it_before_any_request(capsys):
-    host = f"http://127.0.0.1:{_closed_port()}"
+    [closed] = free_ports(1)  # free, so nothing listens there
+    host = f"http://127.0.0.1:{closed}"
     code, _, err = _cli(capsys, "submit", "--host", host, "--param", "data=/d")
     assert code == 2 and len(err) == 1
     assert err[0].startswith(f"visionpipe: error: cannot reach Kubeflow Pipelines at {host}: ")

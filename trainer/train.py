@@ -133,7 +133,7 @@ def choose_strategy(name: str) -> tf.distribute.Strategy:
     return tf.distribute.OneDeviceStrategy(device)
 
 
-def is_chief(strategy: tf.distribute.Strategy | None = None) -> bool:
+def is_chief() -> bool:
     """Whether this process exports and logs: the chief, or worker 0 without a chief."""
     config = json.loads(os.environ.get("TF_CONFIG") or "{}")
     task = config.get("task") or {}
@@ -216,7 +216,7 @@ def run_train(
     hp = load_hyperparameters(hyperparameters_uri)
     strategy = choose_strategy(trainer.strategy)
     replicas = strategy.num_replicas_in_sync
-    chief = is_chief(strategy)
+    chief = is_chief()
     mixed = use_mixed_precision(trainer)
     previous_policy = keras.mixed_precision.global_policy()
     if mixed:
@@ -315,7 +315,7 @@ def run_train(
     if chief:
         export_serving_model(served_part(model), graph, model_uri)
         storage.write_json(
-            storage.join(model_uri, "assets.extra", "training.json"),
+            storage.join(model_uri, F.TRAINING_RECORD),
             {"hyperparameters": hp.values, "labels": graph.labels, "metrics": metrics},
         )
         if artifacts_dir:

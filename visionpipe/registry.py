@@ -12,20 +12,6 @@ CHAMPION = "champion"
 PREVIOUS = "previous"
 
 
-def champion_version(model_name: str):
-    """The registry's ``ModelVersion`` with alias ``champion``, or None if there is none."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    client = mlflow.MlflowClient()
-    try:
-        return client.get_model_version_by_alias(model_name, CHAMPION)
-    except MlflowException as err:
-        if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            return None
-        raise
-
-
 def version_by_alias(model_name: str, alias: str):
     """The registry's ``ModelVersion`` with ``alias``, or None."""
     import mlflow
@@ -43,6 +29,23 @@ class RollbackError(UserError, RuntimeError):
     """There is nothing to roll back to."""
 
 
+def rollback_pair(model_name: str):
+    """The ``champion`` and ``previous`` versions a rollback swaps.
+
+    Raises:
+        RollbackError: the model has no ``previous`` (or no ``champion``) version.
+    """
+    champion = version_by_alias(model_name, CHAMPION)
+    previous = version_by_alias(model_name, PREVIOUS)
+    if champion is None or previous is None:
+        raise RollbackError(
+            f"{model_name}: nothing to roll back to (champion: "
+            f"{champion.version if champion else None}, previous: "
+            f"{previous.version if previous else None})"
+        )
+    return champion, previous
+
+
 def swap_champion(model_name: str, tags: dict[str, str] | None = None) -> tuple[str, str]:
     """Makes ``previous`` the champion again and the champion ``previous``.
 
@@ -53,14 +56,7 @@ def swap_champion(model_name: str, tags: dict[str, str] | None = None) -> tuple[
     """
     import mlflow
 
-    champion = version_by_alias(model_name, CHAMPION)
-    previous = version_by_alias(model_name, PREVIOUS)
-    if champion is None or previous is None:
-        raise RollbackError(
-            f"{model_name}: nothing to roll back to (champion: "
-            f"{champion.version if champion else None}, previous: "
-            f"{previous.version if previous else None})"
-        )
+    champion, previous = rollback_pair(model_name)
     client = mlflow.MlflowClient()
     for key, value in (tags or {}).items():
         client.set_model_version_tag(model_name, previous.version, key, value)
@@ -77,7 +73,7 @@ def download_champion(model_name: str, dst_dir: str) -> str | None:
     """Downloads the champion's SavedModel under ``dst_dir``; returns its directory, or None."""
     import mlflow
 
-    if champion_version(model_name) is None:
+    if version_by_alias(model_name, CHAMPION) is None:
         return None
     return mlflow.artifacts.download_artifacts(
         artifact_uri=f"models:/{model_name}@{CHAMPION}", dst_path=dst_dir
@@ -98,7 +94,7 @@ def register(model_name: str, run_id: str, artifact_path: str, tags: dict[str, s
     except MlflowException as err:
         if err.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    former = champion_version(model_name)
+    former = version_by_alias(model_name, CHAMPION)
     version = client.create_model_version(
         model_name, source=f"runs:/{run_id}/{artifact_path}", run_id=run_id, tags=tags
     )

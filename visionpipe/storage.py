@@ -7,6 +7,7 @@ local paths and fsspec's in-memory filesystem (``memory://``).
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 from typing import Any
 
@@ -28,6 +29,11 @@ def _with_protocol(fs: fsspec.AbstractFileSystem, path: str, like: str) -> str:
 def join(base: str, *parts: str) -> str:
     """Joins path parts with '/', keeping a URI's scheme."""
     return posixpath.join(base, *parts)
+
+
+def absolute(uri: str) -> str:
+    """A local path made absolute (another process may run elsewhere); a URI as it is."""
+    return uri if "://" in uri else os.path.abspath(uri)
 
 
 def exists(uri: str) -> bool:

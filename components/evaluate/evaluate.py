@@ -32,10 +32,9 @@ from visionpipe.config import (
     Threshold,
 )
 from visionpipe.errors import UserError
+from visionpipe.serving import Classifier
 
 log = logging.getLogger(__name__)
-
-TRAINING_RECORD = "assets.extra/training.json"  # written by the trainer: labels, metrics
 
 
 class ThresholdError(UserError, ValueError):
@@ -90,20 +89,20 @@ def load_test_examples(raw_examples_uri: str) -> tuple[list[bytes], list[str]]:
 
 def model_labels(model_dir: str) -> list[str]:
     """The served model's class names in probability-column order."""
-    path = storage.join(model_dir, TRAINING_RECORD)
+    path = storage.join(model_dir, F.TRAINING_RECORD)
     if not storage.exists(path):
-        raise ValueError(f"{model_dir}: no {TRAINING_RECORD}; not a model this project exported")
+        raise ValueError(f"{model_dir}: no {F.TRAINING_RECORD}; not a model this project exported")
     return list(storage.read_json(path)["labels"])
 
 
 def predict_probabilities(model_dir: str, images: list[bytes], batch_size: int) -> np.ndarray:
     """Class probabilities ``[examples, classes]`` of a served model on raw encoded bytes."""
-    serve = tf.saved_model.load(model_dir).signatures[F.SERVING_SIGNATURE]
-    parts = []
-    for start in range(0, len(images), batch_size):
-        out = serve(**{F.SERVING_INPUT: tf.constant(images[start : start + batch_size])})
-        parts.append(out["probabilities"].numpy().astype(np.float64))
-    return np.concatenate(parts) if parts else np.zeros((0, 0))
+    classifier = Classifier(model_dir)
+    parts = [
+        classifier.classify(images[start : start + batch_size])["probabilities"]
+        for start in range(0, len(images), batch_size)
+    ]
+    return np.concatenate(parts).astype(np.float64) if parts else np.zeros((0, 0))
 
 
 def evaluate_model(
@@ -200,16 +199,6 @@ def _ece(confidence: np.ndarray, correct: np.ndarray, bins: int) -> float:
         if inside.any():
             total += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())
     return float(total)
-
-
-def classification_metrics(truth: list[str], predicted: list[str]) -> dict[str, float]:
-    """Accuracy and macro F1 of hard predictions (for callers without probabilities)."""
-    labels = sorted(set(truth) | set(predicted))
-    onehot = np.zeros((len(predicted), len(labels)))
-    for row, p in enumerate(predicted):
-        onehot[row, labels.index(p)] = 1.0
-    metrics, _ = evaluate_model(truth, onehot, labels)
-    return {k: metrics[k] for k in ("accuracy", "macro_f1", "examples")}
 
 
 def gate(

@@ -109,10 +109,8 @@ def run_push(model_uri: str, blessing_uri: str, serving_root: str, model_name: s
         raise NotBlessedError(f"{model_uri} is not blessed: {blessing.get('reason')}")
     digest = model_digest(model_uri)
     model_root = storage.join(serving_root, model_name)
-    existing = versions(model_root)
-    for number, uri in sorted(existing.items()):
-        record = storage.join(uri, PUSH_RECORD)
-        if storage.exists(record) and storage.read_json(record).get("digest") == digest:
+    for number, uri in sorted(versions(model_root).items()):
+        if version_digest(uri) == digest:
             log.info("push: %s is already version %d", model_uri, number)
             return PushResult(number, uri, digest, already_pushed=True)
     version, final = publish(model_uri, model_root, digest)
