@@ -1,59 +1,95 @@
-"""The built-in sample dataset: coloured shapes on noisy, textured backgrounds.
+"""Built-in generated datasets, three kinds that need different training choices.
 
-Each class is a shape; every image varies the shape's position, scale, rotation
-and colour and the background's texture, so the task needs a real model, yet a
-small CNN learns it on a CPU in minutes. Output is folder-per-class JPEG files
-plus ``labels.csv`` (``path,label``, paths relative to the CSV). Deterministic for
-a seed.
+- ``shapes`` (the sample dataset): coloured shapes on noisy, textured backgrounds. A
+  shape keeps its class when mirrored or rotated.
+- ``glyphs``: letters and digits rendered with several fonts, sizes, small shifts and
+  tilts. Mirroring changes their class (b/d, p/q, L/J horizontally; b/p, d/q vertically;
+  6/9 under both flips; 2/5 are near mirror images of each other).
+- ``thumbnails``: small, low-detail layouts (bands, checks, blobs, frames) of a few
+  pixels, upscaled several times and JPEG-compressed, as thumbnails are; colour carries
+  no class information.
+
+Each image varies its drawing (position, scale, rotation, colour, texture), so the task
+needs a real model, yet a small CNN learns it on a CPU in a minute. Output is
+folder-per-class JPEG files plus ``labels.csv`` (``path,label``, paths relative to the
+CSV). Deterministic for a seed.
 """
 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 SHAPES = ("circle", "square", "triangle", "star", "cross", "hexagon", "ring", "diamond")
+GLYPHS = ("b", "d", "p", "q", "2", "5", "6", "9", "L", "J")
+PATTERNS = ("bands_h", "bands_v", "checks", "blob", "ring", "frame", "halves_h", "halves_v")
+# Fonts shipped with matplotlib (a dependency), so every machine has the same ones.
+FONTS = (
+    "DejaVuSans.ttf",
+    "DejaVuSans-Bold.ttf",
+    "DejaVuSerif.ttf",
+    "DejaVuSerif-Bold.ttf",
+    "DejaVuSansMono.ttf",
+    "DejaVuSansMono-Bold.ttf",
+    "STIXGeneral.ttf",
+    "STIXGeneralBol.ttf",
+)
 
 
 @dataclass(frozen=True)
 class SampleSpec:
-    """What to generate."""
+    """What to generate: ``classes`` of the kind's class list, in its order."""
 
     classes: int = 5
     per_class: int = 300
     size: int = 64
     seed: int = 0
+    kind: str = "shapes"
 
     def __post_init__(self) -> None:
-        if not 2 <= self.classes <= len(SHAPES):
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}. Received: {self.kind!r}")
+        names = KINDS[self.kind][0]
+        if not 2 <= self.classes <= len(names):
             raise ValueError(
-                f"classes must be between 2 and {len(SHAPES)}. Received: {self.classes}"
+                f"classes must be between 2 and {len(names)} for {self.kind}. "
+                f"Received: {self.classes}"
             )
         if self.per_class < 1:
             raise ValueError(f"per_class must be at least 1. Received: {self.per_class}")
         if self.size < 16:
             raise ValueError(f"size must be at least 16 pixels. Received: {self.size}")
 
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The generated classes."""
+        return KINDS[self.kind][0][: self.classes]
 
-def generate(out_dir: str | Path, spec: SampleSpec = SampleSpec()) -> dict[str, int]:
-    """Writes the dataset to ``out_dir``; returns the image count per class."""
+
+def generate(out_dir: str | Path, spec: SampleSpec | None = None) -> dict[str, int]:
+    """Writes the dataset to ``out_dir`` (default spec: the sample shapes); returns counts."""
+    spec = spec or SampleSpec()
     out = Path(out_dir)
+    draw = KINDS[spec.kind][1]
     rows: list[tuple[str, str]] = []
     counts: dict[str, int] = {}
-    for class_index, shape in enumerate(SHAPES[: spec.classes]):
-        (out / shape).mkdir(parents=True, exist_ok=True)
+    for class_index, name in enumerate(spec.class_names):
+        folder = _folder_name(name)
+        (out / folder).mkdir(parents=True, exist_ok=True)
         for i in range(spec.per_class):
             rng = np.random.default_rng([spec.seed, class_index, i])
-            image = render(shape, spec.size, rng)
-            rel = f"{shape}/{shape}_{i:05d}.jpg"
-            image.save(out / rel, format="JPEG", quality=90)
-            rows.append((rel, shape))
-        counts[shape] = spec.per_class
+            rel = f"{folder}/{folder}_{i:05d}.jpg"
+            draw(name, spec.size, rng).save(out / rel, format="JPEG", quality=90)
+            rows.append((rel, name))
+        counts[name] = spec.per_class
     with open(out / "labels.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "label"])
@@ -61,8 +97,13 @@ def generate(out_dir: str | Path, spec: SampleSpec = SampleSpec()) -> dict[str, 
     return counts
 
 
+def _folder_name(name: str) -> str:
+    """A folder name that differs on case-insensitive filesystems too (``L`` vs ``l``)."""
+    return f"upper_{name}" if name.isupper() else name
+
+
 def render(shape: str, size: int, rng: np.random.Generator) -> Image.Image:
-    """One RGB image of ``shape`` on a random textured background."""
+    """One RGB image of ``shape`` on a random textured background (kind ``shapes``)."""
     image = _background(size, rng)
     scale = 4  # draw large, then downsample: anti-aliased edges
     layer = Image.new("L", (size * scale, size * scale), 0)
@@ -149,3 +190,97 @@ def _draw_shape(
             )
     else:
         raise ValueError(f"Unknown shape {shape!r}; known: {', '.join(SHAPES)}")
+
+
+def render_glyph(glyph: str, size: int, rng: np.random.Generator) -> Image.Image:
+    """One RGB image of ``glyph`` in a random font, size, shift and tilt (kind ``glyphs``)."""
+    scale = 4
+    big = size * scale
+    font = ImageFont.truetype(str(_font_path(FONTS[rng.integers(len(FONTS))])), 16 * scale)
+    layer = Image.new("L", (big, big), 0)
+    draw = ImageDraw.Draw(layer)
+    left, top, right, bottom = draw.textbbox((0, 0), glyph, font=font)
+    glyph_img = Image.new("L", (right - left + 8, bottom - top + 8), 0)
+    ImageDraw.Draw(glyph_img).text((4 - left, 4 - top), glyph, font=font, fill=255)
+    height = rng.uniform(0.5, 0.8) * big
+    width = glyph_img.width * height / glyph_img.height * rng.uniform(0.85, 1.15)
+    glyph_img = glyph_img.resize((max(1, int(width)), max(1, int(height))), Image.LANCZOS)
+    glyph_img = glyph_img.rotate(rng.uniform(-8, 8), resample=Image.BICUBIC, expand=True)
+    shift = 0.08 * big
+    x = (big - glyph_img.width) / 2 + rng.uniform(-shift, shift)
+    y = (big - glyph_img.height) / 2 + rng.uniform(-shift, shift)
+    layer.paste(glyph_img, (int(x), int(y)), glyph_img)
+    mask = layer.resize((size, size), Image.LANCZOS)
+    ink, paper = _contrasting_pair(rng)
+    image = Image.new("RGB", (size, size), paper)
+    image.paste(Image.new("RGB", (size, size), ink), (0, 0), mask)
+    return _with_noise(image, rng, 8)
+
+
+def render_thumbnail(pattern: str, size: int, rng: np.random.Generator) -> Image.Image:
+    """A layout of a few pixels, upscaled to ``size`` (kind ``thumbnails``)."""
+    cells = int(rng.integers(6, 11))
+    yy, xx = (np.mgrid[0:cells, 0:cells] + 0.5) / cells
+    phase = rng.uniform(0, 1)
+    if pattern in ("bands_h", "bands_v"):
+        coord = yy if pattern == "bands_h" else xx
+        mask = np.sin(2 * math.pi * (rng.uniform(1.5, 2.5) * coord + phase)) > 0
+    elif pattern == "checks":
+        n = rng.uniform(1.5, 2.5)
+        mask = (np.floor(n * xx + phase) + np.floor(n * yy + phase)) % 2 == 0
+    elif pattern in ("blob", "ring"):
+        cx, cy = rng.uniform(0.35, 0.65, 2)
+        dist = np.hypot(xx - cx, yy - cy)
+        radius = rng.uniform(0.22, 0.32)
+        mask = dist < radius if pattern == "blob" else np.abs(dist - radius) < 0.1
+    elif pattern == "frame":
+        width = rng.uniform(0.08, 0.14)
+        mask = (np.minimum(np.minimum(xx, 1 - xx), np.minimum(yy, 1 - yy))) < width
+    elif pattern in ("halves_h", "halves_v"):
+        coord = yy if pattern == "halves_h" else xx
+        mask = coord < rng.uniform(0.4, 0.6)
+    else:
+        raise ValueError(f"Unknown pattern {pattern!r}; known: {', '.join(PATTERNS)}")
+    fore, back = _contrasting_pair(rng)
+    pixels = np.where(mask[..., None], fore, back) + rng.normal(0, 12, (cells, cells, 3))
+    small = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    resample = (Image.BILINEAR, Image.BICUBIC, Image.NEAREST)[rng.integers(3)]
+    return small.resize((size, size), resample)
+
+
+def _contrasting_pair(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Two random colours far enough apart to tell apart."""
+    first = rng.uniform(0, 255, 3)
+    for _ in range(50):
+        second = rng.uniform(0, 255, 3)
+        if np.abs(second - first).sum() > 200:
+            break
+    return tuple(int(c) for c in first), tuple(int(c) for c in second)
+
+
+def _with_noise(image: Image.Image, rng: np.random.Generator, sigma: float) -> Image.Image:
+    noise = rng.normal(0, sigma, (image.height, image.width, 3))
+    pixels = np.clip(np.asarray(image, dtype=np.float32) + noise, 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels)
+
+
+@cache
+def _font_path(name: str) -> Path:
+    """A TrueType font file shipped with matplotlib."""
+    spec = importlib.util.find_spec("matplotlib")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            "the glyphs dataset needs matplotlib's bundled fonts: pip install matplotlib"
+        )
+    path = Path(spec.submodule_search_locations[0]) / "mpl-data" / "fonts" / "ttf" / name
+    if not path.is_file():
+        raise RuntimeError(f"font {name} is missing from matplotlib's data ({path})")
+    return path
+
+
+# kind -> (class names, renderer)
+KINDS: dict[str, tuple[tuple[str, ...], Callable[[str, int, np.random.Generator], Image.Image]]] = {
+    "shapes": (SHAPES, render),
+    "glyphs": (GLYPHS, render_glyph),
+    "thumbnails": (PATTERNS, render_thumbnail),
+}
