@@ -55,8 +55,15 @@ def _parser() -> argparse.ArgumentParser:
         p.set_defaults(handler=handler)
         return p
 
-    p = command("sample-data", _sample_data, "Generate the built-in synthetic image dataset.")
+    p = command("sample-data", _sample_data, "Generate a built-in synthetic image dataset.")
     p.add_argument("--out", required=True, help="output folder (folder-per-class + labels.csv)")
+    p.add_argument(
+        "--kind",
+        default="shapes",
+        choices=("shapes", "glyphs", "thumbnails"),
+        help="shapes (the sample), glyphs (letters and digits that mirroring confuses) or "
+        "thumbnails (low-detail layouts upscaled)",
+    )
     p.add_argument("--classes", type=int, default=5)
     p.add_argument("--per-class", type=int, default=300)
     p.add_argument("--size", type=int, default=64, help="image side in pixels")
@@ -225,7 +232,11 @@ def _transformed_paths(root: str) -> tuple[str, str]:
 def _sample_data(args, config: Config) -> None:
     from visionpipe.sample_data import SampleSpec, generate
 
-    counts = generate(args.out, SampleSpec(args.classes, args.per_class, args.size, args.seed))
+    try:
+        spec = SampleSpec(args.classes, args.per_class, args.size, args.seed, args.kind)
+    except ValueError as err:
+        raise ConfigError(f"sample-data: {err}") from None
+    counts = generate(args.out, spec)
     print(f"wrote {sum(counts.values())} images in {len(counts)} classes to {args.out}")
 
 
