@@ -45,9 +45,13 @@ def test_search_space_choices_are_offered_to_the_tuner():
     assert spaces["learning_rate"] == [config.trainer.learning_rate]
 
 
-def test_strategy_is_one_device_without_several_gpus():
+def test_strategy_is_the_default_one_without_several_gpus():
+    # One device: no strategy object (what plain model.fit uses); OneDeviceStrategy only
+    # when asked for, since it slowed CPU epochs 2-6x.
     strategy = choose_strategy("auto")
+    assert strategy is tf.distribute.get_strategy()
     assert strategy.num_replicas_in_sync == 1
+    assert isinstance(choose_strategy("one_device"), tf.distribute.OneDeviceStrategy)
 
 
 def test_tune_writes_best_hyperparameters_that_train_can_read(transformed, tiny_config, tmp_path):

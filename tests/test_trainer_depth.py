@@ -219,7 +219,9 @@ def test_a_killed_training_resumes_from_its_last_completed_epoch(transformed, tm
 
 def test_two_local_workers_train_one_model_and_one_mlflow_run(transformed, tmp_path):
     out = tmp_path / "model"
-    args = _train_args(transformed, out, "--workers", "2", trainer__epochs=2)
+    args = _train_args(
+        transformed, out, "--workers", "2", trainer__epochs=2, trainer__tensorboard="true"
+    )
     done = subprocess.run(args, env=_env(tmp_path), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])

@@ -115,6 +115,10 @@ class TrainerConfig(_Section):
     )
     lr_schedule: Literal["cosine", "plateau", "constant"] = "cosine"
     early_stopping_patience: int = Field(8, ge=1, description="Epochs without val_loss gain.")
+    checkpoint_every: int = Field(
+        2, ge=1, description="Epochs between resume checkpoints (a kill loses fewer than this)."
+    )
+    tensorboard: bool = Field(False, description="Write TensorBoard logs (a train artifact).")
     mixed_precision: Literal["auto", "on", "off"] = Field(
         "auto", description="mixed_float16; auto: when a GPU is present."
     )
