@@ -1,3 +1,5 @@
+import re
+
 import pytest
 from pydantic import ValidationError
 
@@ -75,3 +77,32 @@ def test_beam_multi_threading_mode_is_refused():
     # It lost records in this project's ingest; see BeamConfig.direct_running_mode.
     with pytest.raises(ConfigError, match="beam.direct_running_mode"):
         load_config(overrides=["beam.direct_running_mode=multi_threading"])
+
+
+def test_augmentation_is_off_by_default():
+    trainer = load_config().trainer
+    assert trainer.flip == "none" and trainer.rotation == 0.0
+
+
+@pytest.mark.parametrize(
+    ("override", "names"),
+    [
+        ("trainer.rotation=0.7", "trainer.rotation"),
+        ("tuner.search_space={rotation: [0, 0.9]}", "search_space.rotation"),
+        ("tuner.search_space={flip: [none, diagonal]}", "search_space.flip"),
+        ("tuner.search_space={batch_size: [0, 8]}", "search_space.batch_size"),
+        ("tuner.search_space={dropout: [0.1, 1.5]}", "search_space.dropout"),
+        ("tuner.epochs=0", "tuner.epochs"),
+        ("trainer.checkpoint_every=0", "trainer.checkpoint_every"),
+    ],
+)
+def test_augmentation_and_search_values_out_of_range_name_the_key(override, names):
+    with pytest.raises(ConfigError, match=re.escape(names)):
+        load_config(overrides=[override])
+
+
+def test_flip_and_rotation_can_be_searched():
+    space = load_config(
+        overrides=["tuner.search_space={flip: [none, horizontal], rotation: [0, 0.05]}"]
+    ).tuner.search_space
+    assert space == {"flip": ["none", "horizontal"], "rotation": [0.0, 0.05]}

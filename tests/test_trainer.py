@@ -1,10 +1,12 @@
 import json
+import math
+from functools import partial
 
 import keras_tuner as kt
 import numpy as np
 import tensorflow as tf
 
-from trainer.model import build_model, served_part
+from trainer.model import build_model, model_inputs, served_part
 from trainer.train import choose_strategy, load_hyperparameters, run_train
 from trainer.tune import run_tune
 from visionpipe import features as F
@@ -31,6 +33,8 @@ def test_build_model_defaults_are_the_configured_values():
         "dropout": config.trainer.dropout,
         "batch_size": config.trainer.batch_size,
         "augment_strength": config.trainer.augment_strength,
+        "flip": "none",
+        "rotation": 0.0,
     }
     assert model.output_shape == (None, 4)
     assert served_part(model).output_shape == (None, 4)
@@ -62,6 +66,36 @@ def test_tune_writes_best_hyperparameters_that_train_can_read(transformed, tiny_
     assert result.trials == 1 and saved["values"] == result.best_hyperparameters
     assert result.best_score is not None and 0.0 <= saved["score"] <= 1.0
     assert load_hyperparameters(str(tmp_path)).values == result.best_hyperparameters
+
+
+def test_every_trial_trains_with_its_own_batch_size(transformed, tiny_config):
+    from components.transform.transform import TransformGraph
+    from trainer.tune import TrialModel
+
+    graph = TransformGraph.load(transformed.transform_graph_uri)
+    n = graph.statistics["examples"]["train"]
+    build = partial(
+        build_model, **model_inputs(graph), trainer=tiny_config.trainer, tuner=tiny_config.tuner
+    )
+    trials = TrialModel(build, transformed.examples_uri, graph, tiny_config)
+    for batch in (4, 16):
+        hp = kt.HyperParameters()
+        hp.Fixed("batch_size", batch)
+        history = trials.fit(hp, trials.build(hp), epochs=1, verbose=0)
+        assert history.params["steps"] == math.ceil(n / batch)
+
+
+def test_the_tune_record_ranks_every_trial_and_says_why(transformed, tiny_config, tmp_path):
+    config = tiny_config.with_overrides(
+        ["tuner.max_trials=2", "tuner.search_space={learning_rate: [0.001, 0.01]}"]
+    )
+    run_tune(transformed.examples_uri, transformed.transform_graph_uri, str(tmp_path), config)
+    saved = json.loads((tmp_path / F.HYPERPARAMETERS_FILE).read_text())
+    scores = [t["score"] for t in saved["trials"]]
+    assert len(scores) == 2 and scores == sorted(scores, reverse=True)
+    assert saved["trials"][0]["values"] == saved["values"]
+    assert saved["reason"].startswith(f"best val_accuracy {scores[0]:.4f} of 2 completed trials")
+    assert "runner-up" in saved["reason"] and "learning_rate" in saved["reason"]
 
 
 def test_no_trials_means_configured_defaults(transformed, tmp_path):

@@ -105,13 +105,16 @@ def build_model(
     depth = hyperparameter(hp, "depth", trainer.depth, tuner)
     dropout = hyperparameter(hp, "dropout", trainer.dropout, tuner)
     strength = hyperparameter(hp, "augment_strength", trainer.augment_strength, tuner)
+    flip = hyperparameter(hp, "flip", trainer.flip, tuner)
+    rotation = hyperparameter(hp, "rotation", trainer.rotation, tuner)
     hyperparameter(hp, "batch_size", trainer.batch_size, tuner)  # used by the input pipeline
 
     classifier = make_classifier(
         input_shape, num_classes, trainer, width, depth, dropout, mean, std
     )
     inputs = keras.Input(shape=input_shape, name="image")
-    x = make_augmentation(trainer, strength, trainer.seed)(inputs)
+    augmentation = trainer.model_copy(update={"flip": flip, "rotation": rotation})
+    x = make_augmentation(augmentation, strength, trainer.seed)(inputs)
     model = keras.Model(inputs, classifier(x), name="visionpipe_training")
     rate = learning_rate * (replicas if trainer.scale_learning_rate else 1)
     compile_model(model, rate, trainer)
@@ -218,7 +221,10 @@ def _cnn(x, width: int, depth: int, batch_norm: bool):
         for _ in range(2):
             x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=not batch_norm)(x)
             if batch_norm:
-                x = keras.layers.BatchNormalization()(x)
+                # Momentum 0.9, not Keras's 0.99: with tens of steps per epoch the moving
+                # statistics otherwise lag for epochs, and validation with them (sample
+                # data, epoch 10: 0.75 at 0.9 against 0.62 at 0.99).
+                x = keras.layers.BatchNormalization(momentum=0.9)(x)
             x = keras.layers.Activation("relu")(x)
         x = keras.layers.MaxPooling2D()(x)
     return keras.layers.GlobalAveragePooling2D()(x)

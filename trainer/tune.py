@@ -144,11 +144,13 @@ def run_tune(
     graph = TransformGraph.load(transform_graph_uri)
     build = partial(build_model, **model_inputs(graph), trainer=config.trainer, tuner=config.tuner)
     if config.tuner.max_trials == 0:
-        best, score, trials = _defaults(build), None, 0
+        best, score, ranking = _defaults(build), None, []
     else:
-        best, score, trials = _search(build, examples_uri, graph.image_shape, output_uri, config)
+        hypermodel = TrialModel(build, examples_uri, graph, config)
+        best, score, ranking = _search(hypermodel, output_uri, config)
         if best is None:  # a worker: the chief reports
-            return TuneResult(output_uri, {}, None, trials)
+            return TuneResult(output_uri, {}, None, len(ranking))
+    reason = explain(ranking, config.tuner.search_space)
     storage.write_json(
         storage.join(output_uri, F.HYPERPARAMETERS_FILE),
         {
@@ -156,16 +158,82 @@ def run_tune(
             "config": best.get_config(),
             "score": score,
             "objective": OBJECTIVE,
+            "reason": reason,
+            "trials": ranking,
         },
     )
-    log.info("tune: best %s (%s=%s) after %d trials", best.values, OBJECTIVE, score, trials)
-    return TuneResult(output_uri, dict(best.values), score, trials)
+    log.info("tune: %s", reason)
+    return TuneResult(output_uri, dict(best.values), score, len(ranking))
 
 
 def _defaults(build) -> kt.HyperParameters:
     hp = kt.HyperParameters()
     build(hp)  # registers every hyperparameter with its default
     return hp
+
+
+class TrialModel(kt.HyperModel):
+    """``build_model``, fitted on datasets made with the trial's own batch size.
+
+    keras-tuner hands ``fit`` the trial's hyperparameters, so ``batch_size`` is applied
+    for real (datasets are made once per batch size and reused by later trials).
+    """
+
+    def __init__(self, build, examples_uri: str, graph, config: Config) -> None:
+        super().__init__()
+        self._build = build
+        self._examples_uri = examples_uri
+        self._graph = graph
+        self._seed = config.trainer.seed
+        self._datasets: dict[int, tuple] = {}
+
+    def build(self, hp: kt.HyperParameters) -> keras.Model:
+        """The trial's model."""
+        return self._build(hp)
+
+    def fit(self, hp: kt.HyperParameters, model: keras.Model, *args, **kwargs):
+        """Trains on train, validates on valid, in batches of the trial's ``batch_size``."""
+        train, valid = self.datasets(int(hp.get("batch_size")))
+        return model.fit(train, validation_data=valid, shuffle=False, **kwargs)
+
+    def datasets(self, batch_size: int) -> tuple:
+        """The train and valid datasets for a batch size."""
+        if batch_size not in self._datasets:
+            counts = self._graph.statistics.get("examples", {})
+
+            def split(name: str, **options):
+                return make_dataset(
+                    self._examples_uri,
+                    name,
+                    self._graph.image_shape,
+                    batch_size,
+                    examples=counts.get(name) or None,
+                    **options,
+                )
+
+            train = split("train", shuffle=True, seed=self._seed)
+            self._datasets[batch_size] = (train, split("valid"))
+        return self._datasets[batch_size]
+
+
+def explain(ranking: list[dict], search_space: dict) -> str:
+    """Why the best trial was chosen: its score against the runner-up, and what differed."""
+    done = [t for t in ranking if t["score"] is not None]
+    if not done:
+        return "no search (tuner.max_trials=0): the configured trainer values"
+    best = done[0]
+    text = f"best {OBJECTIVE} {best['score']:.4f} of {len(done)} completed trials"
+    searched = {k: v for k, v in best["values"].items() if k in search_space}
+    text += f" with {searched}"
+    if len(done) > 1:
+        second = done[1]
+        changed = {
+            k: f"{second['values'].get(k)} -> {v}"
+            for k, v in searched.items()
+            if second["values"].get(k) != v
+        }
+        text += f"; runner-up {second['score']:.4f} (changed: {changed or 'nothing'})"
+    return text
 
 
 def search_directory(output_uri: str) -> str | None:
@@ -175,7 +243,7 @@ def search_directory(output_uri: str) -> str | None:
     return os.path.join(output_uri, "search")
 
 
-def _search(build, examples_uri, image_shape, output_uri: str, config: Config):
+def _search(hypermodel: TrialModel, output_uri: str, config: Config):
     cfg = config.tuner
     kwargs = (
         {"max_epochs": cfg.epochs}
@@ -186,7 +254,7 @@ def _search(build, examples_uri, image_shape, output_uri: str, config: Config):
     kept = search_directory(output_uri)
     with tempfile.TemporaryDirectory(prefix="tune-") as scratch:
         tuner = _with_mlflow(_TUNERS[cfg.algorithm])(
-            hypermodel=build,
+            hypermodel=hypermodel,
             objective=kt.Objective(OBJECTIVE, direction="max"),
             directory=kept or scratch,
             project_name="search",
@@ -195,18 +263,9 @@ def _search(build, examples_uri, image_shape, output_uri: str, config: Config):
             max_consecutive_failed_trials=cfg.max_consecutive_failed_trials,
             **kwargs,
         )
-        # batch_size is searched too, but datasets are built once here with the default.
-        batch = config.trainer.batch_size
-        tuner.search(
-            make_dataset(
-                examples_uri, "train", image_shape, batch, shuffle=True, seed=config.trainer.seed
-            ),
-            validation_data=make_dataset(examples_uri, "valid", image_shape, batch),
-            epochs=cfg.epochs,
-            verbose=0,
-        )
-        if role == "worker":
-            return None, None, 0
+        tuner.search(epochs=cfg.epochs, verbose=0)  # TrialModel.fit makes the datasets
+        if role == "worker":  # its oracle is the chief's, behind a client
+            return None, None, []
         trials = list(tuner.oracle.trials.values())
         completed = [t for t in trials if t.status == "COMPLETED" and t.score is not None]
         failed = [t for t in trials if t.status == "FAILED"]
@@ -220,4 +279,14 @@ def _search(build, examples_uri, image_shape, output_uri: str, config: Config):
                 f"tune: none of the {len(trials)} trials completed; errors: {messages}"
             )
         best = tuner.oracle.get_best_trials(1)[0]
-    return best.hyperparameters, best.score, len(trials)
+    ranked = sorted(trials, key=lambda t: -1.0 if t.score is None else t.score, reverse=True)
+    ranking = [
+        {
+            "trial": t.trial_id,
+            "values": t.hyperparameters.values,
+            "score": t.score,
+            "status": t.status,
+        }
+        for t in ranked
+    ]
+    return best.hyperparameters, best.score, ranking

@@ -77,7 +77,7 @@ BACKBONES = ("mobilenet_v2", "efficientnet_b0", "resnet50")
 class TrainerConfig(_Section):
     """Model and training loop; model values are the hyperparameter defaults."""
 
-    epochs: int = Field(25, ge=1)
+    epochs: int = Field(14, ge=1)
     batch_size: int = Field(32, ge=1, description="The global batch, over all replicas.")
     learning_rate: float = Field(3e-3, gt=0, lt=1)
     scale_learning_rate: bool = Field(
@@ -98,11 +98,15 @@ class TrainerConfig(_Section):
     fine_tune_layers: int = Field(20, ge=1, description="Backbone layers unfrozen to fine-tune.")
     fine_tune_learning_rate_factor: float = Field(0.1, gt=0, le=1)
     # Augmentation, active in training only; strengths are scaled by the tunable
-    # ``augment_strength`` hyperparameter (default 1).
-    flip: Literal["none", "horizontal", "vertical", "horizontal_and_vertical"] = (
-        "horizontal_and_vertical"
+    # ``augment_strength`` hyperparameter (default 1). None by default: a flip changes
+    # the class of letters, digits, arrows and anything with a handedness, and on the
+    # sample shapes a rotation of 0.1 turn slowed learning ~2x for no gain in 16 epochs
+    # (docs/ARCHITECTURE.md, Trainer). ``flip`` and ``rotation`` are tunable: list
+    # choices in ``tuner.search_space`` to let validation data decide.
+    flip: Literal["none", "horizontal", "vertical", "horizontal_and_vertical"] = "none"
+    rotation: float = Field(
+        0.0, ge=0, le=0.5, description="Fraction of a full turn (0.5: any angle)."
     )
-    rotation: float = Field(0.1, ge=0, le=1, description="Fraction of a full turn.")
     zoom: float = Field(0.0, ge=0, lt=1)
     translation: float = Field(0.0, ge=0, lt=1)
     contrast: float = Field(0.0, ge=0, lt=1)
@@ -141,8 +145,8 @@ class TunerConfig(_Section):
 
     algorithm: Literal["random", "bayesian", "hyperband"] = "random"
     max_trials: int = Field(2, ge=0, description="0 skips the search: defaults are used.")
-    epochs: int = Field(5, ge=1, description="Epochs per trial.")
-    search_space: dict[str, list[float]] = Field(
+    epochs: int = Field(4, ge=1, description="Epochs per trial.")
+    search_space: dict[str, list[float | str]] = Field(
         default_factory=lambda: {"learning_rate": [2e-3, 3e-3], "dropout": [0.1, 0.2]}
     )
     max_consecutive_failed_trials: int = Field(
@@ -164,10 +168,35 @@ class TunerConfig(_Section):
         empty = sorted(k for k, v in self.search_space.items() if not v)
         if empty:
             raise ValueError(f"search_space has no choices for {empty}")
+        for name, values in self.search_space.items():
+            for value in values:
+                _check_choice(name, value)
         return self
 
 
-TUNABLE = ("learning_rate", "width", "depth", "dropout", "batch_size", "augment_strength")
+# Hyperparameters the tuner may search: each is the ``trainer`` key of the same name,
+# whose default is the hyperparameter's default and whose bounds are the choices' bounds.
+TUNABLE = (
+    "learning_rate",
+    "width",
+    "depth",
+    "dropout",
+    "batch_size",
+    "augment_strength",
+    "flip",
+    "rotation",
+)
+
+
+def _check_choice(name: str, value: float | str) -> None:
+    """A search-space choice must be a valid value of the trainer key it tunes."""
+    try:
+        TrainerConfig.model_validate({name: value})
+    except ValidationError as err:
+        problem = err.errors()[0]["msg"]
+        raise ValueError(
+            f"search_space.{name}: choice {value!r} is not a valid trainer.{name} ({problem})"
+        ) from None
 
 
 # Metrics the gate can name: whole-model ones, and per-class ones (with ``class_name``).
