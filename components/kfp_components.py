@@ -21,7 +21,7 @@ from kfp.dsl import (
 )
 
 
-def configure_op(
+def configure(
     config_json: str,
     image_size: int,
     epochs: int,
@@ -50,7 +50,7 @@ def configure_op(
     return Config.from_json(config_json).with_overrides(overrides).to_json()
 
 
-def ingest_op(
+def ingest(
     data: str,
     config_json: str,
     mlflow_tracking_uri: str,
@@ -74,7 +74,7 @@ def ingest_op(
     return stats["fingerprint"]
 
 
-def data_check_op(
+def data_check(
     fingerprint: str,
     only_if_data_changed: bool,
     config_json: str,
@@ -95,7 +95,7 @@ def data_check_op(
     return check.retrain
 
 
-def transform_op(
+def transform(
     raw_examples: Input[Dataset],
     config_json: str,
     mlflow_tracking_uri: str,
@@ -118,7 +118,7 @@ def transform_op(
     transform_graph.metadata["labels"] = result.labels
 
 
-def tune_op(
+def tune(
     examples: Input[Dataset],
     transform_graph: Input[Artifact],
     config_json: str,
@@ -142,7 +142,7 @@ def tune_op(
     )
 
 
-def train_op(
+def train(
     examples: Input[Dataset],
     transform_graph: Input[Artifact],
     hyperparameters: Input[Artifact],
@@ -166,7 +166,7 @@ def train_op(
     model.metadata.update({"hyperparameters": result.hyperparameters, **result.metrics})
 
 
-def evaluate_op(
+def evaluate(
     raw_examples: Input[Dataset],
     model: Input[Model],
     config_json: str,
@@ -199,7 +199,7 @@ def evaluate_op(
     return result.blessed
 
 
-def push_op(
+def push(
     model: Input[Model],
     blessing: Input[Artifact],
     config_json: str,
@@ -226,12 +226,12 @@ def make_components(image: str, training_image: str | None = None) -> SimpleName
     component = dsl.component(base_image=image, install_kfp_package=False)
     training = dsl.component(base_image=training_image or image, install_kfp_package=False)
     return SimpleNamespace(
-        configure=component(configure_op),
-        ingest=component(ingest_op),
-        data_check=component(data_check_op),
-        transform=component(transform_op),
-        tune=training(tune_op),
-        train=training(train_op),
-        evaluate=component(evaluate_op),
-        push=component(push_op),
+        configure=component(configure),
+        ingest=component(ingest),
+        data_check=component(data_check),
+        transform=component(transform),
+        tune=training(tune),
+        train=training(train),
+        evaluate=component(evaluate),
+        push=component(push),
     )

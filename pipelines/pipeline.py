@@ -49,42 +49,40 @@ def build_pipeline(config: Config):
             min_accuracy=min_accuracy,
             model_name=model_name,
             serving_root=serving_root,
-        ).set_display_name("configure")
+        )
         tracking = {
             "config_json": configure.output,
             "mlflow_tracking_uri": mlflow_tracking_uri,
             "mlflow_run_id": mlflow_run_id,
         }
-        ingest = ops.ingest(data=data, **tracking).set_display_name("ingest")
+        ingest = ops.ingest(data=data, **tracking)
         check = ops.data_check(
             fingerprint=ingest.outputs["Output"],
             only_if_data_changed=only_if_data_changed,
             **tracking,
-        ).set_display_name("data-check")
+        )
         with dsl.If(check.outputs["Output"] == True, name="retrain"):  # noqa: E712
-            transform = ops.transform(
-                raw_examples=ingest.outputs["examples"], **tracking
-            ).set_display_name("transform")
+            transform = ops.transform(raw_examples=ingest.outputs["examples"], **tracking)
             tune = ops.tune(
                 examples=transform.outputs["examples"],
                 transform_graph=transform.outputs["transform_graph"],
                 **tracking,
-            ).set_display_name("tune")
+            )
             _accelerators(tune, config)
             train = ops.train(
                 examples=transform.outputs["examples"],
                 transform_graph=transform.outputs["transform_graph"],
                 hyperparameters=tune.outputs["hyperparameters"],
                 **tracking,
-            ).set_display_name("train")
+            )
             _accelerators(train, config)
             evaluate = ops.evaluate(
                 raw_examples=ingest.outputs["examples"], model=train.outputs["model"], **tracking
-            ).set_display_name("evaluate")
+            )
             with dsl.If(evaluate.outputs["Output"] == True, name="blessed"):  # noqa: E712
                 ops.push(
                     model=train.outputs["model"], blessing=evaluate.outputs["blessing"], **tracking
-                ).set_display_name("push")
+                )
 
     return visionpipe
 

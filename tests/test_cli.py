@@ -101,16 +101,16 @@ def test_compile_writes_a_strict_kfp_pipeline_spec(tmp_path, capsys):
 
 
 def test_run_parameters_are_applied_and_validated_by_the_configure_step():
-    from components.kfp_components import configure_op
+    from components.kfp_components import configure
     from visionpipe.config import Config, ConfigError, load_config
 
     base = load_config().to_json()
-    merged = Config.from_json(configure_op(base, 48, 3, 0, -1.0, "cats", "gs://b/serving"))
+    merged = Config.from_json(configure(base, 48, 3, 0, -1.0, "cats", "gs://b/serving"))
     assert merged.transform.image_size == 48 and merged.trainer.epochs == 3
     assert merged.tuner.max_trials == 0 and merged.evaluate.min_accuracy is None
     assert merged.push.model_name == "cats" and merged.push.serving_root == "gs://b/serving"
     with pytest.raises(ConfigError, match="transform.image_size"):
-        configure_op(base, 3, 3, 0, 0.5, "cats", "")
+        configure(base, 3, 3, 0, 0.5, "cats", "")
 
 
 def test_ingest_subcommand_takes_several_inputs_and_logs_to_mlflow(tmp_path, tiny_dataset, capsys):
@@ -204,7 +204,7 @@ def test_compile_puts_tune_and_train_on_the_gpu_image_with_accelerators(tmp_path
     spec = yaml.safe_load(out.read_text())
     containers = {k: v["container"] for k, v in spec["deploymentSpec"]["executors"].items()}
     on_gpu = {k for k, c in containers.items() if c["image"] == "reg.example/vp:2-gpu"}
-    assert on_gpu == {"exec-tune-op", "exec-train-op"}
+    assert on_gpu == {"exec-tune", "exec-train"}
     for name in on_gpu:
         accelerator = containers[name]["resources"]["accelerator"]
         assert accelerator["resourceType"] == "nvidia.com/gpu"

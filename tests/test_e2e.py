@@ -39,7 +39,7 @@ def test_pipeline_runs_end_to_end_then_retrains_against_the_champion(tiny_datase
     first = _run(tiny_dataset, isolated_home)
 
     # Ingest wrote what the summary says, split by split.
-    [examples] = list(isolated_home.glob("pipeline_root/*/ingest-op/examples"))
+    [examples] = list(isolated_home.glob("pipeline_root/*/ingest/examples"))
     for split in F.SPLITS:
         assert _count(F.split_pattern(str(examples), split)) == first["examples"][split]
     assert sum(first["examples"].values()) == 36 and first["rejected"] == 0
