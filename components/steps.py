@@ -341,8 +341,8 @@ def push(model_uri: str, blessing_uri: str, config: Config, parent_run_id: str =
     """
     import mlflow
 
-    from components.evaluate.evaluate import read_blessing
     from components.push.push import apply_retention, check_writable, run_push
+    from visionpipe.blessing import read_blessing
     from visionpipe.home import Home
 
     serving_root = Home.resolve().serving_root_for(config)

@@ -470,8 +470,3 @@ def run_evaluate(
     storage.write_bytes(storage.join(output_uri, F.REPORT_FILE), markdown_report(blessing).encode())
     log.info("evaluate: %s", blessing.reason)
     return blessing
-
-
-def read_blessing(blessing_uri: str) -> dict:
-    """The blessing written by ``run_evaluate``."""
-    return storage.read_json(storage.join(blessing_uri, F.BLESSING_FILE))

@@ -19,8 +19,8 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from components.evaluate.evaluate import read_blessing
 from visionpipe import storage
+from visionpipe.blessing import read_blessing
 from visionpipe.errors import UserError
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,15 @@
+"""The blessing contract between evaluate and push: ``blessing.json`` in evaluate's output.
+
+Here in the core, so push (and anything else that reads a blessing) needs neither the
+evaluate step's code nor TensorFlow.
+"""
+
+from __future__ import annotations
+
+from visionpipe import features as F
+from visionpipe import storage
+
+
+def read_blessing(blessing_uri: str) -> dict:
+    """The blessing written by ``run_evaluate``: ``blessed``, ``reason``, metrics, checks."""
+    return storage.read_json(storage.join(blessing_uri, F.BLESSING_FILE))
