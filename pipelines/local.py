@@ -1,7 +1,10 @@
 """Running the pipeline on this machine with kfp.local: no cluster, same components.
 
 The pipeline run in MLflow is created here, before the components start, and its
-id is handed to every component, so all steps nest under one run.
+id is handed to every component, so all steps nest under one run. kfp.local runs the
+DAG; ``pipelines/tasks.py`` decides where each component executes (this process by
+default, or a subprocess per step) and tells an observer (the console) when steps
+start and end.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from dataclasses import asdict, dataclass
 
 from components.ingest.sources import check_classes, list_sources
 from pipelines.pipeline import build_pipeline
+from pipelines.tasks import TaskRunner, task_runner
 from visionpipe import storage, tracking
 from visionpipe.config import Config
 from visionpipe.home import Home
@@ -45,34 +49,77 @@ class RunSummary:
         return asdict(self)
 
 
+class StepFailed(RuntimeError):
+    """A pipeline step failed; ``message`` is the step's own error."""
+
+    def __init__(self, step: str, message: str, mlflow_run_id: str) -> None:
+        super().__init__(f"step {step} failed: {message}")
+        self.step = step
+        self.message = message
+        self.mlflow_run_id = mlflow_run_id
+
+
+def run_name(config: Config) -> str:
+    """A new pipeline run's name: the pipeline and the local time."""
+    return f"{config.pipeline.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
 def resolve_local(config: Config, home: Home) -> Config:
     """Fills the local defaults (serving root) into the config the components receive."""
     push = config.push.model_copy(update={"serving_root": home.serving_root_for(config)})
     return config.model_copy(update={"push": push})
 
 
-def run_local(data_uri: str, config: Config, only_if_data_changed: bool = False) -> RunSummary:
+def check_data(data_uri: str, config: Config) -> str:
+    """The data's absolute URI, once it has labelled images of two classes or more.
+
+    Raises:
+        DataError: the path is missing, empty or has fewer than two classes.
+    """
+    data_uri = storage.absolute(data_uri)
+    check_classes(data_uri, list_sources(data_uri), config.ingest.min_images_per_class)
+    return data_uri
+
+
+def run_local(
+    data_uri: str,
+    config: Config,
+    only_if_data_changed: bool = False,
+    isolation: str = "process",
+    observer=None,
+    name: str | None = None,
+) -> RunSummary:
     """Validates the data, then runs the whole pipeline locally and summarises it.
 
     With ``only_if_data_changed``, the run stops after ingest (reported as skipped,
     with the reason) when the data equals the last successful run's.
 
+    Args:
+        data_uri: the images (folder of class folders, CSV, or object-store URI).
+        config: the validated configuration.
+        only_if_data_changed: stop after the data check when the data is unchanged.
+        isolation: ``process`` runs every component in this process, ``subprocess``
+            one Python process per component (kfp.local's own way).
+        observer: told ``start(step)`` and ``end(step, ok)`` (the console), or None.
+        name: the MLflow run's name (default: ``run_name(config)``).
+
     Raises:
         DataError: the data path is missing, empty or has fewer than two classes
             (raised before anything is created or written).
-        RuntimeError: a pipeline step failed (the MLflow run is marked FAILED).
+        StepFailed: a pipeline step failed, with its own error (the MLflow run is
+            marked FAILED).
     """
     from kfp import local
 
-    data_uri = storage.absolute(data_uri)
-    check_classes(data_uri, list_sources(data_uri), config.ingest.min_images_per_class)
+    data_uri = check_data(data_uri, config)
     home = Home.resolve()
     home.root.mkdir(parents=True, exist_ok=True)
     config = resolve_local(config, home)
     uri = tracking.tracking_uri(config)
-    run_id = tracking.start_pipeline_run(
-        config, run_name=f"{config.pipeline.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    )
+    run_id = tracking.start_pipeline_run(config, run_name=name or run_name(config))
+    runner = TaskRunner(isolation)
+    if observer is not None:
+        runner.on_start, runner.on_end = observer.start, observer.end
     local.init(
         runner=local.SubprocessRunner(use_venv=False),
         pipeline_root=str(home.pipeline_root),
@@ -81,15 +128,21 @@ def run_local(data_uri: str, config: Config, only_if_data_changed: bool = False)
     started = time.monotonic()
     ok = False
     try:
-        build_pipeline(config)(
-            data=data_uri,
-            serving_root=config.push.serving_root,  # a local path is never compiled in
-            only_if_data_changed=only_if_data_changed,
-            config_json=config.to_json(),
-            mlflow_tracking_uri=uri,
-            mlflow_run_id=run_id,
-        )
+        with task_runner(runner):
+            build_pipeline(config)(
+                data=data_uri,
+                serving_root=config.push.serving_root,  # a local path is never compiled in
+                only_if_data_changed=only_if_data_changed,
+                config_json=config.to_json(),
+                mlflow_tracking_uri=uri,
+                mlflow_run_id=run_id,
+            )
         ok = True
+    except RuntimeError as err:  # kfp.local: "Task ... finished with status FAILURE"
+        if not runner.errors:
+            raise
+        step, message = next(iter(runner.errors.items()))
+        raise StepFailed(step, message, run_id) from err
     finally:
         tracking.end_pipeline_run(run_id, ok)
     return summarize(run_id, time.monotonic() - started, uri)

@@ -1,0 +1,168 @@
+"""How kfp.local runs one component: in this process, or in a subprocess of its own.
+
+kfp.local resolves the DAG, ``dsl.If`` conditions and artifact hand-over, and then
+runs each lightweight component's command through one function,
+``kfp.local.subprocess_task_handler.run_local_subprocess``. ``task_runner`` swaps that
+function, for the duration of one local run, for ``TaskRunner``:
+
+- ``isolation="process"`` (the default) runs the command's component in this process,
+  the way TFX's LocalDagRunner runs its components: the same function, executed by
+  KFP's own ``Executor`` on the same executor input, so outputs and artifacts are
+  written exactly as the subprocess would write them. TensorFlow, Beam and MLflow are
+  imported once per run instead of once per step. Between steps the state a step can
+  leave behind is reset: environment variables, working directory, root logging,
+  warning filters, random seeds, Keras's global state and TensorFlow's default graph,
+  and any MLflow run left active.
+- ``isolation="subprocess"`` keeps kfp.local's own behaviour: one Python process per
+  step.
+
+Either way a ``TaskRunner`` reports each step's start and end to its listener and
+remembers the error a step died of, so the console can show the step's own message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import sys
+import traceback
+import types
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+ISOLATIONS = ("process", "subprocess")
+
+
+def step_name(function_name: str) -> str:
+    """The pipeline step of a component function (``data_check`` -> ``data-check``)."""
+    return function_name.replace("_", "-")
+
+
+@dataclass
+class TaskRunner:
+    """Runs component commands; tells ``on_start(step)`` and ``on_end(step, ok)``."""
+
+    isolation: str = "process"
+    on_start: Callable[[str], None] = lambda step: None
+    on_end: Callable[[str, bool], None] = lambda step, ok: None
+    errors: dict[str, str] = field(default_factory=dict)
+    subprocess_runner: Callable | None = None  # kfp.local's own; set by ``task_runner``
+
+    def __post_init__(self) -> None:
+        if self.isolation not in ISOLATIONS:
+            raise ValueError(
+                f"isolation must be one of {', '.join(ISOLATIONS)}. Received: {self.isolation!r}"
+            )
+
+    def __call__(self, full_command: list[str], env_vars: dict | None = None) -> int:
+        """Runs one component command; returns its exit status (0: success)."""
+        name = _argument(full_command, "--function_to_execute")
+        step = step_name(name)
+        self.on_start(step)
+        if self.isolation == "process":
+            status = self._in_process(full_command, name, step, env_vars or {})
+        else:
+            status = self.subprocess_runner(full_command=full_command, env_vars=env_vars)
+            if status:
+                self.errors.setdefault(step, f"exited with status {status} (see the log)")
+        self.on_end(step, status == 0)
+        return status
+
+    def _in_process(self, full_command: list[str], name: str, step: str, env: dict) -> int:
+        from kfp.dsl import executor
+
+        source = full_command[3]  # sh -ec SCRIPT SOURCE --executor_input ... (KFP 2.17)
+        executor_input = json.loads(_argument(full_command, "--executor_input"))
+        with isolated_state({**env, "_KFP_RUNTIME": "true"}):
+            module = types.ModuleType(f"visionpipe_component_{name}")
+            try:
+                code = compile(source, f"<component {name}>", "exec", dont_inherit=True)
+                exec(code, module.__dict__)  # noqa: S102 - the component KFP would run
+                function = getattr(module, name)
+                executor.Executor(executor_input, function).execute()
+            except Exception as err:  # noqa: BLE001 - any failure fails the step, not the runner
+                traceback.print_exc()
+                self.errors[step] = describe(err)
+                return 1
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+        return 0
+
+
+@contextlib.contextmanager
+def task_runner(runner: TaskRunner) -> Iterator[TaskRunner]:
+    """kfp.local runs its components through ``runner`` inside this block."""
+    from kfp.local import subprocess_task_handler
+
+    previous = subprocess_task_handler.run_local_subprocess
+    runner.subprocess_runner = previous
+    subprocess_task_handler.run_local_subprocess = runner
+    try:
+        with warnings.catch_warnings():
+            # kfp.local warns for every image whose name lacks "python"; the project image
+            # is built FROM python:3.11-slim (infra/Dockerfile), so the warning is a no-op.
+            warnings.filterwarnings(
+                "ignore", message=".*non-Python base image", category=RuntimeWarning
+            )
+            yield runner
+    finally:
+        subprocess_task_handler.run_local_subprocess = previous
+
+
+@contextlib.contextmanager
+def isolated_state(env: dict[str, str]) -> Iterator[None]:
+    """Runs a step with ``env`` added, then puts back what a step may have changed."""
+    saved_env = dict(os.environ)
+    cwd = os.getcwd()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    filters = warnings.filters[:]
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        os.chdir(cwd)
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        warnings.filters[:] = filters
+        reset_frameworks()
+
+
+def reset_frameworks() -> None:
+    """Clears what the frameworks keep between calls in one process."""
+    random.seed()
+    if "numpy" in sys.modules:
+        sys.modules["numpy"].random.seed()
+    if "keras" in sys.modules:
+        # Keras's global state: seed generator, dtype policy, layer names; and TF's graph.
+        sys.modules["keras"].backend.clear_session()
+    if "tensorflow" in sys.modules:
+        sys.modules["tensorflow"].random.set_seed(None)
+    if "mlflow" in sys.modules:
+        mlflow = sys.modules["mlflow"]
+        while mlflow.active_run() is not None:
+            mlflow.end_run("FAILED")
+
+
+def describe(err: BaseException) -> str:
+    """A failed step's error in one line: a user error's own words, else type and message."""
+    from visionpipe.errors import UserError
+
+    text = str(err).strip().splitlines()[:1] or [""]
+    if isinstance(err, UserError):
+        return text[0]
+    return f"{type(err).__name__}: {text[0]}".rstrip(": ")
+
+
+def _argument(command: list[str], flag: str) -> str:
+    try:
+        return command[command.index(flag) + 1]
+    except (ValueError, IndexError):
+        raise ValueError(f"not a lightweight component command: no {flag} in it") from None
