@@ -37,6 +37,7 @@ def configure(
     """
     import json
 
+    from visionpipe import progress
     from visionpipe.config import Config
 
     overrides = [
@@ -47,7 +48,9 @@ def configure(
         f"push.model_name={json.dumps(model_name)}",
         f"push.serving_root={json.dumps(serving_root)}",
     ]
-    return Config.from_json(config_json).with_overrides(overrides).to_json()
+    config = Config.from_json(config_json).with_overrides(overrides)
+    progress.done("configure", f"image size {image_size}, {epochs} epochs, {max_trials} trials")
+    return config.to_json()
 
 
 def ingest(

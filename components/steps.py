@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 
 from visionpipe import features as F
-from visionpipe import registry, storage, tracking
+from visionpipe import progress, registry, storage, tracking
 from visionpipe.config import Config
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,11 @@ def ingest(data_uri: str | list[str], output_uri: str, config: Config, parent_ru
         tags = {"data_source": source, "data_fingerprint": stats["fingerprint"]}
         mlflow.set_tags(tags)
         tracking.log_outcome(parent_run_id, metrics=counts, tags=tags)
+    written = sum(result.examples.values())
+    progress.done(
+        "ingest",
+        f"{written} images, {stats['rejected']} rejected, {stats['duplicates']} duplicates",
+    )
     return result
 
 
@@ -85,6 +90,7 @@ def check_data(
         previous = tracking.last_successful_pipeline_run(experiment_id, exclude_run_id=parent)
         check = _compare_fingerprints(fingerprint, previous)
     log.info("data check: %s", check.reason)
+    progress.done("data-check", ("retrain: " if check.retrain else "skip: ") + check.reason)
     if parent:
         tags = {
             tracking.KIND_TAG: "pipeline",  # also when KFP's MLflow integration made the run
@@ -155,6 +161,8 @@ def transform(
                 },
             }
         )
+    total = sum(result.examples.values())
+    progress.done("transform", f"{total} examples, {len(result.labels)} labels")
     return result
 
 
@@ -197,6 +205,12 @@ def tune(
         if result.best_score is not None:
             mlflow.log_metric("best_val_accuracy", result.best_score)
         mlflow.log_dict(result.best_hyperparameters, "best_hyperparameters.json")
+    if result.best_score is None:
+        progress.done("tune", "no search: the configured values")
+    else:
+        progress.done(
+            "tune", f"best val_accuracy {result.best_score:.3f} of {result.trials} trials"
+        )
     return result
 
 
@@ -214,7 +228,7 @@ def train(
     """
     import mlflow
 
-    from trainer.train import is_chief, run_train
+    from trainer.train import EpochProgress, is_chief, run_train
 
     if not is_chief():
         return run_train(examples_uri, graph_uri, hyperparameters_uri, model_uri, config)
@@ -223,7 +237,13 @@ def train(
         tempfile.TemporaryDirectory(prefix="train-artifacts-") as artifacts,
     ):
         result = run_train(
-            examples_uri, graph_uri, hyperparameters_uri, model_uri, config, artifacts
+            examples_uri,
+            graph_uri,
+            hyperparameters_uri,
+            model_uri,
+            config,
+            artifacts,
+            callbacks=[EpochProgress("train")] if progress.enabled() else None,
         )
         mlflow.log_params({f"hp.{k}": v for k, v in result.hyperparameters.items()})
         mlflow.log_params({"model": config.trainer.model, "replicas": result.replicas})
@@ -236,6 +256,9 @@ def train(
             parent_run_id,
             metrics={"trainer_test_accuracy": result.metrics.get("test_accuracy", 0.0)},
         )
+    valid = result.metrics.get("val_accuracy")
+    figure = f"{result.epochs_run} epochs"
+    progress.done("train", figure + (f", val_accuracy {valid:.3f}" if valid is not None else ""))
     return result
 
 
@@ -283,12 +306,15 @@ def evaluate(
         confusion_png(blessing.candidate_report, png)
         mlflow.log_artifact(png)
         mlflow.set_tag("blessing_reason", blessing.reason)
-        print(f"evaluate: {blessing.reason}")
+        log.info("evaluate: %s", blessing.reason)
         tracking.log_outcome(
             parent_run_id,
             metrics=metrics,
             tags={"blessed": str(blessing.blessed).lower(), "blessing_reason": blessing.reason},
         )
+    accuracy = blessing.candidate.get("accuracy", 0.0)
+    verdict = "blessed" if blessing.blessed else "not blessed"
+    progress.done("evaluate", f"test accuracy {accuracy:.4f}, {verdict}")
     return blessing
 
 
@@ -382,4 +408,7 @@ def push(model_uri: str, blessing_uri: str, config: Config, parent_run_id: str =
         tracking.log_outcome(
             parent_run_id, metrics={"pushed_version": result.version}, tags=outcome
         )
+    progress.done(
+        "push", f"version {result.version}" + (" (already pushed)" if result.already_pushed else "")
+    )
     return result

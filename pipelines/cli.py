@@ -132,7 +132,19 @@ def _parser() -> argparse.ArgumentParser:
 
     p = command("run", _run, "Run the whole pipeline locally (kfp.local, no cluster).")
     p.add_argument("--data", required=True, help="folder of class folders, or CSV of path,label")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON (last line)")
+    p.add_argument("--json", action="store_true", help="print only the summary, as one JSON object")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="stream every step's output to the console too (it always goes to the log file)",
+    )
+    p.add_argument(
+        "--isolation",
+        choices=("process", "subprocess"),
+        default="process",
+        help="run the components in this process (default; TensorFlow is imported once) "
+        "or each in a Python process of its own",
+    )
     p.add_argument(
         "--only-if-data-changed",
         action="store_true",
@@ -376,14 +388,66 @@ def _predict(args, config: Config) -> int:
     return 1 if any(p.error for p in predictions) else 0
 
 
-def _run(args, config: Config) -> None:
-    from pipelines.local import run_local
+def _run(args, config: Config) -> int:
+    from pipelines.console import OutputCapture, RunDisplay
+    from pipelines.local import StepFailed, check_data, run_local, run_name
+    from visionpipe import progress
+    from visionpipe.home import Home
 
-    summary = run_local(args.data, config, only_if_data_changed=args.only_if_data_changed)
+    check_data(args.data, config)  # bad data: one error line, nothing written
+    name = run_name(config)
+    log_path = Home.resolve().root / "logs" / f"{name}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    capture = OutputCapture(str(log_path), echo=args.verbose, console_fd=2 if args.json else 1)
+    os.environ[progress.ENV] = "1"  # steps report progress lines; the capture reads them
+    with capture:
+        display = RunDisplay(capture.console, live=False if args.verbose else None)
+        capture.on_event, capture.on_output = display.event, display.output
+        if not args.json:
+            print(f"visionpipe run {name}  (log: {log_path})", file=capture.console)
+        try:
+            with display:
+                summary = run_local(
+                    args.data,
+                    config,
+                    only_if_data_changed=args.only_if_data_changed,
+                    isolation=args.isolation,
+                    observer=display,
+                    name=name,
+                )
+        except StepFailed as failed:
+            _log_to_mlflow(failed.mlflow_run_id, log_path)
+            tail = [line for line in display.steps[failed.step].log_tail if line.strip()][-5:]
+            print(
+                f"\nvisionpipe: step {failed.step} failed: {failed.message}", file=capture.console
+            )
+            if tail and args.isolation == "subprocess":
+                print("  " + "\n  ".join(tail), file=capture.console)
+            print(f"full log: {log_path}", file=capture.console)
+            return 1
+        except KeyboardInterrupt:
+            step = display.current or "the pipeline"
+            print(
+                f"\nvisionpipe: interrupted during {step}; the finished steps' outputs are "
+                f"kept under {Home.resolve().pipeline_root}, the MLflow run is marked FAILED."
+                f"\nfull log: {log_path}",
+                file=capture.console,
+            )
+            return 130
+    _log_to_mlflow(summary.mlflow_run_id, log_path)
     if args.json:
-        print(json.dumps(summary.to_dict()))
-        return
+        print(json.dumps({**summary.to_dict(), "log": str(log_path)}))
+        return 0
     print(_format_summary(summary))
+    print(f"  log         {log_path}")
+    return 0
+
+
+def _log_to_mlflow(run_id: str, log_path) -> None:
+    """The run's log file as an artifact of its MLflow run."""
+    import mlflow
+
+    mlflow.MlflowClient().log_artifact(run_id, str(log_path))
 
 
 def _format_summary(s) -> str:

@@ -15,19 +15,26 @@ from visionpipe import features as F
 pytestmark = pytest.mark.e2e
 
 
-def _visionpipe(home, *args):
-    """Runs the CLI with the tiny config; returns the JSON of its last stdout line."""
+def _cli(home, *args, overrides=TINY_OVERRIDES):
+    """Runs the CLI as a user would (no terminal) with the tiny config."""
     command = [sys.executable, "-m", "pipelines.cli", *args]
-    for item in TINY_OVERRIDES:
+    for item in overrides:
         command += ["--set", item]
     env = {**os.environ, "VISIONPIPE_HOME": str(home)}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+
+
+def _visionpipe(home, *args):
+    """Runs the CLI with the tiny config; returns the JSON of its last stdout line."""
+    done = _cli(home, *args)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _run(data, home):
-    return _visionpipe(home, "run", "--data", str(data), "--json")
+    done = _cli(home, "run", "--data", str(data), "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)  # stdout is one JSON object and nothing else
 
 
 def _count(pattern):
@@ -134,3 +141,32 @@ def _compare(home, *args):
     env = {**os.environ, "VISIONPIPE_HOME": str(home)}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_the_console_shows_the_steps_and_the_log_file_keeps_everything(tiny_dataset, tmp_path):
+    done = _cli(tmp_path / "home", "run", "--data", str(tiny_dataset))
+    assert done.returncode == 0, done.stderr[-3000:]
+    console = done.stdout + done.stderr
+    lines = console.strip().splitlines()
+    assert len(lines) <= 40, console
+    for noise in ("Warning", "warning", "absl", "executor_input", "Executing task", "Epoch 1/"):
+        assert noise not in console
+    for step in ("configure", "ingest", "data-check", "transform", "tune", "train", "evaluate"):
+        assert any(line.startswith(f"✓ {step} ") for line in lines), console
+    log_path = next(line.split()[-1] for line in lines if line.strip().startswith("log "))
+    log = open(log_path).read()
+    for step in ("configure", "ingest", "data-check", "transform", "tune", "train", "push"):
+        assert f"Executing task '{step}'" in log.replace("\x1b[96m", "").replace("\x1b[0m", "")
+    assert "Epoch 1/2" in log
+
+
+def test_a_failing_step_shows_its_own_error_and_the_log_not_a_traceback(tiny_dataset, tmp_path):
+    # 16-pixel images cannot be halved six times: the model cannot be built.
+    broken = [*TINY_OVERRIDES, "trainer.depth=6", "tuner.max_trials=0"]
+    done = _cli(tmp_path / "home", "run", "--data", str(tiny_dataset), overrides=broken)
+    assert done.returncode == 1
+    console = done.stdout + done.stderr
+    assert "visionpipe: step tune failed: ValueError" in console
+    assert "Traceback" not in console
+    log_path = console.split("full log: ")[1].split()[0]
+    assert "Traceback" in open(log_path).read()

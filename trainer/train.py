@@ -83,6 +83,36 @@ class MlflowEpochLogger(keras.callbacks.Callback):
         tracking.retrying(mlflow.MlflowClient().log_batch, run_id, metrics=metrics)
 
 
+class EpochProgress(keras.callbacks.Callback):
+    """Reports each epoch of ``fit`` as progress of ``step``: epoch, validation, time left."""
+
+    def __init__(self, step: str) -> None:
+        super().__init__()
+        self._step = step
+        self._eta = None
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        """Starts the clock for the time left."""
+        from visionpipe import progress
+
+        self._eta = progress.Eta(self.params.get("epochs") or 1)
+        self._first = None
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        """``epoch i/n, val_accuracy x, ~s left``."""
+        from visionpipe import progress
+
+        total = self.params.get("epochs") or 1
+        self._first = epoch if self._first is None else self._first
+        left = self._eta.left(epoch + 1 - self._first)
+        text = f"epoch {epoch + 1}/{total}"
+        if logs and "val_accuracy" in logs:
+            text += f", val_accuracy {float(logs['val_accuracy']):.3f}"
+        if left is not None:
+            text += f", ~{left:.0f} s left"
+        progress.report(self._step, text, fraction=(epoch + 1) / total)
+
+
 def cosine_schedule(base_rate: float, epochs: int) -> keras.callbacks.Callback:
     """Cosine decay of the learning rate from ``base_rate`` towards 0 over ``epochs``."""
     return keras.callbacks.LearningRateScheduler(

@@ -76,6 +76,7 @@ def _with_mlflow(tuner_cls: type) -> type:
 
             from visionpipe import tracking
 
+            _report_trial(self.oracle)
             rate = float(trial.hyperparameters.get("learning_rate"))
             schedule = cosine_schedule(rate, kwargs.get("epochs") or 1)
             kwargs["callbacks"] = [*kwargs.get("callbacks", []), schedule]
@@ -118,6 +119,19 @@ def _with_mlflow(tuner_cls: type) -> type:
 
     MlflowTuner.__name__ = f"Mlflow{tuner_cls.__name__}"
     return MlflowTuner
+
+
+def _report_trial(oracle) -> None:
+    """``trial i/N`` as the tune step's progress (a distributed worker's oracle is remote)."""
+    from visionpipe import progress
+
+    trials = getattr(oracle, "trials", None)
+    if trials is None:
+        return
+    total = getattr(oracle, "max_trials", None) or 0
+    index = len(trials)
+    fraction = (index - 1) / total if total else None
+    progress.report("tune", f"trial {index}/{total}" if total else f"trial {index}", fraction)
 
 
 def _best_of(result) -> float | None:

@@ -1,0 +1,202 @@
+"""The console of a local run: one live line per step, everything else in a log file.
+
+``OutputCapture`` points this process's stdout and stderr (the file descriptors, so
+TensorFlow's C++ logging, Beam and subprocesses are caught too) at a pipe; a thread
+writes every line to the run's log file and hands progress lines
+(``visionpipe.progress``) to the display. ``RunDisplay`` draws the steps: a live table
+with ``rich`` on a terminal, or one plain line per finished step otherwise (CI, the
+scheduler's logs).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from visionpipe import progress
+
+STEPS = ("configure", "ingest", "data-check", "transform", "tune", "train", "evaluate", "push")
+_MARKS = {"waiting": "·", "running": "▶", "done": "✓", "failed": "✗", "skipped": "–"}
+
+
+@dataclass
+class StepLine:
+    """What the console shows of one step."""
+
+    name: str
+    state: str = "waiting"
+    started: float | None = None
+    seconds: float | None = None
+    message: str = ""
+    fraction: float | None = None
+    log_tail: deque = field(default_factory=lambda: deque(maxlen=20))
+
+    def elapsed(self) -> float:
+        """Seconds run so far, or in all once finished."""
+        if self.seconds is not None:
+            return self.seconds
+        return time.monotonic() - self.started if self.started else 0.0
+
+
+class RunDisplay:
+    """The steps of one run, drawn live on a terminal or as plain lines otherwise."""
+
+    def __init__(self, stream: TextIO, live: bool | None = None) -> None:
+        self.stream = stream
+        self.live = stream.isatty() if live is None else live
+        self.steps = {name: StepLine(name) for name in STEPS}
+        self.current: str | None = None
+        self._lock = threading.Lock()
+        self._live = None
+
+    def __enter__(self) -> RunDisplay:
+        if self.live:
+            from rich.console import Console
+            from rich.live import Live
+
+            console = Console(file=self.stream, force_terminal=True)
+            self._live = Live(self, console=console, refresh_per_second=4, transient=False)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            for line in self.steps.values():
+                if line.state == "waiting":
+                    line.state = "skipped"
+        if self._live is not None:
+            self._live.__exit__(*exc)
+
+    def start(self, step: str) -> None:
+        """A step began."""
+        with self._lock:
+            line = self._line(step)
+            line.state, line.started, line.seconds = "running", time.monotonic(), None
+            self.current = step
+
+    def end(self, step: str, ok: bool) -> None:
+        """A step ended; in plain mode its line is printed now."""
+        with self._lock:
+            line = self._line(step)
+            line.state = "done" if ok else "failed"
+            line.seconds = line.elapsed()
+            self.current = None if self.current == step else self.current
+        if not self.live:
+            self.stream.write(self.plain(line) + "\n")
+            self.stream.flush()
+
+    def event(self, event: dict) -> None:
+        """A progress event from a step (``visionpipe.progress``)."""
+        with self._lock:
+            line = self._line(str(event["step"]))
+            line.message = str(event.get("message", ""))
+            line.fraction = event.get("fraction")
+
+    def output(self, text: str) -> None:
+        """An ordinary output line of the running step (kept for an error report)."""
+        with self._lock:
+            if self.current:
+                self.steps[self.current].log_tail.append(text)
+
+    def _line(self, step: str) -> StepLine:
+        return self.steps.setdefault(step, StepLine(step))
+
+    @staticmethod
+    def plain(line: StepLine) -> str:
+        """One step as a line of text."""
+        seconds = f"{line.elapsed():6.1f} s" if line.started else " " * 8
+        return f"{_MARKS[line.state]} {line.name:<11} {seconds}  {line.message}".rstrip()
+
+    def __rich__(self):
+        from rich.table import Table
+
+        table = Table.grid(padding=(0, 1))
+        with self._lock:
+            for line in self.steps.values():
+                seconds = f"{line.elapsed():6.1f} s" if line.started else ""
+                style = {"failed": "red", "done": "green", "running": "bold"}.get(line.state, "dim")
+                text = line.message
+                if line.state == "running" and line.fraction is not None:
+                    text = f"{_bar(line.fraction)} {text}"
+                table.add_row(
+                    f"[{style}]{_MARKS[line.state]}", f"[{style}]{line.name}", seconds, text
+                )
+        return table
+
+
+def _bar(fraction: float, width: int = 12) -> str:
+    filled = int(round(max(0.0, min(1.0, fraction)) * width))
+    return "█" * filled + "░" * (width - filled)
+
+
+class OutputCapture:
+    """Sends this process's stdout and stderr to ``log_path`` while the block runs.
+
+    Lines carrying a progress event go to ``on_event``, every other line to
+    ``on_output`` (both assignable once the display exists); with ``echo``, every line
+    is also written to the original stdout (``--verbose``). ``console`` is the original
+    stdout (or stderr with ``console_fd=2``), for the display.
+    """
+
+    def __init__(self, log_path: str, echo: bool = False, console_fd: int = 1) -> None:
+        self.log_path = log_path
+        self.on_event: Callable[[dict], None] = lambda event: None
+        self.on_output: Callable[[str], None] = lambda line: None
+        self._echo = echo
+        self._console_fd = console_fd
+        self._saved: tuple[int, int] | None = None
+        self._thread: threading.Thread | None = None
+        self.console: TextIO = sys.stdout
+
+    def __enter__(self) -> OutputCapture:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self._saved = (os.dup(1), os.dup(2))
+        self.console = os.fdopen(os.dup(self._console_fd), "w", buffering=1, encoding="utf-8")
+        self._echo_to = (
+            os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8") if self._echo else None
+        )
+        read_end, write_end = os.pipe()
+        os.dup2(write_end, 1)
+        os.dup2(write_end, 2)
+        os.close(write_end)
+        self._thread = threading.Thread(target=self._pump, args=(read_end,), daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        out, err = self._saved
+        os.dup2(out, 1)
+        os.dup2(err, 2)
+        os.close(out)
+        os.close(err)
+        self._thread.join(timeout=10)
+        if self._echo_to is not None:
+            self._echo_to.close()
+
+    def _pump(self, read_end: int) -> None:
+        with (
+            open(read_end, encoding="utf-8", errors="replace") as pipe,
+            open(self.log_path, "a", encoding="utf-8") as log,
+        ):
+            for line in pipe:
+                log.write(line)
+                log.flush()
+                try:
+                    event = progress.parse(line)
+                    if event is not None:
+                        self.on_event(event)
+                        continue
+                    self.on_output(line.rstrip("\n"))
+                    if self._echo_to is not None:
+                        self._echo_to.write(line)
+                except Exception:  # noqa: BLE001 - the pump must never stop reading
+                    pass
