@@ -143,6 +143,24 @@ def _compare(home, *args):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def test_the_default_pipeline_learns_glyphs_that_mirroring_would_confuse(tmp_path):
+    # b/d/p/q are mirror images of each other: a default that flipped images could not
+    # tell them apart. The default configuration, as a user runs it, on generated glyphs.
+    from visionpipe.sample_data import SampleSpec, generate
+
+    data, home = tmp_path / "glyphs", tmp_path / "home"
+    generate(data, SampleSpec(classes=4, per_class=60, size=32, seed=3, kind="glyphs"))
+    command = [sys.executable, "-m", "pipelines.cli", "run", "--data", str(data), "--json"]
+    env = {**os.environ, "VISIONPIPE_HOME": str(home)}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["test_accuracy"] >= 0.9, summary
+    assert summary["blessed"] and summary["pushed_version"] == 1
+    [record] = list(home.glob("pipeline_root/*/tune/hyperparameters/hyperparameters.json"))
+    assert json.loads(record.read_text())["values"]["flip"] == "none"
+
+
 def test_the_console_shows_the_steps_and_the_log_file_keeps_everything(tiny_dataset, tmp_path):
     done = _cli(tmp_path / "home", "run", "--data", str(tiny_dataset))
     assert done.returncode == 0, done.stderr[-3000:]

@@ -193,7 +193,7 @@ def make_classifier(
     inputs = keras.Input(shape=input_shape, name="image")
     if trainer.model == "cnn":
         x = Standardize(mean, std, name="standardize")(inputs)
-        x = _cnn(x, width, depth, trainer.batch_norm)
+        x = _cnn(x, width, depth, trainer.batch_norm, trainer.pooling)
     else:
         pretrained = trainer.weights != "none"
         _, b_mean, b_std, bgr = _BACKBONES[trainer.model]
@@ -215,7 +215,7 @@ def make_classifier(
     return keras.Model(inputs, outputs, name=CLASSIFIER)
 
 
-def _cnn(x, width: int, depth: int, batch_norm: bool):
+def _cnn(x, width: int, depth: int, batch_norm: bool, pooling: str):
     for block in range(depth):
         filters = width * 2**block
         for _ in range(2):
@@ -227,6 +227,8 @@ def _cnn(x, width: int, depth: int, batch_norm: bool):
                 x = keras.layers.BatchNormalization(momentum=0.9)(x)
             x = keras.layers.Activation("relu")(x)
         x = keras.layers.MaxPooling2D()(x)
+    if pooling == "max":
+        return keras.layers.GlobalMaxPooling2D()(x)
     return keras.layers.GlobalAveragePooling2D()(x)
 
 

@@ -77,7 +77,7 @@ BACKBONES = ("mobilenet_v2", "efficientnet_b0", "resnet50")
 class TrainerConfig(_Section):
     """Model and training loop; model values are the hyperparameter defaults."""
 
-    epochs: int = Field(14, ge=1)
+    epochs: int = Field(20, ge=1)
     batch_size: int = Field(32, ge=1, description="The global batch, over all replicas.")
     learning_rate: float = Field(3e-3, gt=0, lt=1)
     scale_learning_rate: bool = Field(
@@ -91,6 +91,12 @@ class TrainerConfig(_Section):
     width: int = Field(16, ge=4, description="CNN: filters of the first conv block.")
     depth: int = Field(3, ge=1, le=6, description="CNN: number of conv blocks.")
     batch_norm: bool = Field(True, description="CNN: batch normalisation after each conv.")
+    # Max: whether a feature is anywhere in the image. On the sample shapes (a small
+    # shape on a textured background) it reached 0.98 test accuracy in 14 epochs where
+    # average pooling, which dilutes the shape in the background, reached 0.89.
+    pooling: Literal["max", "avg"] = Field(
+        "max", description="CNN: global pooling of the features."
+    )
     dropout: float = Field(0.1, ge=0, lt=1)
     fine_tune_epochs: int = Field(
         0, ge=0, description="Backbones: epochs with the top layers unfrozen, after the head."
@@ -144,8 +150,11 @@ class TunerConfig(_Section):
     """keras-tuner search; the search space maps hyperparameter names to choices."""
 
     algorithm: Literal["random", "bayesian", "hyperband"] = "random"
-    max_trials: int = Field(2, ge=0, description="0 skips the search: defaults are used.")
-    epochs: int = Field(4, ge=1, description="Epochs per trial.")
+    # No search by default: on two cores, trials long enough to rank candidates as the
+    # final training would (8+ epochs on the sample data; 4-epoch trials chose settings
+    # that lost at full length, glyphs 0.76 against 1.0) do not fit a one-minute budget.
+    max_trials: int = Field(0, ge=0, description="0 skips the search: defaults are used.")
+    epochs: int = Field(8, ge=1, description="Epochs per trial.")
     search_space: dict[str, list[float | str]] = Field(
         default_factory=lambda: {"learning_rate": [2e-3, 3e-3], "dropout": [0.1, 0.2]}
     )
