@@ -155,7 +155,7 @@ def _run_train(work: Path, config, examples, graph) -> tuple[float, float]:
     from trainer.train import run_train
 
     settings = config.with_overrides(
-        [f"trainer.epochs={EPOCHS}", "trainer.early_stopping_patience=100"]
+        [f"trainer.epochs={EPOCHS}", "trainer.early_stopping_patience=100", "trainer.min_steps=0"]
     )
     timer = EpochEnds()
     started = time.monotonic()
@@ -222,6 +222,8 @@ def _train_cli(work: Path, workers: int, overrides: list[str]) -> float:
         f"trainer.epochs={EPOCHS}",
         "--set",
         "trainer.early_stopping_patience=100",
+        "--set",
+        "trainer.min_steps=0",
     ]
     for item in overrides:
         args += ["--set", item]

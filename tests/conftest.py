@@ -14,6 +14,7 @@ from visionpipe.sample_data import SampleSpec, generate  # noqa: E402
 TINY_OVERRIDES = [
     "transform.image_size=16",
     "trainer.epochs=2",
+    "trainer.min_steps=0",
     "trainer.width=4",
     "trainer.depth=1",
     "trainer.batch_size=8",

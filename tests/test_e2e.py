@@ -149,7 +149,7 @@ def test_the_default_pipeline_learns_glyphs_that_mirroring_would_confuse(tmp_pat
     from visionpipe.sample_data import SampleSpec, generate
 
     data, home = tmp_path / "glyphs", tmp_path / "home"
-    generate(data, SampleSpec(classes=4, per_class=60, size=32, seed=3, kind="glyphs"))
+    generate(data, SampleSpec(classes=4, per_class=150, size=32, seed=3, kind="glyphs"))
     command = [sys.executable, "-m", "pipelines.cli", "run", "--data", str(data), "--json"]
     env = {**os.environ, "VISIONPIPE_HOME": str(home)}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)

@@ -24,7 +24,7 @@ from trainer.model import (
     served_part,
     unfreeze_top,
 )
-from trainer.train import class_weights, is_chief, learning_rate_schedule
+from trainer.train import class_weights, is_chief, learning_rate_schedule, planned_epochs
 from visionpipe.config import ConfigError, load_config
 
 STATS = {"mean": [120.0] * 3, "std": [60.0] * 3}
@@ -94,6 +94,7 @@ def test_augmentation_follows_the_config_and_is_inactive_outside_training():
         "trainer.contrast=0.3",
         "trainer.brightness=0.2",
         "trainer.flip=horizontal",
+        "trainer.rotation=0.1",
     )
     layers = [type(layer).__name__ for layer in model.get_layer(AUGMENTATION).layers]
     assert layers == [
@@ -136,6 +137,14 @@ def test_class_weights_balance_only_imbalanced_classes():
     assert weights == pytest.approx({0: 60 / 90, 1: 60 / 30, 2: 60 / 60})
     assert class_weights(labels, {"a": 10, "b": 10, "c": 10}, "balanced") == {0: 1, 1: 1, 2: 1}
     assert class_weights(labels, {"a": 30, "b": 1, "c": 1}, "none") is None
+
+
+def test_small_datasets_get_epochs_enough_for_the_minimum_steps():
+    trainer = load_config().trainer  # 20 epochs, at least 750 steps
+    assert planned_epochs(trainer, examples=1222, batch_size=32) == 20  # 39 steps an epoch
+    assert planned_epochs(trainer, examples=480, batch_size=32) == 50  # 15 steps an epoch
+    off = load_config(overrides=["trainer.min_steps=0", "trainer.epochs=3"]).trainer
+    assert planned_epochs(off, examples=30, batch_size=8) == 3
 
 
 def test_learning_rate_schedules():
@@ -182,6 +191,7 @@ def _env(tmp_path):
 def _train_args(transformed, out, *options, **settings):
     """``visionpipe train`` on the tiny transformed data with a tiny model."""
     tiny = {"transform.image_size": 16, "trainer.width": 4, "trainer.depth": 1}
+    tiny["trainer.min_steps"] = 0
     tiny.update({"trainer.batch_size": 8, **{k.replace("__", "."): v for k, v in settings.items()}})
     args = ["train", "--transformed", str(Path(transformed.examples_uri).parent)]
     args += ["--out", str(out), *options]

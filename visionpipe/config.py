@@ -78,6 +78,11 @@ class TrainerConfig(_Section):
     """Model and training loop; model values are the hyperparameter defaults."""
 
     epochs: int = Field(20, ge=1)
+    min_steps: int = Field(
+        750,
+        ge=0,
+        description="Train at least this many optimizer steps: small datasets get more epochs.",
+    )
     batch_size: int = Field(32, ge=1, description="The global batch, over all replicas.")
     learning_rate: float = Field(3e-3, gt=0, lt=1)
     scale_learning_rate: bool = Field(
