@@ -14,6 +14,7 @@ import signal
 import sys
 from collections.abc import Callable
 
+from pipelines.tasks import ISOLATIONS
 from visionpipe.config import Config, ConfigError, load_config
 from visionpipe.errors import UserError
 
@@ -140,7 +141,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--isolation",
-        choices=("process", "subprocess"),
+        choices=ISOLATIONS,
         default="process",
         help="run the components in this process (default; TensorFlow is imported once) "
         "or each in a Python process of its own",
