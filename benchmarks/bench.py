@@ -41,11 +41,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 STEPS = ("ingest", "transform", "tune", "train", "evaluate", "push")
 
 
-def step_times(run_id: str) -> dict[str, float]:
-    """Seconds each step's MLflow run lasted, for a pipeline run."""
+def step_times(run_id: str, tracking_uri: str) -> dict[str, float]:
+    """Seconds each step's MLflow run lasted, for a pipeline run in the store given."""
     import mlflow
 
-    client = mlflow.MlflowClient()
+    client = mlflow.MlflowClient(tracking_uri)
     run = client.get_run(run_id)
     children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
     times = {}
@@ -62,8 +62,6 @@ def bench_pipeline(data: str, overrides: list[str], work: str) -> list[tuple[str
     The run's wall time is the CLI process's, from outside (start-up and imports
     included, as a user waits); each step's from its MLflow step run.
     """
-    import mlflow
-
     rows = []
     for isolation in ("process", "subprocess"):
         home = os.path.join(work, f"pipeline-{isolation}")  # no champion, no earlier runs
@@ -71,15 +69,15 @@ def bench_pipeline(data: str, overrides: list[str], work: str) -> list[tuple[str
         command += ["--isolation", isolation]
         for item in overrides:
             command += ["--set", item]
-        env = {**os.environ, "VISIONPIPE_HOME": home}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        env["VISIONPIPE_HOME"] = home
         started = time.monotonic()
         done = subprocess.run(command, env=env, capture_output=True, text=True)
         total = time.monotonic() - started
         if done.returncode:
             raise RuntimeError(f"visionpipe run --isolation {isolation} failed: {done.stdout}")
         summary = json.loads(done.stdout)
-        mlflow.set_tracking_uri(f"sqlite:///{home}/mlflow.db")
-        times = step_times(summary["mlflow_run_id"])
+        times = step_times(summary["mlflow_run_id"], f"sqlite:///{home}/mlflow.db")
         label = f"[{isolation}]"
         rows += [
             (f"{label} step {s}", times[s], f"{times[s] / total:.1%} of run")
