@@ -61,7 +61,16 @@ class RunDisplay:
             from rich.live import Live
 
             console = Console(file=self.stream, force_terminal=True)
-            self._live = Live(self, console=console, refresh_per_second=4, transient=False)
+            # Not rich's own stdout/stderr redirection: the steps' output belongs to the
+            # log (OutputCapture), and progress lines must reach the capture's pipe.
+            self._live = Live(
+                self,
+                console=console,
+                refresh_per_second=4,
+                transient=False,
+                redirect_stdout=False,
+                redirect_stderr=False,
+            )
             self._live.__enter__()
         return self
 
