@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import mlflow
 import pytest
@@ -188,3 +190,32 @@ def test_a_failing_step_shows_its_own_error_and_the_log_not_a_traceback(tiny_dat
     assert "Traceback" not in console
     log_path = console.split("full log: ")[1].split()[0]
     assert "Traceback" in open(log_path).read()
+
+
+def test_ctrl_c_stops_the_running_step_and_says_what_was_kept(tiny_dataset, tmp_path):
+    home = tmp_path / "home"
+    long_training = [*TINY_OVERRIDES, "trainer.epochs=2000", "trainer.early_stopping_patience=5000"]
+    command = [sys.executable, "-m", "pipelines.cli", "run", "--data", str(tiny_dataset)]
+    for item in long_training:
+        command += ["--set", item]
+    env = {**os.environ, "VISIONPIPE_HOME": str(home)}
+    with open(tmp_path / "console.txt", "w") as console:
+        proc = subprocess.Popen(command, env=env, stdout=console, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            logs = list(home.glob("logs/*.log"))
+            if logs and "Epoch 2/" in logs[0].read_text(errors="replace"):
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 130
+    text = (tmp_path / "console.txt").read_text()
+    assert "interrupted during train" in text and "Traceback" not in text
+    assert str(home / "pipeline_root") in text
+    store = f"sqlite:///{home / 'mlflow.db'}"
+    runs = mlflow.MlflowClient(store).search_runs(
+        [e.experiment_id for e in mlflow.MlflowClient(store).search_experiments()]
+    )
+    status = {r.info.run_name: r.info.status for r in runs}
+    assert status["train"] == "FAILED" and status["transform"] == "FINISHED"
