@@ -403,7 +403,7 @@ def _run(args, config: Config) -> int:
     os.environ[progress.ENV] = "1"  # steps report progress lines; the capture reads them
     with capture:
         display = RunDisplay(capture.console, live=False if args.verbose else None)
-        capture.on_event, capture.on_output = display.event, display.output
+        capture.on_event = display.event
         if not args.json:
             print(f"visionpipe run {name}  (log: {log_path})", file=capture.console)
         try:
@@ -418,13 +418,10 @@ def _run(args, config: Config) -> int:
                 )
         except StepFailed as failed:
             _log_to_mlflow(failed.mlflow_run_id, log_path)
-            tail = [line for line in display.steps[failed.step].log_tail if line.strip()][-5:]
             print(
-                f"\nvisionpipe: step {failed.step} failed: {failed.message}", file=capture.console
+                f"\nvisionpipe: step {failed.step} failed: {failed.message}\nfull log: {log_path}",
+                file=capture.console,
             )
-            if tail and args.isolation == "subprocess":
-                print("  " + "\n  ".join(tail), file=capture.console)
-            print(f"full log: {log_path}", file=capture.console)
             return 1
         except KeyboardInterrupt:
             step = display.current or "the pipeline"

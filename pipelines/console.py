@@ -14,9 +14,8 @@ import os
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TextIO
 
 from visionpipe import progress
@@ -35,7 +34,6 @@ class StepLine:
     seconds: float | None = None
     message: str = ""
     fraction: float | None = None
-    log_tail: deque = field(default_factory=lambda: deque(maxlen=20))
 
     def elapsed(self) -> float:
         """Seconds run so far, or in all once finished."""
@@ -107,12 +105,6 @@ class RunDisplay:
             line.message = str(event.get("message", ""))
             line.fraction = event.get("fraction")
 
-    def output(self, text: str) -> None:
-        """An ordinary output line of the running step (kept for an error report)."""
-        with self._lock:
-            if self.current:
-                self.steps[self.current].log_tail.append(text)
-
     def _line(self, step: str) -> StepLine:
         return self.steps.setdefault(step, StepLine(step))
 
@@ -147,17 +139,17 @@ def _bar(fraction: float, width: int = 12) -> str:
 class OutputCapture:
     """Sends this process's stdout and stderr to ``log_path`` while the block runs.
 
-    Lines carrying a progress event go to ``on_event``, every other line to
-    ``on_output`` (both assignable once the display exists); with ``echo``, every line
-    is also written to the original stdout (``--verbose``). ``console`` is the original
+    Lines carrying a progress event go to ``on_event`` (assignable once the display
+    exists); with ``echo``, every other line is also written to the original stdout
+    (``--verbose``). ``console`` is the original
     stdout (or stderr with ``console_fd=2``), for the display.
     """
 
     def __init__(self, log_path: str, echo: bool = False, console_fd: int = 1) -> None:
         self.log_path = log_path
         self.on_event: Callable[[dict], None] = lambda event: None
-        self.on_output: Callable[[str], None] = lambda line: None
         self._echo = echo
+        self._echo_to: TextIO | None = None
         self._console_fd = console_fd
         self._saved: tuple[int, int] | None = None
         self._thread: threading.Thread | None = None
@@ -203,9 +195,7 @@ class OutputCapture:
                     event = progress.parse(line)
                     if event is not None:
                         self.on_event(event)
-                        continue
-                    self.on_output(line.rstrip("\n"))
-                    if self._echo_to is not None:
+                    elif self._echo_to is not None:
                         self._echo_to.write(line)
                 except Exception:  # noqa: BLE001 - the pump must never stop reading
                     pass

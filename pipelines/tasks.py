@@ -13,8 +13,9 @@ function, for the duration of one local run, for ``TaskRunner``:
   leave behind is reset: environment variables, working directory, root logging,
   warning filters, random seeds, Keras's global state and TensorFlow's default graph,
   and any MLflow run left active.
-- ``isolation="subprocess"`` keeps kfp.local's own behaviour: one Python process per
-  step.
+- ``isolation="subprocess"`` runs the command as kfp.local does, one Python process
+  per step, relaying its output line by line and keeping its last line (a Python
+  traceback ends with the exception).
 
 Either way a ``TaskRunner`` reports each step's start and end to its listener and
 remembers the error a step died of, so the console can show the step's own message.
@@ -27,6 +28,7 @@ import json
 import logging
 import os
 import random
+import subprocess
 import sys
 import traceback
 import types
@@ -50,7 +52,6 @@ class TaskRunner:
     on_start: Callable[[str], None] = lambda step: None
     on_end: Callable[[str, bool], None] = lambda step, ok: None
     errors: dict[str, str] = field(default_factory=dict)
-    subprocess_runner: Callable | None = None  # kfp.local's own; set by ``task_runner``
 
     def __post_init__(self) -> None:
         if self.isolation not in ISOLATIONS:
@@ -66,10 +67,26 @@ class TaskRunner:
         if self.isolation == "process":
             status = self._in_process(full_command, name, step, env_vars or {})
         else:
-            status = self.subprocess_runner(full_command=full_command, env_vars=env_vars)
-            if status:
-                self.errors.setdefault(step, f"exited with status {status} (see the log)")
+            status = self._in_subprocess(full_command, step, env_vars or {})
         self.on_end(step, status == 0)
+        return status
+
+    def _in_subprocess(self, full_command: list[str], step: str, env: dict) -> int:
+        last = ""
+        with subprocess.Popen(
+            full_command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            env={**os.environ, **env},
+        ) as process:
+            for line in process.stdout:
+                sys.stdout.write(line)
+                last = line.strip() or last
+            status = process.wait()
+        if status:
+            self.errors[step] = last or f"exited with status {status}"
         return status
 
     def _in_process(self, full_command: list[str], name: str, step: str, env: dict) -> int:
@@ -100,7 +117,6 @@ def task_runner(runner: TaskRunner) -> Iterator[TaskRunner]:
     from kfp.local import subprocess_task_handler
 
     previous = subprocess_task_handler.run_local_subprocess
-    runner.subprocess_runner = previous
     subprocess_task_handler.run_local_subprocess = runner
     try:
         with warnings.catch_warnings():

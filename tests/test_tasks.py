@@ -96,6 +96,20 @@ def test_a_failing_step_in_process_fails_the_run_with_its_own_error(kfp_local):
     }
 
 
+@dsl.pipeline
+def failing_alone() -> str:
+    return fail_loudly(previous="nothing").output
+
+
+def test_a_failing_step_in_a_subprocess_fails_the_run_with_its_own_error(kfp_local):
+    runner = TaskRunner("subprocess")
+    with task_runner(runner), pytest.raises(RuntimeError, match="fail-loudly"):
+        failing_alone()
+    assert runner.errors == {
+        "fail-loudly": "ValueError: the input is broken: 3 images have no label"
+    }
+
+
 def test_unknown_isolation_is_refused():
     with pytest.raises(ValueError, match="Received: 'thread'"):
         TaskRunner("thread")
