@@ -90,6 +90,7 @@ class EpochProgress(keras.callbacks.Callback):
         super().__init__()
         self._step = step
         self._eta = None
+        self._first = None  # the first epoch of this fit (after a resume: not 0)
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         """Starts the clock for the time left."""
