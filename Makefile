@@ -43,6 +43,7 @@ bench: setup $(SAMPLE)/labels.csv
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 compile: setup
 	$(BIN)/visionpipe compile --out pipeline.yaml

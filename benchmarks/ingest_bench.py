@@ -53,8 +53,8 @@ def plain_loop(data: Path, out: Path) -> int:
     """
     import tensorflow as tf
 
-    from components.ingest.example_codec import encode_example
     from components.ingest.images import inspect
+    from visionpipe.example_codec import encode_example
 
     out.mkdir(parents=True, exist_ok=True)
     count = 0
@@ -119,7 +119,7 @@ def bench_ingest(work: Path, photos: int = 3000, growth: int = 10) -> list[tuple
 
     import tensorflow  # noqa: F401 - imported before timing: the loop is measured, not imports
 
-    from components.ingest import example_codec, images  # noqa: F401
+    from visionpipe import example_codec  # noqa: F401
 
     plain_loop(data, work / "loop")  # warm-up: the first pass pays for first-use costs
     started = time.monotonic()

@@ -35,11 +35,12 @@ def bench_transform_and_serving(work: Path, data: str, overrides: list[str]) -> 
 
     from components.evaluate.evaluate import load_test_examples
     from components.ingest.ingest import run_ingest
-    from components.transform.transform import TransformGraph, run_transform
+    from components.transform.transform import run_transform
     from trainer.export import export_serving_model
     from trainer.model import build_model, model_inputs, served_part
     from visionpipe import features as F
     from visionpipe.config import load_config
+    from visionpipe.transform_graph import TransformGraph
 
     config = load_config(overrides=overrides)
     started = time.monotonic()

@@ -53,8 +53,9 @@ class EpochEnds:
 def prepare(work: Path, data: str, overrides: list[str]):
     """Ingest and transform ``data`` under ``work``; returns (config, examples dir, graph)."""
     from components.ingest.ingest import run_ingest
-    from components.transform.transform import TransformGraph, run_transform
+    from components.transform.transform import run_transform
     from visionpipe.config import load_config
+    from visionpipe.transform_graph import TransformGraph
 
     config = load_config(overrides=overrides)
     ingested = run_ingest(data, str(work / "raw"), config)

@@ -63,8 +63,8 @@ def ingest(
     """Ingest images into split TFRecords; returns the data fingerprint."""
     from components import steps
 
-    config = steps.component_config(config_json, mlflow_tracking_uri)
-    result = steps.ingest(data, examples.path, config, mlflow_run_id)
+    config, tracking = steps.component_context(config_json, mlflow_tracking_uri, mlflow_run_id)
+    result = steps.ingest(data, examples.path, config, tracking)
     stats = result.stats
     examples.metadata.update(
         {
@@ -92,8 +92,8 @@ def data_check(
     """
     from components import steps
 
-    config = steps.component_config(config_json, mlflow_tracking_uri)
-    check = steps.check_data(fingerprint, config, only_if_data_changed, mlflow_run_id)
+    config, tracking = steps.component_context(config_json, mlflow_tracking_uri, mlflow_run_id)
+    check = steps.check_data(fingerprint, config, only_if_data_changed, tracking)
     decision.metadata.update({**check.to_dict(), "fingerprint": fingerprint})
     return check.retrain
 
@@ -109,13 +109,13 @@ def transform(
     """tf.Transform: transformed examples and the transform graph."""
     from components import steps
 
-    config = steps.component_config(config_json, mlflow_tracking_uri)
+    config, tracking = steps.component_context(config_json, mlflow_tracking_uri, mlflow_run_id)
     result = steps.transform(
         raw_examples.path,
         examples.path,
         transform_graph.path,
         config,
-        mlflow_run_id,
+        tracking,
     )
     examples.metadata["examples"] = result.examples
     transform_graph.metadata["labels"] = result.labels
@@ -132,13 +132,13 @@ def tune(
     """keras-tuner search; the best hyperparameters as an artifact."""
     from components import steps
 
-    config = steps.component_config(config_json, mlflow_tracking_uri)
+    config, tracking = steps.component_context(config_json, mlflow_tracking_uri, mlflow_run_id)
     result = steps.tune(
         examples.path,
         transform_graph.path,
         hyperparameters.path,
         config,
-        mlflow_run_id,
+        tracking,
     )
     hyperparameters.metadata.update(
         {"values": result.best_hyperparameters, "trials": result.trials}
@@ -157,14 +157,14 @@ def train(
     """Train with the best hyperparameters; export the serving SavedModel."""
     from components import steps
 
-    config = steps.component_config(config_json, mlflow_tracking_uri)
+    config, tracking = steps.component_context(config_json, mlflow_tracking_uri, mlflow_run_id)
     result = steps.train(
         examples.path,
         transform_graph.path,
         hyperparameters.path,
         model.path,
         config,
-        mlflow_run_id,
+        tracking,
     )
     model.metadata.update({"hyperparameters": result.hyperparameters, **result.metrics})
 
@@ -190,8 +190,8 @@ def evaluate(
     from components import steps
     from visionpipe import features as F
 
-    config = steps.component_config(config_json, mlflow_tracking_uri)
-    result = steps.evaluate(raw_examples.path, model.path, blessing.path, config, mlflow_run_id)
+    config, tracking = steps.component_context(config_json, mlflow_tracking_uri, mlflow_run_id)
+    result = steps.evaluate(raw_examples.path, model.path, blessing.path, config, tracking)
     for name, value in result.candidate.items():
         metrics.log_metric(name, value)
     table = result.candidate_report
@@ -213,8 +213,8 @@ def push(
     """Publish a blessed model; returns the serving version."""
     from components import steps
 
-    config = steps.component_config(config_json, mlflow_tracking_uri)
-    result = steps.push(model.path, blessing.path, config, mlflow_run_id)
+    config, tracking = steps.component_context(config_json, mlflow_tracking_uri, mlflow_run_id)
+    result = steps.push(model.path, blessing.path, config, tracking)
     pushed.metadata.update(
         {"version": result.version, "path": result.path, "digest": result.digest}
     )

@@ -20,6 +20,9 @@ from visionpipe.errors import UserError
 
 log = logging.getLogger("visionpipe")
 
+# How this CLI starts itself again: the processes of multi-worker training and tuning.
+SELF = [sys.executable, "-m", "pipelines.cli"]
+
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``visionpipe`` console script."""
@@ -91,6 +94,12 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="run trials in N worker processes (keras-tuner's distributed mode)",
+    )
+    p.add_argument(
+        "--trial-parent",
+        default="",
+        metavar="RUN_ID",
+        help="in a tuning worker: the tune step's MLflow run, which its trial runs nest under",
     )
 
     p = command("train", _train, "Train and export the serving SavedModel.")
@@ -282,7 +291,8 @@ def _tune(args, config: Config) -> int:
         args.out,
         config,
         tuner_workers=args.tuner_workers,
-        worker_command=_without_option(args.argv, "--tuner-workers"),
+        worker_command=[*SELF, *_without_option(args.argv, "--tuner-workers")],
+        trial_parent_run_id=args.trial_parent,
     )
     if tuner_role() == "worker":  # ran trials for a chief, which reports the result
         return 0
@@ -304,7 +314,7 @@ def _train(args, config: Config) -> int:
     if args.workers > 1:
         from trainer.launch import launch_workers
 
-        return launch_workers(_without_option(args.argv, "--workers"), args.workers)
+        return launch_workers([*SELF, *_without_option(args.argv, "--workers")], args.workers)
     from components import steps
 
     examples, graph = _transformed_paths(args.transformed)
@@ -371,14 +381,11 @@ def _predict(args, config: Config) -> int:
     import tempfile
 
     from visionpipe import tracking
-    from visionpipe.serving import MODELS_SCHEME, Classifier, resolve_model
+    from visionpipe.serving import Classifier, resolve_model
 
     with tempfile.TemporaryDirectory(prefix="visionpipe-model-") as tmp:
-        if args.model.startswith(MODELS_SCHEME):
-            tracking.configure(config)
-        predictions = Classifier(resolve_model(args.model, tmp)).predict_files(
-            args.images, args.batch_size
-        )
+        model = resolve_model(args.model, tmp, tracking.tracking_uri(config))
+        predictions = Classifier(model).predict_files(args.images, args.batch_size)
     if args.json:
         print(json.dumps([p.to_dict() for p in predictions], indent=2))
     for p in predictions:
@@ -392,7 +399,6 @@ def _predict(args, config: Config) -> int:
 def _run(args, config: Config) -> int:
     from pipelines.console import OutputCapture, RunDisplay
     from pipelines.local import StepFailed, check_data, run_local, run_name
-    from visionpipe import progress
     from visionpipe.home import Home
 
     check_data(args.data, config)  # bad data: one error line, nothing written
@@ -400,7 +406,6 @@ def _run(args, config: Config) -> int:
     log_path = Home.resolve().root / "logs" / f"{name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     capture = OutputCapture(str(log_path), echo=args.verbose, console_fd=2 if args.json else 1)
-    os.environ[progress.ENV] = "1"  # steps report progress lines; the capture reads them
     with capture:
         display = RunDisplay(capture.console, live=False if args.verbose else None)
         capture.on_event = display.event
@@ -417,7 +422,7 @@ def _run(args, config: Config) -> int:
                     name=name,
                 )
         except StepFailed as failed:
-            _log_to_mlflow(failed.mlflow_run_id, log_path)
+            _log_to_mlflow(failed.mlflow_run_id, log_path, config)
             print(
                 f"\nvisionpipe: step {failed.step} failed: {failed.message}\nfull log: {log_path}",
                 file=capture.console,
@@ -432,7 +437,7 @@ def _run(args, config: Config) -> int:
                 file=capture.console,
             )
             return 130
-    _log_to_mlflow(summary.mlflow_run_id, log_path)
+    _log_to_mlflow(summary.mlflow_run_id, log_path, config)
     if args.json:
         print(json.dumps({**summary.to_dict(), "log": str(log_path)}))
         return 0
@@ -441,11 +446,11 @@ def _run(args, config: Config) -> int:
     return 0
 
 
-def _log_to_mlflow(run_id: str, log_path) -> None:
+def _log_to_mlflow(run_id: str, log_path, config: Config) -> None:
     """The run's log file as an artifact of its MLflow run."""
-    import mlflow
+    from visionpipe import tracking
 
-    mlflow.MlflowClient().log_artifact(run_id, str(log_path))
+    tracking.client(tracking.tracking_uri(config)).log_artifact(run_id, str(log_path))
 
 
 def _format_summary(s) -> str:
@@ -490,9 +495,12 @@ def _compare(args, config: Config) -> None:
 
     if args.last < 1:
         raise ConfigError(f"--last must be at least 1. Received: {args.last}")
-    tracking.configure(config)
     rows = compare_runs(
-        args.experiment or config.mlflow.experiment, args.last, args.metric, args.include_skipped
+        tracking.tracking_uri(config),
+        args.experiment or config.mlflow.experiment,
+        args.last,
+        args.metric,
+        args.include_skipped,
     )
     chart = args.chart or str(Home.resolve().root / "compare.png")
     if rows:
@@ -594,6 +602,7 @@ def _schedule_change(args, config: Config) -> None:
 
 
 def _schedule_run_local(args, config: Config) -> int:
+    from pipelines import schedule
     from pipelines.schedule import Cron, HomeLock, LocalScheduler, PipelineTrigger
     from visionpipe import storage
     from visionpipe.home import Home
@@ -608,11 +617,11 @@ def _schedule_run_local(args, config: Config) -> int:
     for item in args.set or []:
         passed_on += ["--set", item]
     trigger = PipelineTrigger(
-        storage.absolute(args.data), passed_on, args.force, home / "schedule-runs"
+        storage.absolute(args.data), passed_on, args.force, home / schedule.RUN_LOGS
     )
     signal.signal(signal.SIGTERM, _interrupt)  # stop like Ctrl-C: the run in progress too
     with HomeLock(home):
-        scheduler = LocalScheduler(cron, trigger, log_path=home / "schedule.jsonl")
+        scheduler = LocalScheduler(cron, trigger, log_path=home / schedule.LOG_FILE)
         try:
             outcomes = scheduler.run(args.max_runs)
         except KeyboardInterrupt:

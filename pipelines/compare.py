@@ -13,10 +13,10 @@ import itertools
 from dataclasses import asdict, dataclass, field
 
 from visionpipe import tracking
+from visionpipe.config import LOWER_IS_BETTER
 from visionpipe.errors import UserError
 
 KEY_PARAMS = ("trainer.model", "transform.image_size", "trainer.epochs", "tuner.max_trials")
-_LOWER_IS_BETTER = ("test_log_loss", "test_expected_calibration_error")
 
 
 class CompareError(UserError, ValueError):
@@ -43,7 +43,7 @@ class RunRow:
 
 
 def compare_runs(
-    experiment: str, last: int, metric: str, include_skipped: bool = False
+    tracking_uri: str, experiment: str, last: int, metric: str, include_skipped: bool = False
 ) -> list[RunRow]:
     """The last ``last`` pipeline runs of ``experiment``, best ``metric`` first.
 
@@ -53,22 +53,17 @@ def compare_runs(
     Raises:
         CompareError: the experiment does not exist, or none of its runs has ``metric``.
     """
-    import mlflow
-
-    client = mlflow.MlflowClient()
+    client = tracking.client(tracking_uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
-        raise CompareError(
-            f"no MLflow experiment named {experiment!r} at {mlflow.get_tracking_uri()}"
-        )
-    runs = itertools.islice(
-        tracking.pipeline_runs(found.experiment_id, include_skipped=include_skipped), last
-    )
+        raise CompareError(f"no MLflow experiment named {experiment!r} at {tracking_uri}")
+    session = tracking.Tracking(tracking_uri, found.experiment_id, _client=client)
+    runs = itertools.islice(session.pipeline_runs(include_skipped=include_skipped), last)
     rows = [_row(client, found.experiment_id, run) for run in runs]
     known = sorted({name for row in rows for name in row.metrics})
     if known and metric not in known:
         raise CompareError(f"unknown metric {metric!r}: the runs have {', '.join(known)}")
-    sign = 1 if metric in _LOWER_IS_BETTER else -1
+    sign = 1 if metric.removeprefix("test_") in LOWER_IS_BETTER else -1
     return sorted(
         rows,
         key=lambda r: (metric not in r.metrics, sign * r.metrics.get(metric, 0.0), r.started),

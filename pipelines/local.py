@@ -19,6 +19,7 @@ from pipelines.tasks import TaskRunner, task_runner
 from visionpipe import storage, tracking
 from visionpipe.config import Config
 from visionpipe.home import Home
+from visionpipe.tracking import Tracking
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +116,10 @@ def run_local(
     home = Home.resolve()
     home.root.mkdir(parents=True, exist_ok=True)
     config = resolve_local(config, home)
-    uri = tracking.tracking_uri(config)
-    run_id = tracking.start_pipeline_run(config, run_name=name or run_name(config))
-    runner = TaskRunner(isolation)
+    session = Tracking.open(config)
+    uri = session.uri
+    run_id = session.start_pipeline(config, run_name=name or run_name(config))
+    runner = TaskRunner(isolation, progress=observer is not None)
     if observer is not None:
         runner.on_start, runner.on_end = observer.start, observer.end
     local.init(
@@ -144,15 +146,13 @@ def run_local(
         step, message = next(iter(runner.errors.items()))
         raise StepFailed(step, message, run_id) from err
     finally:
-        tracking.end_pipeline_run(run_id, ok)
+        session.end_pipeline(ok)
     return summarize(run_id, time.monotonic() - started, uri)
 
 
 def summarize(run_id: str, wall_seconds: float, uri: str) -> RunSummary:
     """Reads a pipeline run's outcome from MLflow."""
-    import mlflow
-
-    run = mlflow.MlflowClient().get_run(run_id)
+    run = tracking.client(uri).get_run(run_id)
     m, t = run.data.metrics, run.data.tags
     pushed = m.get("pushed_version")
     return RunSummary(

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 DESCRIPTORS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
 LOG_FILE = "schedule.jsonl"  # one line per trigger, under VISIONPIPE_HOME
 RUN_LOGS = "schedule-runs"  # each triggered run's output
+LOCK_FILE = "schedule.lock"  # one local scheduler per home
 
 
 class CronError(UserError):
@@ -205,7 +206,7 @@ class HomeLock:
     """Holds ``<home>/schedule.lock`` so that one local scheduler runs per home."""
 
     def __init__(self, home: Path):
-        self.path = home / "schedule.lock"
+        self.path = home / LOCK_FILE
 
     def __enter__(self) -> HomeLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)

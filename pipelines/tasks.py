@@ -36,6 +36,8 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from visionpipe import progress
+
 ISOLATIONS = ("process", "subprocess")
 
 
@@ -46,9 +48,14 @@ def step_name(function_name: str) -> str:
 
 @dataclass
 class TaskRunner:
-    """Runs component commands; tells ``on_start(step)`` and ``on_end(step, ok)``."""
+    """Runs component commands; tells ``on_start(step)`` and ``on_end(step, ok)``.
+
+    With ``progress``, each step runs with ``VISIONPIPE_PROGRESS=1`` in its environment
+    (its own process's, or this one's while it runs) and so writes progress lines.
+    """
 
     isolation: str = "process"
+    progress: bool = False
     on_start: Callable[[str], None] = lambda step: None
     on_end: Callable[[str, bool], None] = lambda step, ok: None
     errors: dict[str, str] = field(default_factory=dict)
@@ -64,10 +71,11 @@ class TaskRunner:
         name = _argument(full_command, "--function_to_execute")
         step = step_name(name)
         self.on_start(step)
+        env = {**(env_vars or {}), **({progress.ENV: "1"} if self.progress else {})}
         if self.isolation == "process":
-            status = self._in_process(full_command, name, step, env_vars or {})
+            status = self._in_process(full_command, name, step, env)
         else:
-            status = self._in_subprocess(full_command, step, env_vars or {})
+            status = self._in_subprocess(full_command, step, env)
         self.on_end(step, status == 0)
         return status
 

@@ -30,6 +30,16 @@ def test_every_subcommand_has_help_with_config_options(command, capsys):
     assert "--config" in out and "--set" in out
 
 
+def _runs() -> list:
+    """The runs in this test's MLflow store (the configured one, in the test's home)."""
+    from visionpipe import tracking
+    from visionpipe.config import load_config
+
+    client = tracking.client(tracking.tracking_uri(load_config()))
+    experiment = client.get_experiment_by_name("visionpipe")
+    return client.search_runs([experiment.experiment_id])
+
+
 def _run_fails(args, capsys, isolated_home):
     code = main(args)
     err = capsys.readouterr().err.strip()
@@ -116,8 +126,6 @@ def test_run_parameters_are_applied_and_validated_by_the_configure_step():
 def test_ingest_subcommand_takes_several_inputs_and_logs_to_mlflow(tmp_path, tiny_dataset, capsys):
     import json
 
-    import mlflow
-
     (tmp_path / "a.csv").write_text(f"{tiny_dataset}/circle/circle_00000.jpg,circle\n")
     (tmp_path / "b.csv").write_text(f"{tiny_dataset}/square/square_00000.jpg,square\n")
     out = tmp_path / "raw"
@@ -136,7 +144,7 @@ def test_ingest_subcommand_takes_several_inputs_and_logs_to_mlflow(tmp_path, tin
     assert code == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["written"] == 2 and (out / "stats.json").exists()
-    [run] = mlflow.search_runs(experiment_names=["visionpipe"], output_format="list")
+    [run] = _runs()
     assert run.data.tags["data_fingerprint"] == stats["fingerprint"]
     assert run.inputs.dataset_inputs[0].dataset.digest == stats["fingerprint"][:32]
 
@@ -189,7 +197,7 @@ def test_transform_subcommand_logs_vocabulary_frequencies_and_statistics(
     args = ["transform", "--examples", ingested.output_uri, "--out", str(out)]
     assert main([*args, "--set", "transform.image_size=16"]) == 0
     assert json.loads(capsys.readouterr().out)["examples"] == ingested.examples
-    [run] = mlflow.search_runs(experiment_names=["visionpipe"], output_format="list")
+    [run] = _runs()
     metrics = run.data.metrics
     assert {f"train_count_{c}" for c in ("circle", "square", "triangle")} <= set(metrics)
     assert 0 < metrics["pixel_mean_r"] < 255 and metrics["pixel_std_g"] > 0

@@ -3,14 +3,10 @@ import json
 import numpy as np
 import pytest
 
-from components.evaluate.evaluate import (
-    ThresholdError,
-    evaluate_model,
-    gate,
-    markdown_report,
-    run_evaluate,
-    significance_check,
-)
+from components.evaluate.evaluate import run_evaluate
+from components.evaluate.gate import ThresholdError, gate, significance_check
+from components.evaluate.metrics import evaluate_model
+from components.evaluate.report import markdown_report
 from visionpipe import features as F
 from visionpipe.config import ConfigError, load_config
 
@@ -67,13 +63,32 @@ def test_evaluate_scores_candidate_and_champion_on_the_same_examples(ingested, t
 
 
 def test_evaluate_records_the_threshold_check_it_decided_on(ingested, trained, tmp_path):
-    config = load_config(overrides=["evaluate.min_accuracy=1.0"])
-    blessing = run_evaluate(ingested.output_uri, trained.model_uri, str(tmp_path), config)
-    [check] = blessing.checks  # no champion given: the threshold alone decides
-    assert check.threshold == 1.0 and check.value == blessing.candidate["accuracy"]
-    assert check.passed == (check.value >= 1.0) == blessing.blessed
-    assert ("accuracy >= 1 failed" in blessing.reason) == (not blessing.blessed)
-    assert (tmp_path / "report.md").read_text().startswith("# Evaluation")
+    def evaluate(out, *overrides, champion=None):
+        config = load_config(overrides=list(overrides))
+        return run_evaluate(
+            ingested.output_uri, trained.model_uri, str(tmp_path / out), config, champion
+        )
+
+    accuracy = evaluate("measured", "evaluate.min_accuracy=0.0").candidate["accuracy"]
+    # No champion: the accuracy threshold alone decides; at the model's own accuracy it passes.
+    blessing = evaluate("at", f"evaluate.min_accuracy={accuracy!r}")
+    [check] = blessing.checks
+    assert check.threshold == accuracy and check.value == accuracy and check.passed
+    assert blessing.blessed and blessing.reason.startswith("blessed: 1 checks passed")
+    assert (tmp_path / "at" / "report.md").read_text().startswith("# Evaluation: BLESSED")
+    # Against itself as champion, a required gain of 0.01 cannot be met: not blessed.
+    blessing = evaluate(
+        "gain",
+        "evaluate.min_accuracy=0.0",
+        "evaluate.champion_tolerance=null",
+        "evaluate.change_thresholds=[{metric: accuracy, absolute: 0.01}]",
+        champion=trained.model_uri,
+    )
+    assert not blessing.blessed
+    assert blessing.reason == (
+        "not blessed: accuracy gain vs champion >= 0.01 failed (0.0000 vs 0.0100)"
+    )
+    assert (tmp_path / "gain" / "report.md").read_text().startswith("# Evaluation: NOT BLESSED")
 
 
 def test_every_metric_on_known_probabilities():

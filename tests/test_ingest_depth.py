@@ -12,12 +12,12 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from components.ingest.example_codec import encode_example
 from components.ingest.images import Rejected, inspect
 from components.ingest.ingest import TooManyRejectsError, run_ingest
 from components.ingest.sources import list_sources
 from visionpipe import features as F
 from visionpipe.config import load_config
+from visionpipe.example_codec import encode_example
 from visionpipe.sample_data import SampleSpec, generate
 
 

@@ -4,8 +4,9 @@ import shutil
 import pytest
 
 from components.push import push as push_module
-from components.push.push import NotBlessedError, run_push, versions
+from components.push.push import NotBlessedError, run_push
 from visionpipe import features as F
+from visionpipe.layout import versions
 
 
 def _blessing(tmp_path, blessed=True):

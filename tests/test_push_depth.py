@@ -5,25 +5,29 @@ import os
 import shutil
 import time
 
-import mlflow
 import pytest
 
 from components import steps
-from components.push.push import PushTargetError, versions
+from components.push.push import PushTargetError
 from pipelines.cli import main
 from visionpipe import features as F
 from visionpipe import registry
 from visionpipe.config import load_config
+from visionpipe.layout import versions
 
 NAME = "shapes"
 
 
 @pytest.fixture(autouse=True)
 def _this_tests_store(isolated_home):
-    """MLflow's tracking and registry URIs are process-wide: point them at this test's home."""
+    """Every test has a home of its own, with its own MLflow store."""
+
+
+def _client():
+    """The MLflow client of this test's store."""
     from visionpipe import tracking
 
-    tracking.configure(load_config())
+    return tracking.client(tracking.tracking_uri(load_config()))
 
 
 def _blessed(tmp_path, accuracy=0.9):
@@ -60,9 +64,9 @@ def _config(tmp_path, *overrides):
 
 def _aliases():
     return {
-        alias: str(registry.version_by_alias(NAME, alias).version)
+        alias: str(registry.version_by_alias(_client(), NAME, alias).version)
         for alias in (registry.CHAMPION, registry.PREVIOUS)
-        if registry.version_by_alias(NAME, alias) is not None
+        if registry.version_by_alias(_client(), NAME, alias) is not None
     }
 
 
@@ -72,7 +76,7 @@ def test_push_registers_with_tags_and_moves_the_aliases(trained, tmp_path):
     assert _aliases() == {"champion": "1"}
     steps.push(_variant(trained, tmp_path, "b"), _blessed(tmp_path, 0.95), config)
     assert _aliases() == {"champion": "2", "previous": "1"}
-    champion = registry.version_by_alias(NAME, registry.CHAMPION)
+    champion = registry.version_by_alias(_client(), NAME, registry.CHAMPION)
     assert champion.tags["test_accuracy"] == "0.950000"
     assert champion.tags["serving_version"] == "2" and champion.tags["model_digest"]
     assert {"pipeline_run_id", "data_fingerprint", "test_macro_f1"} <= set(champion.tags)
@@ -137,7 +141,7 @@ def test_a_push_target_that_is_not_writable_fails_before_any_work(trained, tmp_p
     assert main([*args, "--set", f"push.serving_root={blocker}/serving"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"{blocker}/serving is not writable" in err
-    client = mlflow.MlflowClient()
+    client = _client()
     assert not client.search_registered_models()  # nothing registered
     with pytest.raises(PushTargetError):
         steps.push(model, _blessed(tmp_path), _config(tmp_path, f"push.serving_root={blocker}/x"))
@@ -150,7 +154,7 @@ def test_leftovers_of_a_killed_push_are_invisible_and_cleaned_later(trained, tmp
     old = time.time() - 7200
     os.utime(stale, (old, old))
     assert versions(str(model_root)) == {}  # servers see no version
-    assert registry.version_by_alias(NAME, registry.CHAMPION) is None
+    assert registry.version_by_alias(_client(), NAME, registry.CHAMPION) is None
     steps.push(_variant(trained, tmp_path, "a"), _blessed(tmp_path), _config(tmp_path))
     assert sorted(p.name for p in model_root.iterdir()) == ["1"]
 

@@ -3,42 +3,54 @@
 The runs are real runs in a real (SQLite) store, made with the calls the pipeline makes.
 """
 
-import mlflow
 import pytest
 
 from components import steps
 from pipelines.cli import main
 from pipelines.compare import CompareError, compare_runs
 from visionpipe import tracking
+from visionpipe.tracking import Tracking
 
 
 def _pipeline_run(config, fingerprint, status="FINISHED", skipped=False, **metrics):
-    run_id = tracking.start_pipeline_run(config)
+    session = Tracking.open(config)
+    run_id = session.start_pipeline(config)
     tags = {"data_fingerprint": fingerprint}
     if skipped:
         tags[tracking.SKIPPED_TAG] = "true"
-    tracking.log_outcome(run_id, metrics=metrics, tags=tags)
-    mlflow.MlflowClient().set_terminated(run_id, status=status)
+    session.log_outcome(metrics=metrics, tags=tags)
+    session.client.set_terminated(run_id, status=status)
     return run_id
+
+
+def _started(config):
+    """The session of a pipeline run that has just started."""
+    session = Tracking.open(config)
+    session.start_pipeline(config)
+    return session
+
+
+def _tags(config, run_id):
+    return tracking.client(tracking.tracking_uri(config)).get_run(run_id).data.tags
 
 
 def test_data_check_always_retrains_unless_asked_to_train_on_changed_data_only(tiny_config):
     _pipeline_run(tiny_config, "aa" * 32)
-    current = tracking.start_pipeline_run(tiny_config)
-    check = steps.check_data("aa" * 32, tiny_config, only_if_changed=False, parent_run_id=current)
+    current = _started(tiny_config)
+    check = steps.check_data("aa" * 32, tiny_config, only_if_changed=False, tracking=current)
     assert check.retrain is True
-    tags = mlflow.MlflowClient().get_run(current).data.tags
+    tags = _tags(tiny_config, current.pipeline_run_id)
     assert tags[tracking.SKIPPED_TAG] == "false" and "every run" in tags["data_check"]
 
 
 def test_data_check_skips_when_the_last_successful_run_saw_the_same_data(tiny_config):
     trained = _pipeline_run(tiny_config, "aa" * 32)
     _pipeline_run(tiny_config, "bb" * 32, status="FAILED")  # a failed run does not count
-    current = tracking.start_pipeline_run(tiny_config)
-    check = steps.check_data("aa" * 32, tiny_config, only_if_changed=True, parent_run_id=current)
+    current = _started(tiny_config)
+    check = steps.check_data("aa" * 32, tiny_config, only_if_changed=True, tracking=current)
     assert check.retrain is False and check.previous_run_id == trained
     assert check.reason == f"data unchanged since run {trained} (fingerprint {'a' * 12})"
-    tags = mlflow.MlflowClient().get_run(current).data.tags
+    tags = _tags(tiny_config, current.pipeline_run_id)
     assert tags[tracking.SKIPPED_TAG] == "true" and tags["data_check"] == check.reason
     assert tags[tracking.KIND_TAG] == "pipeline"
 
@@ -59,23 +71,27 @@ def test_compare_sorts_by_the_metric_and_leaves_skipped_runs_out(tiny_config):
     failed = _pipeline_run(tiny_config, "cc" * 32, status="FAILED")
     skipped = _pipeline_run(tiny_config, "bb" * 32, skipped=True)
     experiment = tiny_config.mlflow.experiment
+    uri = tracking.tracking_uri(tiny_config)
 
-    rows = compare_runs(experiment, 10, "test_accuracy")
+    rows = compare_runs(uri, experiment, 10, "test_accuracy")
     assert [r.run_id for r in rows] == [high, low, failed]
-    assert [r.run_id for r in compare_runs(experiment, 10, "test_log_loss")][:2] == [high, low]
-    assert [r.run_id for r in compare_runs(experiment, 2, "test_accuracy")] == [high, failed]
-    everything = compare_runs(experiment, 10, "test_accuracy", include_skipped=True)
+    assert [r.run_id for r in compare_runs(uri, experiment, 10, "test_log_loss")][:2] == [high, low]
+    assert [r.run_id for r in compare_runs(uri, experiment, 2, "test_accuracy")] == [high, failed]
+    everything = compare_runs(uri, experiment, 10, "test_accuracy", include_skipped=True)
     assert {r.run_id: r.status for r in everything}[skipped] == "SKIPPED"
 
 
 def test_compare_names_an_unknown_metric_or_experiment(tiny_config, capsys):
     _pipeline_run(tiny_config, "aa" * 32, test_accuracy=0.5)
     with pytest.raises(CompareError, match="unknown metric 'test_acuracy': the runs have"):
-        compare_runs(tiny_config.mlflow.experiment, 10, "test_acuracy")
+        compare_runs(
+            tracking.tracking_uri(tiny_config), tiny_config.mlflow.experiment, 10, "test_acuracy"
+        )
     assert main(["compare", "--experiment", "nope"]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if "visionpipe" in line]
     assert err == [
-        f"visionpipe: error: no MLflow experiment named 'nope' at {mlflow.get_tracking_uri()}"
+        "visionpipe: error: no MLflow experiment named 'nope' at "
+        + tracking.tracking_uri(tiny_config)
     ]
     assert main(["compare", "--metric", "test_acuracy"]) == 2
     assert "unknown metric 'test_acuracy'" in capsys.readouterr().err

@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from trainer.callbacks import SAVED_FILE, learning_rate_schedule
 from trainer.data import mix_batch
+from trainer.distribute import is_chief
 from trainer.model import (
     AUGMENTATION,
     BACKBONE,
@@ -24,7 +26,7 @@ from trainer.model import (
     served_part,
     unfreeze_top,
 )
-from trainer.train import class_weights, is_chief, learning_rate_schedule, planned_epochs
+from trainer.plan import class_weights, planned_epochs
 from visionpipe.config import ConfigError, load_config
 
 STATS = {"mean": [120.0] * 3, "std": [60.0] * 3}
@@ -62,11 +64,30 @@ def test_missing_weights_file_is_a_clear_error(tmp_path):
         make_backbone("mobilenet_v2", str(missing), (32, 32, 3))
 
 
-def test_imagenet_weights_that_cannot_be_loaded_are_an_error_not_a_fallback():
-    if list((Path.home() / ".keras" / "models").glob("mobilenet_v2*no_top*")):
-        pytest.skip("ImageNet weights are cached on this machine")
-    with pytest.raises(WeightsError, match="cannot load mobilenet_v2 weights"):
-        make_backbone("mobilenet_v2", "imagenet", (32, 32, 3))
+def test_imagenet_weights_that_cannot_be_loaded_are_an_error_not_a_fallback(tmp_path):
+    # A Keras cache of this test's own (KERAS_HOME) holding a broken copy of the
+    # weights file: the same outcome on every machine, with or without a real cache
+    # or internet access.
+    cache = tmp_path / "keras" / "models"
+    cache.mkdir(parents=True)
+    (cache / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5").write_bytes(
+        b"not an HDF5 file"
+    )
+    code = (
+        "from trainer.model import WeightsError, make_backbone\n"
+        "try:\n"
+        "    make_backbone('mobilenet_v2', 'imagenet', (32, 32, 3))\n"
+        "except WeightsError as err:\n"
+        "    print('WeightsError:', err)\n"
+    )
+    env = {**_env(tmp_path), "KERAS_HOME": str(tmp_path / "keras")}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith(
+        "WeightsError: trainer.weights='imagenet': cannot load mobilenet_v2"
+    )
 
 
 def test_local_weights_file_is_loaded_and_transfer_learning_freezes_then_unfreezes(tmp_path):
@@ -204,12 +225,12 @@ def test_a_killed_training_resumes_from_its_last_completed_epoch(transformed, tm
     out = tmp_path / "model"
     args = _train_args(transformed, out, trainer__epochs=40, trainer__early_stopping_patience=100)
     proc = subprocess.Popen(args, env=_env(tmp_path), stdout=subprocess.PIPE, text=True)
-    metadata = Path(f"{out}.backup") / "head" / "training_metadata.json"
+    metadata = Path(f"{out}.backup") / "head" / SAVED_FILE
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
         if metadata.exists():
             try:
-                if json.loads(metadata.read_text())["epoch"] >= 2:
+                if json.loads(metadata.read_text())["epochs"] >= 2:
                     break
             except (ValueError, KeyError):
                 pass  # being written
@@ -217,7 +238,7 @@ def test_a_killed_training_resumes_from_its_last_completed_epoch(transformed, tm
     assert proc.poll() is None, "training ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = json.loads(metadata.read_text())["epoch"]
+    killed_at = json.loads(metadata.read_text())["epochs"]
     assert not (out / "saved_model.pb").exists()
 
     done = subprocess.run(args, env=_env(tmp_path), capture_output=True, text=True, check=True)

@@ -8,15 +8,12 @@ import tensorflow_transform.beam as tft_beam
 from PIL import Image
 from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
 
-from components.transform.preprocessing import (
-    decode_and_resize,
-    make_preprocessing_fn,
-    raw_feature_spec,
-    resize_batch,
-)
-from components.transform.transform import TransformGraph, transform_output
+from components.transform.preprocessing import make_preprocessing_fn
+from components.transform.transform import pixel_statistics
 from trainer.data import parse_transformed
 from visionpipe import features as F
+from visionpipe.pixels import decode_and_resize, resize_batch
+from visionpipe.transform_graph import TransformGraph, raw_feature_spec, transform_output
 
 
 def _png(colour, size=(6, 4)):
@@ -45,9 +42,7 @@ def test_preprocessing_fn_statistics_vocabulary_and_frequencies(tmp_path):
     dark, bright = np.asarray(out[0][F.TRANSFORMED_IMAGE]), np.asarray(out[3][F.TRANSFORMED_IMAGE])
     assert dark.shape == (4, 4, 3) and dark.max() == 0
     assert (bright == [200, 100, 40]).all()
-    value = np.array([200.0, 100.0, 40.0])
-    np.testing.assert_allclose(out[0][F.IMAGE_MEAN], value / 4, rtol=1e-5)
-    np.testing.assert_allclose(out[0][F.IMAGE_STD], np.sqrt(3) / 4 * value, rtol=1e-4)
+    assert set(out[0]) == {F.TRANSFORMED_IMAGE, F.TRANSFORMED_LABEL}  # nothing else per request
     # The vocabulary is ordered by frequency: "dark" (3) gets id 0.
     assert [row[F.TRANSFORMED_LABEL] for row in out] == [0, 0, 0, 1]
     output = transform_output(str(tmp_path))
@@ -108,6 +103,18 @@ def test_transform_step_writes_every_split_and_the_graph(ingested, transformed):
     # One byte per pixel value, plus the example's framing and the label.
     per_example = np.mean([len(r.numpy()) for r in records])
     assert 16 * 16 * 3 < per_example < 16 * 16 * 3 + 40
+
+
+def test_pixel_statistics_from_exact_sums():
+    # Four 4x4 images, three black and one (200, 100, 40): per channel over the 64
+    # pixels, mean = v/4 and std = sqrt(3)/4 * v.
+    value = np.array([200, 100, 40])
+    mean, std = pixel_statistics(list(16 * value), list(16 * value**2), 64)
+    np.testing.assert_allclose(mean, value / 4, rtol=1e-12)
+    np.testing.assert_allclose(std, np.sqrt(3) / 4 * value, rtol=1e-12)
+    assert pixel_statistics([64, 0, 0], [64, 0, 0], 64)[1] == [pytest.approx(1e-3)] * 3
+    with pytest.raises(ValueError, match="no pixels"):
+        pixel_statistics([0, 0, 0], [0, 0, 0], 0)
 
 
 def test_transform_statistics_match_the_training_pixels(transformed):

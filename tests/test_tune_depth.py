@@ -20,6 +20,14 @@ def _trial_runs(tracking_uri: str) -> list:
     return client.search_runs(experiments, "tags.`visionpipe.kind` = 'trial'")
 
 
+def _store() -> str:
+    """This test's MLflow store (the configured one, in the test's home)."""
+    from visionpipe import tracking
+    from visionpipe.config import load_config
+
+    return tracking.tracking_uri(load_config())
+
+
 def _tune(transformed, out, *overrides):
     args = ["tune", "--transformed", str(Path(transformed.examples_uri).parent), "--out", str(out)]
     args += ["--set", "transform.image_size=16", "--set", "trainer.batch_size=8"]
@@ -36,7 +44,7 @@ def test_a_failing_trial_is_recorded_and_the_search_goes_on(transformed, tmp_pat
     assert main(args) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["best"]["depth"] == 1 and result["trials"] == 2
-    runs = _trial_runs(mlflow.get_tracking_uri())
+    runs = _trial_runs(_store())
     status = sorted((r.data.params["depth"], r.info.status) for r in runs)
     assert status == [("1", "FINISHED"), ("6", "FAILED")]
     failed = next(r for r in runs if r.info.status == "FAILED")
@@ -48,14 +56,14 @@ def test_a_rerun_continues_the_search_instead_of_repeating_trials(transformed, t
     first = _tune(transformed, tmp_path / "t", space, "tuner.max_trials=2")
     assert main(first) == 0
     best = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert len(_trial_runs(mlflow.get_tracking_uri())) == 2
+    assert len(_trial_runs(_store())) == 2
     assert main(first) == 0  # the same search again: nothing left to run
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert again["best"] == best["best"]
-    assert len(_trial_runs(mlflow.get_tracking_uri())) == 2
+    assert len(_trial_runs(_store())) == 2
     more = _tune(transformed, tmp_path / "t", space, "tuner.max_trials=3")
     assert main(more) == 0  # a bigger budget: only the new trial runs
-    assert len(_trial_runs(mlflow.get_tracking_uri())) == 3
+    assert len(_trial_runs(_store())) == 3
 
 
 def test_tuner_workers_run_trials_in_parallel_processes(transformed, tmp_path):

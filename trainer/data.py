@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from visionpipe import features as F
 from visionpipe import storage
+from visionpipe.config import TrainerConfig
 
 
 def make_dataset(
@@ -102,6 +103,51 @@ def make_dataset(
     policy = tf.data.experimental.AutoShardPolicy
     options.experimental_distribute.auto_shard_policy = policy.DATA if shuffle else policy.OFF
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def split_datasets(
+    examples_uri: str,
+    graph,
+    batch_size: int,
+    trainer: TrainerConfig,
+    multi_worker: bool = False,
+    splits: tuple[str, ...] = ("train", "valid", "test"),
+) -> dict[str, tf.data.Dataset]:
+    """The datasets training (and each tuning trial) reads, by split, as configured.
+
+    ``train`` is shuffled and mixed (``trainer.mix``); every split has one-hot labels
+    when mixing is on, so a model compiled for soft targets can evaluate them.
+    Multi-worker: whole batches only (an empty replica batch breaks the step), every
+    split repeated (the plan sets the steps).
+
+    Args:
+        examples_uri: the transform step's examples.
+        graph: the ``TransformGraph`` (image shape, labels, example counts).
+        batch_size: the global batch size.
+        trainer: the ``trainer`` section (seed, mixing, cache size).
+        multi_worker: whether several workers train together.
+        splits: the splits to make.
+    """
+    counts = graph.statistics.get("examples", {})
+    common = {
+        "image_shape": graph.image_shape,
+        "batch_size": batch_size,
+        "num_classes": len(graph.labels) if trainer.mix != "none" else 0,
+        "cache_max_mb": trainer.cache_max_mb,
+        "drop_remainder": multi_worker,
+        "repeat": multi_worker,
+    }
+    training = {"shuffle": True, "seed": trainer.seed, "mix": trainer.mix}
+    return {
+        split: make_dataset(
+            examples_uri,
+            split,
+            examples=counts.get(split) or None,
+            **(training | {"mix_alpha": trainer.mix_alpha} if split == "train" else {}),
+            **common,
+        )
+        for split in splits
+    }
 
 
 def parse_transformed(records: tf.Tensor, image_shape: tuple[int, int, int]):

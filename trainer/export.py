@@ -16,9 +16,9 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from components.transform.preprocessing import resize_batch
-from components.transform.transform import TransformGraph
 from visionpipe import features as F
+from visionpipe.pixels import resize_batch
+from visionpipe.transform_graph import TransformGraph
 
 PIXELS_SIGNATURE = "serve_pixels"
 PIXELS_INPUT = "images"

@@ -39,7 +39,10 @@ def tf_config(ports: list[int], index: int, task_type: str = "worker") -> str:
 
 
 def launch_workers(command: list[str], workers: int) -> int:
-    """Runs ``command`` (a ``visionpipe`` argv) as ``workers`` cooperating processes.
+    """Runs ``command`` (a whole argv: program and arguments) as ``workers`` processes.
+
+    The command is the caller's own (``visionpipe train ...``), so this module does not
+    know which program it starts; ``--set trainer.strategy=multi_worker`` is appended.
 
     Returns the chief's exit status, or the first non-zero status of any worker; when
     one worker fails, the others are stopped (they would wait for it forever).
@@ -48,8 +51,7 @@ def launch_workers(command: list[str], workers: int) -> int:
     procs = []
     for index in range(workers):
         env = {**os.environ, "TF_CONFIG": tf_config(ports, index)}
-        argv = [sys.executable, "-m", "pipelines.cli", *command]
-        argv += ["--set", "trainer.strategy=multi_worker"]
+        argv = [*command, "--set", "trainer.strategy=multi_worker"]
         # Only the chief's output reaches the terminal; the others' goes to stderr.
         stdout = None if index == 0 else sys.stderr
         procs.append(subprocess.Popen(argv, env=env, stdout=stdout))
@@ -98,9 +100,10 @@ def launch_tuning(command: list[str], workers: int, run_chief):
     """keras-tuner's distributed mode on this machine: ``workers`` trial processes.
 
     The calling process is the chief: ``run_chief()`` serves the oracle (it returns
-    when every trial has ended) while each worker process runs ``command`` (a
-    ``visionpipe tune`` argv) with ``KERASTUNER_TUNER_ID=tunerI``. The variables are
-    the ones keras-tuner reads, so the same command runs workers on other machines.
+    when every trial has ended) while each worker process runs ``command`` (a whole
+    ``visionpipe tune`` argv, program included) with ``KERASTUNER_TUNER_ID=tunerI``.
+    The variables are the ones keras-tuner reads, so the same command runs workers
+    on other machines.
 
     Returns what ``run_chief`` returns.
 
@@ -112,8 +115,7 @@ def launch_tuning(command: list[str], workers: int, run_chief):
     procs = []
     for index in range(workers):
         env = {**os.environ, **oracle, "KERASTUNER_TUNER_ID": f"tuner{index}"}
-        argv = [sys.executable, "-m", "pipelines.cli", *command]
-        procs.append(subprocess.Popen(argv, env=env, stdout=sys.stderr))
+        procs.append(subprocess.Popen(command, env=env, stdout=sys.stderr))
     try:
         with environment(**oracle, KERASTUNER_TUNER_ID="chief"):
             result = run_chief()

@@ -277,11 +277,6 @@ def unfreeze_top(model: keras.Model, layers: int) -> int:
     return count
 
 
-def is_transfer(trainer: TrainerConfig) -> bool:
-    """Whether training starts from pretrained backbone weights (head first, then fine-tune)."""
-    return trainer.model != "cnn" and trainer.weights != "none"
-
-
 def model_inputs(graph) -> dict:
     """``build_model``'s data-dependent arguments, from a ``TransformGraph``."""
     stats = graph.statistics

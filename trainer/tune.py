@@ -1,9 +1,9 @@
 """The tune step: a keras-tuner search over ``build_model``'s hyperparameters.
 
-Each trial is an MLflow run nested under the tune step's run, with its
-hyperparameters, per-epoch metrics and final score (or FAILED, with the error).
-keras-tuner has no MLflow integration of its own; ``_with_mlflow`` adds it to
-whichever tuner is configured.
+Each trial is a child of the tracker ``run_tune`` is given (with MLflow: a run nested
+under the tune step's run), with its hyperparameters, per-epoch metrics and final
+score (or FAILED, with the error). ``_with_tracking`` adds this to whichever
+keras-tuner tuner is configured.
 
 The search directory is kept (``<output>/search``): a re-run with the same output
 continues the search instead of repeating finished trials. Distributed mode is
@@ -25,12 +25,13 @@ from functools import partial
 import keras
 import keras_tuner as kt
 
-from trainer.data import make_dataset
+from trainer.callbacks import MetricsLogger, cosine_schedule
+from trainer.data import split_datasets
 from trainer.model import build_model, model_inputs
-from trainer.train import MlflowEpochLogger, cosine_schedule
 from visionpipe import features as F
 from visionpipe import storage
 from visionpipe.config import Config
+from visionpipe.tracker import NullTracker, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -61,51 +62,31 @@ def tuner_role() -> str:
     return "chief" if tuner_id == "chief" else "worker"
 
 
-def _with_mlflow(tuner_cls: type) -> type:
-    """A subclass of ``tuner_cls`` that records every trial as a nested MLflow run.
+def _with_tracking(tuner_cls: type, tracker: Tracker) -> type:
+    """A subclass of ``tuner_cls`` that records every trial as a child of ``tracker``.
 
-    The parent is the active run, or in a worker process the run named by
-    ``MLFLOW_RUN_ID`` (the tune step's run, set by the launcher). Trials also get the
-    trainer's cosine learning-rate schedule over their epochs, so short trials are
-    scored as the final training will run.
+    Trials also get the trainer's cosine learning-rate schedule over their epochs, so
+    short trials are scored as the final training will run.
     """
 
-    class MlflowTuner(tuner_cls):
+    class TrackedTuner(tuner_cls):
         def run_trial(self, trial, *args, **kwargs):
-            import mlflow
-
-            from visionpipe import tracking
-
             _report_trial(self.oracle)
             rate = float(trial.hyperparameters.get("learning_rate"))
             schedule = cosine_schedule(rate, kwargs.get("epochs") or 1)
-            kwargs["callbacks"] = [*kwargs.get("callbacks", []), schedule]
-            active = mlflow.active_run()
-            parent = active.info.run_id if active else tracking.parent_run_id()
-            if not parent:
-                return super().run_trial(trial, *args, **kwargs)
-            client = mlflow.MlflowClient()
-            parent_run = tracking.retrying(client.get_run, parent)
-            run = tracking.retrying(
-                client.create_run,
-                parent_run.info.experiment_id,
-                run_name=f"trial-{trial.trial_id}",
+            run = tracker.child(
+                f"trial-{trial.trial_id}",
                 tags={
-                    tracking.PARENT_TAG: parent,
-                    tracking.KIND_TAG: "trial",
+                    "visionpipe.kind": "trial",
                     "visionpipe.tuner_id": os.environ.get("KERASTUNER_TUNER_ID", "standalone"),
                 },
             )
-            run_id = run.info.run_id
-            for name, value in trial.hyperparameters.values.items():
-                tracking.retrying(client.log_param, run_id, name, value)
-            logger = MlflowEpochLogger(run_id=run_id)
-            kwargs["callbacks"] = [*kwargs["callbacks"], logger]
+            run.log_params(trial.hyperparameters.values)
+            callbacks = [*kwargs.get("callbacks", []), schedule, MetricsLogger(run)]
             try:
-                result = super().run_trial(trial, *args, **kwargs)
+                result = super().run_trial(trial, *args, **{**kwargs, "callbacks": callbacks})
             except Exception as err:
-                tracking.retrying(client.set_tag, run_id, "visionpipe.error", str(err)[:5000])
-                tracking.retrying(client.set_terminated, run_id, "FAILED")
+                run.finish(False, str(err))
                 raise
             # The trial's best-epoch weights are never used (train retrains the best
             # hyperparameters); keeping them would make the kept search dir grow per trial.
@@ -113,12 +94,12 @@ def _with_mlflow(tuner_cls: type) -> type:
                 os.remove(path)
             score = _best_of(result)
             if score is not None:
-                tracking.retrying(client.log_metric, run_id, f"best_{OBJECTIVE}", score)
-            tracking.retrying(client.set_terminated, run_id, "FINISHED")
+                run.log_metrics({f"best_{OBJECTIVE}": score})
+            run.finish(True)
             return result
 
-    MlflowTuner.__name__ = f"Mlflow{tuner_cls.__name__}"
-    return MlflowTuner
+    TrackedTuner.__name__ = f"Tracked{tuner_cls.__name__}"
+    return TrackedTuner
 
 
 def _report_trial(oracle) -> None:
@@ -145,15 +126,20 @@ def _best_of(result) -> float | None:
 
 
 def run_tune(
-    examples_uri: str, transform_graph_uri: str, output_uri: str, config: Config
+    examples_uri: str,
+    transform_graph_uri: str,
+    output_uri: str,
+    config: Config,
+    tracker: Tracker | None = None,
 ) -> TuneResult:
     """Searches hyperparameters on train/valid and writes the best to ``hyperparameters.json``.
 
     With ``tuner.max_trials == 0`` no search runs and the configured defaults are
     written. A distributed worker (``KERASTUNER_TUNER_ID=tunerN``) runs trials and
-    writes nothing; the chief writes the result once every trial has ended.
+    writes nothing; the chief writes the result once every trial has ended. Each
+    trial is reported as a child of ``tracker``.
     """
-    from components.transform.transform import TransformGraph
+    from visionpipe.transform_graph import TransformGraph
 
     graph = TransformGraph.load(transform_graph_uri)
     build = partial(build_model, **model_inputs(graph), trainer=config.trainer, tuner=config.tuner)
@@ -161,7 +147,7 @@ def run_tune(
         best, score, ranking = _defaults(build), None, []
     else:
         hypermodel = TrialModel(build, examples_uri, graph, config)
-        best, score, ranking = _search(hypermodel, output_uri, config)
+        best, score, ranking = _search(hypermodel, output_uri, config, tracker or NullTracker())
         if best is None:  # a worker: the chief reports
             return TuneResult(output_uri, {}, None, len(ranking))
     reason = explain(ranking, config.tuner.search_space)
@@ -198,8 +184,8 @@ class TrialModel(kt.HyperModel):
         self._build = build
         self._examples_uri = examples_uri
         self._graph = graph
-        self._seed = config.trainer.seed
-        self._datasets: dict[int, tuple] = {}
+        self._trainer = config.trainer
+        self._datasets: dict[int, dict] = {}
 
     def build(self, hp: kt.HyperParameters) -> keras.Model:
         """The trial's model."""
@@ -207,26 +193,19 @@ class TrialModel(kt.HyperModel):
 
     def fit(self, hp: kt.HyperParameters, model: keras.Model, *args, **kwargs):
         """Trains on train, validates on valid, in batches of the trial's ``batch_size``."""
-        train, valid = self.datasets(int(hp.get("batch_size")))
-        return model.fit(train, validation_data=valid, shuffle=False, **kwargs)
+        data = self.datasets(int(hp.get("batch_size")))
+        return model.fit(data["train"], validation_data=data["valid"], shuffle=False, **kwargs)
 
-    def datasets(self, batch_size: int) -> tuple:
-        """The train and valid datasets for a batch size."""
+    def datasets(self, batch_size: int) -> dict:
+        """The train and valid datasets for a batch size, made as training makes them."""
         if batch_size not in self._datasets:
-            counts = self._graph.statistics.get("examples", {})
-
-            def split(name: str, **options):
-                return make_dataset(
-                    self._examples_uri,
-                    name,
-                    self._graph.image_shape,
-                    batch_size,
-                    examples=counts.get(name) or None,
-                    **options,
-                )
-
-            train = split("train", shuffle=True, seed=self._seed)
-            self._datasets[batch_size] = (train, split("valid"))
+            self._datasets[batch_size] = split_datasets(
+                self._examples_uri,
+                self._graph,
+                batch_size,
+                self._trainer,
+                splits=("train", "valid"),
+            )
         return self._datasets[batch_size]
 
 
@@ -257,7 +236,7 @@ def search_directory(output_uri: str) -> str | None:
     return os.path.join(output_uri, "search")
 
 
-def _search(hypermodel: TrialModel, output_uri: str, config: Config):
+def _search(hypermodel: TrialModel, output_uri: str, config: Config, tracker: Tracker):
     cfg = config.tuner
     kwargs = (
         {"max_epochs": cfg.epochs}
@@ -267,7 +246,7 @@ def _search(hypermodel: TrialModel, output_uri: str, config: Config):
     role = tuner_role()
     kept = search_directory(output_uri)
     with tempfile.TemporaryDirectory(prefix="tune-") as scratch:
-        tuner = _with_mlflow(_TUNERS[cfg.algorithm])(
+        tuner = _with_tracking(_TUNERS[cfg.algorithm], tracker)(
             hypermodel=hypermodel,
             objective=kt.Objective(OBJECTIVE, direction="max"),
             directory=kept or scratch,

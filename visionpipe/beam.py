@@ -7,13 +7,13 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from visionpipe.config import BeamConfig
 
 
-def pipeline_options(config: BeamConfig, extra_args: list[str] | None = None) -> PipelineOptions:
-    """Options for the configured runner; ``extra_args`` are passed to Beam as they are.
+def pipeline_options(config: BeamConfig) -> PipelineOptions:
+    """Options for the configured runner.
 
     Locally this is Beam's DirectRunner; any other runner (Dataflow, Flink, Spark) is
     selected with ``beam.runner`` and configured with ``beam.extra_args``.
     """
-    args = [f"--runner={config.runner}", *config.extra_args, *(extra_args or [])]
+    args = [f"--runner={config.runner}", *config.extra_args]
     if config.runner == "DirectRunner":
         args += [
             f"--direct_num_workers={config.direct_num_workers}",

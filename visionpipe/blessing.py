@@ -13,3 +13,8 @@ from visionpipe import storage
 def read_blessing(blessing_uri: str) -> dict:
     """The blessing written by ``run_evaluate``: ``blessed``, ``reason``, metrics, checks."""
     return storage.read_json(storage.join(blessing_uri, F.BLESSING_FILE))
+
+
+def write_blessing(blessing_uri: str, blessing: dict) -> None:
+    """Writes ``blessing.json`` under ``blessing_uri``."""
+    storage.write_json(storage.join(blessing_uri, F.BLESSING_FILE), blessing)

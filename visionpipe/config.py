@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -64,14 +64,15 @@ class IngestConfig(_Section):
         return self
 
 
+ResizeMode = Literal["stretch", "pad", "center_crop"]
+RESIZE_MODES: tuple[str, ...] = get_args(ResizeMode)
+
+
 class TransformConfig(_Section):
     """tf.Transform preprocessing: decode, resize, normalise, vocabulary."""
 
     image_size: int = Field(32, ge=8, le=1024, description="Square side in pixels.")
-    resize_mode: Literal["stretch", "pad", "center_crop"] = "stretch"
-
-
-BACKBONES = ("mobilenet_v2", "efficientnet_b0", "resnet50")
+    resize_mode: ResizeMode = "stretch"
 
 
 class TrainerConfig(_Section):

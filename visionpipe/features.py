@@ -22,8 +22,6 @@ SHARD_SUFFIX = ".tfrecord.gz"
 # Transformed examples and the transform graph.
 TRANSFORMED_IMAGE = "image"
 TRANSFORMED_LABEL = "label"
-IMAGE_MEAN = "image_mean"  # in the transform graph only: not written to the examples
-IMAGE_STD = "image_std"
 LABEL_VOCABULARY = "label_vocabulary"
 LABEL_FREQUENCIES = "label_frequencies"
 TRANSFORM_STATISTICS_FILE = "statistics.json"  # next to transform_fn/ in the graph dir

@@ -1,4 +1,7 @@
-"""The MLflow model registry: finding the champion, registering a pushed version."""
+"""The MLflow model registry: finding the champion, registering a pushed version.
+
+Every function takes the ``MlflowClient`` of the store (``visionpipe.tracking.client``).
+"""
 
 from __future__ import annotations
 
@@ -12,13 +15,12 @@ CHAMPION = "champion"
 PREVIOUS = "previous"
 
 
-def version_by_alias(model_name: str, alias: str):
+def version_by_alias(client, model_name: str, alias: str):
     """The registry's ``ModelVersion`` with ``alias``, or None."""
-    import mlflow
     from mlflow.exceptions import MlflowException
 
     try:
-        return mlflow.MlflowClient().get_model_version_by_alias(model_name, alias)
+        return client.get_model_version_by_alias(model_name, alias)
     except MlflowException as err:
         if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             return None
@@ -29,14 +31,14 @@ class RollbackError(UserError, RuntimeError):
     """There is nothing to roll back to."""
 
 
-def rollback_pair(model_name: str):
+def rollback_pair(client, model_name: str):
     """The ``champion`` and ``previous`` versions a rollback swaps.
 
     Raises:
         RollbackError: the model has no ``previous`` (or no ``champion``) version.
     """
-    champion = version_by_alias(model_name, CHAMPION)
-    previous = version_by_alias(model_name, PREVIOUS)
+    champion = version_by_alias(client, model_name, CHAMPION)
+    previous = version_by_alias(client, model_name, PREVIOUS)
     if champion is None or previous is None:
         raise RollbackError(
             f"{model_name}: nothing to roll back to (champion: "
@@ -46,7 +48,7 @@ def rollback_pair(model_name: str):
     return champion, previous
 
 
-def swap_champion(model_name: str, tags: dict[str, str] | None = None) -> tuple[str, str]:
+def swap_champion(client, model_name: str, tags: dict[str, str] | None = None) -> tuple[str, str]:
     """Makes ``previous`` the champion again and the champion ``previous``.
 
     Returns ``(new champion version, new previous version)``.
@@ -54,10 +56,7 @@ def swap_champion(model_name: str, tags: dict[str, str] | None = None) -> tuple[
     Raises:
         RollbackError: the model has no ``previous`` (or no ``champion``) version.
     """
-    import mlflow
-
-    champion, previous = rollback_pair(model_name)
-    client = mlflow.MlflowClient()
+    champion, previous = rollback_pair(client, model_name)
     for key, value in (tags or {}).items():
         client.set_model_version_tag(model_name, previous.version, key, value)
     client.set_model_version_tag(
@@ -69,32 +68,56 @@ def swap_champion(model_name: str, tags: dict[str, str] | None = None) -> tuple[
     return str(previous.version), str(champion.version)
 
 
-def download_champion(model_name: str, dst_dir: str) -> str | None:
+def download_champion(client, model_name: str, dst_dir: str) -> str | None:
     """Downloads the champion's SavedModel under ``dst_dir``; returns its directory, or None."""
+    champion = version_by_alias(client, model_name, CHAMPION)
+    if champion is None:
+        return None
+    return download_version(client, model_name, str(champion.version), dst_dir)
+
+
+def download_version(client, model_name: str, version: str, dst_dir: str) -> str:
+    """Downloads a registry version's files under ``dst_dir``; returns their directory.
+
+    The version's files are found through ``client`` (MLflow's own ``models:/``
+    resolution reads the process-wide registry URI, which this project never sets).
+    """
     import mlflow
 
-    if version_by_alias(model_name, CHAMPION) is None:
-        return None
+    source = client.get_model_version_download_uri(model_name, version)
     return mlflow.artifacts.download_artifacts(
-        artifact_uri=f"models:/{model_name}@{CHAMPION}", dst_path=dst_dir
+        artifact_uri=source, dst_path=dst_dir, tracking_uri=client.tracking_uri
     )
 
 
-def register(model_name: str, run_id: str, artifact_path: str, tags: dict[str, str]) -> str:
+def download_models_uri(client, uri: str, dst_dir: str) -> str:
+    """Downloads ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``; returns the directory.
+
+    Raises:
+        MlflowException: no such model, alias or version.
+    """
+    name, _, rest = uri.removeprefix("models:/").partition("/")
+    if "@" in name:
+        name, alias = name.split("@", 1)
+        version = str(client.get_model_version_by_alias(name, alias).version)
+    else:
+        version = rest.strip("/")
+    return download_version(client, name, version, dst_dir)
+
+
+def register(client, model_name: str, run_id: str, artifact_path: str, tags: dict[str, str]) -> str:
     """Registers the run's logged model as a new version and makes it the champion.
 
     The former champion, if any, gets the alias ``previous``. Returns the new version.
     """
-    import mlflow
     from mlflow.exceptions import MlflowException
 
-    client = mlflow.MlflowClient()
     try:
         client.create_registered_model(model_name)
     except MlflowException as err:
         if err.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    former = version_by_alias(model_name, CHAMPION)
+    former = version_by_alias(client, model_name, CHAMPION)
     version = client.create_model_version(
         model_name, source=f"runs:/{run_id}/{artifact_path}", run_id=run_id, tags=tags
     )

@@ -7,12 +7,11 @@ module only moves bytes in and results out.
 from __future__ import annotations
 
 import base64
-import posixpath
 from dataclasses import dataclass
 from typing import Any
 
 from visionpipe import features as F
-from visionpipe import storage
+from visionpipe import layout, storage
 from visionpipe.errors import UserError
 
 MODELS_SCHEME = "models:/"
@@ -22,7 +21,7 @@ class ModelNotFoundError(UserError, ValueError):
     """The model location does not hold a SavedModel."""
 
 
-def resolve_model(model: str, dst_dir: str) -> str:
+def resolve_model(model: str, dst_dir: str, tracking_uri: str = "") -> str:
     """A SavedModel directory for a model location.
 
     Args:
@@ -31,28 +30,28 @@ def resolve_model(model: str, dst_dir: str) -> str:
             (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``), downloaded under
             ``dst_dir`` from the configured tracking store.
         dst_dir: where registry models are downloaded.
+        tracking_uri: the MLflow store that ``models:/`` URIs name versions of
+            (``tracking.tracking_uri``); needed for those only.
 
     Raises:
         ModelNotFoundError: nothing at ``model`` is a SavedModel.
     """
     if model.startswith(MODELS_SCHEME):
-        import mlflow
+        if not tracking_uri:
+            raise ValueError(f"{model}: a models:/ URI needs the tracking store's URI")
         from mlflow.exceptions import MlflowException
 
+        from visionpipe import registry, tracking
+
         try:
-            return mlflow.artifacts.download_artifacts(artifact_uri=model, dst_path=dst_dir)
+            client = tracking.client(tracking_uri)
+            return registry.download_models_uri(client, model, dst_dir)
         except MlflowException as err:
             raise ModelNotFoundError(f"{model}: {err.message}") from None
     model = model.rstrip("/")
     if storage.exists(storage.join(model, "saved_model.pb")):
         return model
-    versions = []
-    if storage.isdir(model):
-        versions = [
-            int(name)
-            for name in (posixpath.basename(p.rstrip("/")) for p in storage.listdir(model))
-            if name.isdigit() and storage.exists(storage.join(model, name, "saved_model.pb"))
-        ]
+    versions = layout.versions(model, servable_only=True)
     if not versions:
         raise ModelNotFoundError(
             f"{model}: not a SavedModel directory (no saved_model.pb), nor a model folder "

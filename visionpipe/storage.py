@@ -48,15 +48,6 @@ def isdir(uri: str) -> bool:
     return fs.isdir(path)
 
 
-def size(uri: str) -> int | None:
-    """Size in bytes of the file at ``uri``; None if it cannot be read."""
-    fs, path = filesystem(uri)
-    try:
-        return fs.size(path)
-    except (FileNotFoundError, OSError):
-        return None
-
-
 def read_bytes(uri: str) -> bytes:
     """The whole content of the file at ``uri``."""
     if "://" not in uri and "::" not in uri:

@@ -1,8 +1,15 @@
-"""MLflow tracking: one run per pipeline run, a nested run per step.
+"""The one MLflow layer: one run per pipeline run, a nested run per step and per trial.
 
-Steps run in separate processes (KFP components), so the pipeline run is passed
-by id: explicitly, or through ``MLFLOW_RUN_ID`` (what KFP's MLflow integration
-injects). Without one, a step run is a top-level run of its own.
+Everything else reports to a ``visionpipe.tracker.Tracker``; this module implements it
+on MLflow (``MlflowTracker``) and opens the session a process records into
+(``Tracking``). Every call goes through a client bound to an explicit tracking URI:
+nothing sets MLflow's process-wide URI or environment variables, so one process
+(the local runner, a test) can hold stores side by side and child processes inherit
+nothing by accident.
+
+Steps run in separate processes (KFP components), so the pipeline run is passed by
+id. The two variables KFP's MLflow integration injects, ``MLFLOW_TRACKING_URI`` and
+``MLFLOW_RUN_ID``, are read once, when a session is opened without explicit values.
 """
 
 from __future__ import annotations
@@ -12,10 +19,12 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from visionpipe.config import Config
 from visionpipe.home import Home
+from visionpipe.tracker import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +32,7 @@ PARENT_TAG = "mlflow.parentRunId"
 STEP_TAG = "visionpipe.step"
 KIND_TAG = "visionpipe.kind"
 SKIPPED_TAG = "visionpipe.skipped"
+ERROR_TAG = "visionpipe.error"
 
 
 def tracking_uri(config: Config, explicit: str = "") -> str:
@@ -30,15 +40,237 @@ def tracking_uri(config: Config, explicit: str = "") -> str:
     return explicit or os.environ.get("MLFLOW_TRACKING_URI") or Home.resolve().tracking_uri(config)
 
 
-def configure(config: Config, explicit_uri: str = "") -> str:
-    """Points MLflow (tracking and registry) at the store and returns the experiment id."""
+def client(uri: str):
+    """An ``MlflowClient`` for tracking and registry at ``uri``."""
     import mlflow
 
-    uri = tracking_uri(config, explicit_uri)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    client = mlflow.MlflowClient()
-    experiment = client.get_experiment_by_name(config.mlflow.experiment)
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def retrying(fn, *args, attempts: int = 8, **kwargs):
+    """Calls ``fn``, retrying while the SQLite store is locked by another writer.
+
+    Concurrent tuning workers write trial runs to the same SQLite file; SQLite lets one
+    writer in at a time, and a writer that waits past the busy timeout gets
+    "database is locked". Backs off 0.1 s, 0.2 s, ... before giving up.
+    """
+    for attempt in range(attempts - 1):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - MLflow wraps SQLAlchemy's errors
+            if "database is locked" not in str(err):
+                raise
+            time.sleep(0.1 * 2**attempt)
+    return fn(*args, **kwargs)  # the last attempt: its error is the caller's
+
+
+class MlflowTracker(Tracker):
+    """A ``Tracker`` that records into one MLflow run."""
+
+    def __init__(self, mlflow_client, run_id: str, experiment_id: str = "") -> None:
+        self.client = mlflow_client
+        self.run_id = run_id
+        self._experiment_id = experiment_id
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Records parameters (long values are cut to MLflow's limit)."""
+        from mlflow.entities import Param
+
+        entries = [Param(k, _param(v)) for k, v in sorted(params.items())]
+        for start in range(0, len(entries), 100):  # MLflow's batch limit
+            retrying(self.client.log_batch, self.run_id, params=entries[start : start + 100])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Records metric values at ``step`` (0 when not given)."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        entries = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        for start in range(0, len(entries), 1000):
+            retrying(self.client.log_batch, self.run_id, metrics=entries[start : start + 1000])
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Records tags."""
+        from mlflow.entities import RunTag
+
+        entries = [RunTag(k, str(v)) for k, v in tags.items()]
+        if entries:
+            retrying(self.client.log_batch, self.run_id, tags=entries)
+
+    def log_dict(self, data: Any, path: str) -> None:
+        """Stores ``data`` as JSON (or YAML) at ``path``."""
+        self.client.log_dict(self.run_id, data, path)
+
+    def log_text(self, text: str, path: str) -> None:
+        """Stores ``text`` at ``path``."""
+        self.client.log_text(self.run_id, text, path)
+
+    def log_artifact(self, local_path: str, path: str | None = None) -> None:
+        """Stores a file, or a directory's contents, under ``path``."""
+        if os.path.isdir(local_path):
+            self.client.log_artifacts(self.run_id, local_path, path)
+        else:
+            self.client.log_artifact(self.run_id, local_path, path)
+
+    def log_dataset(self, uri: str, digest: str, context: str) -> None:
+        """Records the input dataset with ``digest`` (MLflow keeps its first 36 characters)."""
+        import warnings
+
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "source can be interpreted in multiple ways"
+            source = resolve_dataset_source(uri)
+        dataset = MetaDataset(source=source, name="images", digest=digest[:32])
+        entry = DatasetInput(
+            dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)]
+        )
+        self.client.log_inputs(self.run_id, datasets=[entry])
+
+    def child(self, name: str, tags: Mapping[str, str] | None = None) -> MlflowTracker:
+        """A run nested under this one (``mlflow.parentRunId``)."""
+        if not self._experiment_id:
+            self._experiment_id = retrying(self.client.get_run, self.run_id).info.experiment_id
+        run = retrying(
+            self.client.create_run,
+            self._experiment_id,
+            run_name=name,
+            tags={PARENT_TAG: self.run_id, **(tags or {})},
+        )
+        return MlflowTracker(self.client, run.info.run_id, self._experiment_id)
+
+    def finish(self, ok: bool = True, error: str = "") -> None:
+        """Marks the run FINISHED, or FAILED with ``error`` as a tag."""
+        if error:
+            retrying(self.client.set_tag, self.run_id, ERROR_TAG, error[:5000])
+        retrying(self.client.set_terminated, self.run_id, "FINISHED" if ok else "FAILED")
+
+
+@dataclass
+class Tracking:
+    """A process's session with the tracking store: its URI, experiment and pipeline run."""
+
+    uri: str
+    experiment_id: str
+    pipeline_run_id: str = ""
+    _client: Any = field(default=None, repr=False)
+
+    @classmethod
+    def open(cls, config: Config, uri: str = "", pipeline_run_id: str = "") -> Tracking:
+        """The session for ``config``'s experiment, created if missing.
+
+        ``uri`` defaults as ``tracking_uri``; ``pipeline_run_id`` to ``$MLFLOW_RUN_ID``
+        (KFP's MLflow integration), else none: steps then record top-level runs.
+        """
+        uri = tracking_uri(config, uri)
+        mlflow_client = client(uri)
+        experiment_id = _experiment(mlflow_client, config.mlflow.experiment, uri)
+        parent = pipeline_run_id or os.environ.get("MLFLOW_RUN_ID", "")
+        return cls(uri, experiment_id, parent, mlflow_client)
+
+    @property
+    def client(self):
+        """The ``MlflowClient`` of this store."""
+        if self._client is None:
+            self._client = client(self.uri)
+        return self._client
+
+    def start_pipeline(self, config: Config, run_name: str | None = None) -> str:
+        """Creates the pipeline run (RUNNING) with the config as params; returns its id."""
+        run = self.client.create_run(
+            self.experiment_id, run_name=run_name, tags={KIND_TAG: "pipeline"}
+        )
+        self.pipeline_run_id = run.info.run_id
+        self.tracker(self.pipeline_run_id).log_params(config.flat())
+        return self.pipeline_run_id
+
+    def end_pipeline(self, ok: bool) -> None:
+        """Marks the pipeline run finished or failed."""
+        self.tracker(self.pipeline_run_id).finish(ok)
+
+    def tracker(self, run_id: str) -> MlflowTracker:
+        """A tracker recording into an existing run."""
+        return MlflowTracker(self.client, run_id, self.experiment_id)
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[MlflowTracker]:
+        """A run for one step, nested under the pipeline run if there is one.
+
+        The run is FINISHED when the block ends, FAILED (with the error) if it raises.
+        """
+        tags = {STEP_TAG: name, KIND_TAG: "step"}
+        if self.pipeline_run_id:
+            tags[PARENT_TAG] = self.pipeline_run_id
+        run = retrying(self.client.create_run, self.experiment_id, run_name=name, tags=tags)
+        tracker = self.tracker(run.info.run_id)
+        try:
+            yield tracker
+        except BaseException as err:
+            tracker.finish(False, f"{type(err).__name__}: {err}")
+            raise
+        tracker.finish(True)
+
+    def log_outcome(
+        self, metrics: Mapping[str, float] | None = None, tags: Mapping[str, Any] | None = None
+    ) -> None:
+        """Logs a step's outcome on the pipeline run too (nothing without a pipeline run)."""
+        if not self.pipeline_run_id:
+            return
+        tracker = self.tracker(self.pipeline_run_id)
+        tracker.log_metrics(metrics or {})
+        tracker.set_tags(tags or {})
+
+    def pipeline_tag(self, key: str) -> str:
+        """A tag of the pipeline run, or "" without one."""
+        if not self.pipeline_run_id:
+            return ""
+        return self.client.get_run(self.pipeline_run_id).data.tags.get(key, "")
+
+    def pipeline_runs(
+        self, finished_only: bool = False, include_skipped: bool = False
+    ) -> Iterator[Any]:
+        """The experiment's pipeline runs (``mlflow.entities.Run``), newest first.
+
+        Runs that stopped after the data check (``visionpipe.skipped``) are left out
+        unless ``include_skipped``.
+        """
+        query = f"tags.`{KIND_TAG}` = 'pipeline'"
+        if finished_only:
+            query += " and attributes.status = 'FINISHED'"
+        token = None
+        while True:
+            page = self.client.search_runs(
+                [self.experiment_id],
+                query,
+                order_by=["attributes.start_time DESC"],
+                max_results=100,
+                page_token=token,
+            )
+            for run in page:
+                if include_skipped or run.data.tags.get(SKIPPED_TAG) != "true":
+                    yield run
+            token = page.token
+            if not token:
+                return
+
+    def last_successful_pipeline_run(self):
+        """The newest finished pipeline run that trained, other than this one; or None."""
+        runs = self.pipeline_runs(finished_only=True)
+        return next((r for r in runs if r.info.run_id != self.pipeline_run_id), None)
+
+    def log_file(self, run_id: str, local_path: str) -> None:
+        """A local file as an artifact of a run."""
+        self.client.log_artifact(run_id, local_path)
+
+
+def _experiment(mlflow_client, name: str, uri: str) -> str:
+    """The experiment's id, created (with local artifacts for a SQLite store) if missing."""
+    from mlflow.exceptions import MlflowException
+
+    experiment = mlflow_client.get_experiment_by_name(name)  # creates a new store's tables
     _write_ahead_log(uri)
     if experiment is not None:
         return experiment.experiment_id
@@ -46,70 +278,9 @@ def configure(config: Config, explicit_uri: str = "") -> str:
     if uri.startswith("sqlite:"):
         artifact_location = Home.resolve().mlflow_artifacts.as_uri()
     try:
-        return client.create_experiment(
-            config.mlflow.experiment, artifact_location=artifact_location
-        )
-    except mlflow.exceptions.MlflowException:  # created meanwhile by another process
-        return client.get_experiment_by_name(config.mlflow.experiment).experiment_id
-
-
-def start_pipeline_run(config: Config, run_name: str | None = None) -> str:
-    """Creates the pipeline run (status RUNNING), logs the config as params, returns its id."""
-    import mlflow
-
-    experiment_id = configure(config)
-    client = mlflow.MlflowClient()
-    run = client.create_run(experiment_id, run_name=run_name, tags={KIND_TAG: "pipeline"})
-    params = {k: _param(v) for k, v in config.flat().items()}
-    client.log_batch(
-        run.info.run_id,
-        params=[mlflow.entities.Param(k, v) for k, v in sorted(params.items())],
-    )
-    return run.info.run_id
-
-
-def pipeline_runs(
-    experiment_id: str, finished_only: bool = False, include_skipped: bool = False
-) -> Iterator[Any]:
-    """The experiment's pipeline runs (``mlflow.entities.Run``), newest first, page by page.
-
-    Runs that stopped after the data check (``visionpipe.skipped``) are left out unless
-    ``include_skipped``.
-    """
-    import mlflow
-
-    client = mlflow.MlflowClient()
-    query = f"tags.`{KIND_TAG}` = 'pipeline'"
-    if finished_only:
-        query += " and attributes.status = 'FINISHED'"
-    token = None
-    while True:
-        page = client.search_runs(
-            [experiment_id],
-            query,
-            order_by=["attributes.start_time DESC"],
-            max_results=100,
-            page_token=token,
-        )
-        for run in page:
-            if include_skipped or run.data.tags.get(SKIPPED_TAG) != "true":
-                yield run
-        token = page.token
-        if not token:
-            return
-
-
-def last_successful_pipeline_run(experiment_id: str, exclude_run_id: str = ""):
-    """The newest finished pipeline run of the experiment that trained, or None."""
-    runs = pipeline_runs(experiment_id, finished_only=True)
-    return next((r for r in runs if r.info.run_id != exclude_run_id), None)
-
-
-def end_pipeline_run(run_id: str, ok: bool) -> None:
-    """Marks the pipeline run finished or failed."""
-    import mlflow
-
-    mlflow.MlflowClient().set_terminated(run_id, status="FINISHED" if ok else "FAILED")
+        return mlflow_client.create_experiment(name, artifact_location=artifact_location)
+    except MlflowException:  # created meanwhile by another process
+        return mlflow_client.get_experiment_by_name(name).experiment_id
 
 
 def _write_ahead_log(uri: str) -> None:
@@ -127,78 +298,6 @@ def _write_ahead_log(uri: str) -> None:
     with contextlib.closing(sqlite3.connect(path, timeout=30)) as db:
         if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
             db.execute("PRAGMA journal_mode=WAL")
-
-
-def retrying(fn, *args, attempts: int = 8, **kwargs):
-    """Calls ``fn``, retrying while the SQLite store is locked by another writer.
-
-    Concurrent tuning workers write trial runs to the same SQLite file; SQLite lets one
-    writer in at a time, and a writer that waits past the busy timeout gets
-    "database is locked". Backs off 0.1 s, 0.2 s, ... before giving up.
-    """
-    for attempt in range(attempts):
-        try:
-            return fn(*args, **kwargs)
-        except Exception as err:  # noqa: BLE001 - MLflow wraps SQLAlchemy's errors
-            if "database is locked" not in str(err) or attempt == attempts - 1:
-                raise
-            time.sleep(0.1 * 2**attempt)
-    return None
-
-
-def parent_run_id(explicit: str = "") -> str:
-    """The pipeline run a step logs under: explicit, else ``$MLFLOW_RUN_ID``, else none."""
-    return explicit or os.environ.get("MLFLOW_RUN_ID", "")
-
-
-@contextlib.contextmanager
-def step_run(config: Config, step: str, parent_id: str = "") -> Iterator[Any]:
-    """Activates an MLflow run for one step, nested under the pipeline run if there is one.
-
-    Yields the active ``mlflow.ActiveRun``. The run is marked FAILED if the body raises.
-    """
-    import mlflow
-
-    experiment_id = configure(config)
-    parent = parent_run_id(parent_id)
-    tags = {STEP_TAG: step, KIND_TAG: "step"}
-    if parent:
-        tags[PARENT_TAG] = parent
-    client = mlflow.MlflowClient()
-    run = client.create_run(experiment_id, run_name=step, tags=tags)
-    # Leave MLFLOW_RUN_ID alone for our caller, but make sure start_run resumes *this* run.
-    saved = os.environ.pop("MLFLOW_RUN_ID", None)
-    try:
-        with mlflow.start_run(run_id=run.info.run_id) as active:
-            yield active
-    finally:
-        if saved is not None:
-            os.environ["MLFLOW_RUN_ID"] = saved
-
-
-def log_outcome(
-    parent_id: str,
-    metrics: Mapping[str, float] | None = None,
-    tags: Mapping[str, Any] | None = None,
-) -> None:
-    """Logs a step's outcome on the pipeline run too (no-op without a pipeline run)."""
-    import mlflow
-
-    parent = parent_run_id(parent_id)
-    if not parent:
-        return
-    client = mlflow.MlflowClient()
-    client.log_batch(
-        parent,
-        metrics=[
-            mlflow.entities.Metric(k, float(v), _now_ms(), 0) for k, v in (metrics or {}).items()
-        ],
-        tags=[mlflow.entities.RunTag(k, str(v)) for k, v in (tags or {}).items()],
-    )
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def _param(value: Any) -> str:

@@ -19,7 +19,6 @@ from typing import Any
 
 import apache_beam as beam
 
-from components.ingest.example_codec import encode_example
 from components.ingest.images import Rejected, inspect, inspect_source
 from components.ingest.shards import (
     RollingFileWriteFn,
@@ -32,6 +31,7 @@ from visionpipe import features as F
 from visionpipe import storage
 from visionpipe.beam import pipeline_options
 from visionpipe.config import Config, IngestConfig
+from visionpipe.example_codec import encode_example
 
 log = logging.getLogger(__name__)
 

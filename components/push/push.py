@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from visionpipe import storage
 from visionpipe.blessing import read_blessing
 from visionpipe.errors import UserError
+from visionpipe.layout import READY_FILE, versions
 
 log = logging.getLogger(__name__)
 
 PUSH_RECORD = "assets.extra/visionpipe_push.json"
-_READY_FILE = "saved_model.pb"
 
 
 _STAGING_PREFIX = ".tmp-"
@@ -75,18 +75,6 @@ def model_digest(model_uri: str) -> str:
         h.update(rel.encode() + b"\0")
         h.update(hashlib.sha256(storage.read_bytes(uri)).digest())
     return h.hexdigest()
-
-
-def versions(model_root: str) -> dict[int, str]:
-    """Integer version directories under ``<serving_root>/<model_name>``."""
-    if not storage.exists(model_root):
-        return {}
-    found = {}
-    for uri in storage.listdir(model_root):
-        name = posixpath.basename(uri.rstrip("/"))
-        if name.isdigit() and storage.isdir(uri):
-            found[int(name)] = uri
-    return found
 
 
 def run_push(model_uri: str, blessing_uri: str, serving_root: str, model_name: str) -> PushResult:
@@ -204,6 +192,6 @@ def _mtime(uri: str) -> float:
 def _copy_model(src: str, dst: str) -> None:
     root = src.rstrip("/")
     files = storage.walk_files(root)
-    ready = [f for f in files if f[len(root) :].lstrip("/") == _READY_FILE]
+    ready = [f for f in files if f[len(root) :].lstrip("/") == READY_FILE]
     for uri in [f for f in files if f not in ready] + ready:
         storage.copy_file(uri, storage.join(dst, uri[len(root) :].lstrip("/")))

@@ -10,7 +10,7 @@ id) and the transform graph (``transform_fn/`` + ``transformed_metadata/`` +
 from __future__ import annotations
 
 import logging
-import os
+import math
 import tempfile
 from dataclasses import dataclass
 from typing import Any
@@ -23,12 +23,13 @@ from apache_beam.metrics.metric import MetricsFilter
 from tensorflow_transform.tf_metadata import schema_utils
 from tfx_bsl.public import tfxio
 
-from components.ingest.example_codec import encode_example
-from components.transform.preprocessing import make_preprocessing_fn, raw_feature_spec
+from components.transform.preprocessing import make_preprocessing_fn
 from visionpipe import features as F
 from visionpipe import storage
 from visionpipe.beam import pipeline_options
 from visionpipe.config import Config
+from visionpipe.example_codec import encode_example
+from visionpipe.transform_graph import raw_feature_spec, transform_output
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +94,9 @@ def run_transform(
             _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(transform_graph_uri)
         result = pipeline.run()
         result.wait_until_finish()
-    counts = _counts(result)
-    statistics = _statistics(transform_output(transform_graph_uri), config)
+    counters = _counters(result)
+    counts = {s: counters.get(f"examples_{s}", 0) for s in F.SPLITS}
+    statistics = _statistics(transform_output(transform_graph_uri), counters, config)
     statistics["examples"] = counts
     storage.write_json(storage.join(transform_graph_uri, F.TRANSFORM_STATISTICS_FILE), statistics)
     labels = statistics["labels"]
@@ -102,36 +104,55 @@ def run_transform(
     return TransformResult(examples_uri, transform_graph_uri, counts, labels, statistics)
 
 
-def _statistics(tft_output: tft.TFTransformOutput, config: Config) -> dict[str, Any]:
-    """The analyzers' results, read back from the transform graph.
-
-    The pixel statistics are constants of the graph: running it once on a 1-pixel
-    image gives them exactly as the served model will use them.
-    """
-    import tensorflow as tf
-
+def _statistics(
+    tft_output: tft.TFTransformOutput, counters: dict[str, int], config: Config
+) -> dict[str, Any]:
+    """The label vocabulary and its counts (from the graph) and the pixel statistics."""
     labels = [v.decode() for v in tft_output.vocabulary_by_name(F.LABEL_VOCABULARY)]
     counts = {}
     for line in tft_output.vocabulary_by_name(F.LABEL_FREQUENCIES):
         count, label = line.decode().split(" ", 1)
         counts[label] = int(count)
-    probe = tf.io.encode_png(tf.zeros([1, 1, 3], tf.uint8))
-    outputs = tft_output.transform_features_layer()({F.IMAGE_ENCODED: tf.reshape(probe, [1])})
+    mean, std = pixel_statistics(
+        [counters.get(f"pixel_sum_{c}", 0) for c in "rgb"],
+        [counters.get(f"pixel_square_sum_{c}", 0) for c in "rgb"],
+        counters.get("pixels", 0),
+    )
     return {
         "image_size": config.transform.image_size,
         "resize_mode": config.transform.resize_mode,
-        "image_mean": [float(v) for v in outputs[F.IMAGE_MEAN][0].numpy()],
-        "image_std": [float(v) for v in outputs[F.IMAGE_STD][0].numpy()],
+        "image_mean": mean,
+        "image_std": std,
         "labels": labels,
         "label_counts": {label: counts.get(label, 0) for label in labels},
-        "bytes_per_pixel_value": 1,
     }
+
+
+def pixel_statistics(
+    sums: list[int], square_sums: list[int], pixels: int
+) -> tuple[list[float], list[float]]:
+    """Per-channel mean and standard deviation from exact integer sums over ``pixels``.
+
+    The transform step counts, over the training split's resized 8-bit pixels, each
+    channel's sum and sum of squares (integers, so the result does not depend on how
+    the runner splits the work). They parametrise the model's ``Standardize`` layer;
+    the served graph does not recompute them. A channel that is constant gets a
+    standard deviation of 1e-3 rather than 0.
+    """
+    if not pixels:
+        raise ValueError("transform: the training split has no pixels to compute statistics on")
+    mean = [s / pixels for s in sums]
+    variance = [q / pixels - m * m for q, m in zip(square_sums, mean, strict=True)]
+    return mean, [math.sqrt(max(v, 1e-6)) for v in variance]
 
 
 @beam.ptransform_fn
 def _WriteExamples(record_batches, prefix: str, split: str):  # noqa: N802
     """Writes ``image`` (raw uint8 bytes) and ``label`` of each transformed example."""
     counter = beam.metrics.Metrics.counter("transform", f"examples_{split}")
+    sums = [beam.metrics.Metrics.counter("transform", f"pixel_sum_{c}") for c in "rgb"]
+    squares = [beam.metrics.Metrics.counter("transform", f"pixel_square_sum_{c}") for c in "rgb"]
+    pixels_seen = beam.metrics.Metrics.counter("transform", "pixels")
 
     def encode(batch_and_passthrough):
         batch, _ = batch_and_passthrough
@@ -140,6 +161,12 @@ def _WriteExamples(record_batches, prefix: str, split: str):  # noqa: N802
         pixels = np.asarray(batch.column(F.TRANSFORMED_IMAGE).flatten(), np.int64)
         pixels = pixels.reshape(rows, -1).astype(np.uint8)
         labels = np.asarray(batch.column(F.TRANSFORMED_LABEL).flatten(), np.int64)
+        if split == "train":  # the pixel statistics, as exact integer sums per channel
+            values = pixels.reshape(-1, 3).astype(np.int64)
+            for channel in range(3):
+                sums[channel].inc(int(values[:, channel].sum()))
+                squares[channel].inc(int(np.square(values[:, channel]).sum()))
+            pixels_seen.inc(len(values))
         for row in range(rows):
             counter.inc()
             yield encode_example(
@@ -153,45 +180,10 @@ def _WriteExamples(record_batches, prefix: str, split: str):  # noqa: N802
     )
 
 
-def _counts(result) -> dict[str, int]:
+def _counters(result) -> dict[str, int]:
+    """The step's committed counters: examples per split, pixel sums of the training split."""
     counters = result.metrics().query(MetricsFilter().with_namespace("transform"))["counters"]
-    counts = {s: 0 for s in F.SPLITS}
+    found: dict[str, int] = {}
     for c in counters:
-        split = c.key.metric.name.removeprefix("examples_")
-        counts[split] = counts.get(split, 0) + int(c.committed or 0)
-    return counts
-
-
-def transform_output(transform_graph_uri: str) -> tft.TFTransformOutput:
-    """The transform graph as tf.Transform's reader (vocabulary, feature specs, layer)."""
-    return tft.TFTransformOutput(os.fspath(transform_graph_uri))
-
-
-@dataclass(frozen=True)
-class TransformGraph:
-    """What the trainer needs from the transform step: the graph and its statistics."""
-
-    uri: str
-    output: tft.TFTransformOutput
-    statistics: dict[str, Any]
-
-    @classmethod
-    def load(cls, transform_graph_uri: str) -> TransformGraph:
-        """Reads the graph and ``statistics.json`` at ``transform_graph_uri``."""
-        path = storage.join(transform_graph_uri, F.TRANSFORM_STATISTICS_FILE)
-        if not storage.exists(path):
-            raise ValueError(f"{transform_graph_uri}: not a transform graph (no {path})")
-        return cls(
-            transform_graph_uri, transform_output(transform_graph_uri), storage.read_json(path)
-        )
-
-    @property
-    def labels(self) -> list[str]:
-        """Class names in class-id order."""
-        return list(self.statistics["labels"])
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """Shape of the transformed images: ``(size, size, 3)``."""
-        size = self.statistics["image_size"]
-        return (size, size, 3)
+        found[c.key.metric.name] = found.get(c.key.metric.name, 0) + int(c.committed or 0)
+    return found

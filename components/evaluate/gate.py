@@ -1,0 +1,204 @@
+"""The gate: whether the candidate is blessed, from its metrics and the champion's.
+
+Value thresholds (bounds on any metric, per class too), change thresholds against the
+champion (absolute or relative, in the metric's better direction), an optional
+significance test of the accuracy gain (McNemar or bootstrap). No thresholds at all
+never blesses unless ``evaluate.bless_without_thresholds``; without a champion only
+value thresholds apply. Pure: metrics in, a ``Blessing`` out.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from visionpipe.config import ChangeThreshold, EvaluateConfig, Threshold
+from visionpipe.errors import UserError
+
+
+class ThresholdError(UserError, ValueError):
+    """A threshold names a class the test data does not have."""
+
+
+@dataclass(frozen=True)
+class Check:
+    """One condition of the gate, with the values it compared."""
+
+    name: str
+    passed: bool
+    value: float
+    threshold: float
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Blessing:
+    """The gate's decision, every check, a one-line reason, and both models' metrics."""
+
+    blessed: bool
+    reason: str
+    candidate: dict[str, float]
+    champion: dict[str, float] | None
+    checks: list[Check] = field(default_factory=list)
+    candidate_report: dict[str, Any] | None = None
+    champion_report: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict:
+        """JSON-ready form (written as ``blessing.json``)."""
+        return asdict(self)
+
+
+def gate(
+    candidate: dict[str, float],
+    champion: dict[str, float] | None,
+    cfg: EvaluateConfig,
+    classes: list[str] | None = None,
+    correct: tuple[list[bool], list[bool]] | None = None,
+) -> Blessing:
+    """The decision: every configured check on the candidate (and against the champion).
+
+    Args:
+        candidate: the candidate's flat metrics (``evaluate_model``).
+        champion: the champion's, or None when there is no champion.
+        cfg: the thresholds.
+        classes: the test data's classes (for ``class_name: "*"``); default: from metrics.
+        correct: per-example correctness of candidate and champion, for significance.
+    """
+    if classes is None:
+        classes = sorted({k.split("/", 1)[1] for k in candidate if "/" in k})
+    checks: list[Check] = []
+    for t in cfg.value_thresholds():
+        for key, label in _keys(t, classes):
+            value = candidate.get(key, 0.0)
+            if t.lower is not None:
+                checks.append(Check(f"{label} >= {t.lower:g}", value >= t.lower, value, t.lower))
+            if t.upper is not None:
+                checks.append(Check(f"{label} <= {t.upper:g}", value <= t.upper, value, t.upper))
+    changes = cfg.all_change_thresholds()
+    if champion is not None:
+        for t in changes:
+            for key, label in _keys(t, classes):
+                checks.extend(_change_checks(t, key, label, candidate, champion))
+        if cfg.significance.test != "none" and correct is not None:
+            checks.append(significance_check(*correct, cfg))
+    if not checks:  # nothing configured, or only champion checks and no champion yet
+        blessed = cfg.bless_without_thresholds
+        what = (
+            "no thresholds configured" if not changes else "no champion yet and no value thresholds"
+        )
+        reason = (
+            f"blessed: {what}, and evaluate.bless_without_thresholds is true"
+            if blessed
+            else f"not blessed: {what} (configure evaluate thresholds, or set "
+            "evaluate.bless_without_thresholds: true)"
+        )
+        return Blessing(blessed, reason, candidate, champion, checks)
+    failed = [c for c in checks if not c.passed]
+    if failed:
+        reason = "not blessed: " + "; ".join(
+            f"{c.name} failed ({c.value:.4f} vs {c.threshold:.4f})" for c in failed
+        )
+    else:
+        vs = "no champion yet" if champion is None else "champion comparison passed"
+        reason = (
+            f"blessed: {len(checks)} checks passed ({vs}); accuracy {candidate['accuracy']:.4f}"
+        )
+    return Blessing(not failed, reason, candidate, champion, checks)
+
+
+def _keys(t: Threshold | ChangeThreshold, classes: list[str]) -> list[tuple[str, str]]:
+    """The metric keys a threshold covers, with readable names."""
+    if t.class_name is None:
+        return [(t.metric, t.metric)]
+    names = classes if t.class_name == "*" else [t.class_name]
+    return [(f"{t.metric}/{c}", f"{t.metric}[{c}]") for c in names]
+
+
+def _change_checks(t: ChangeThreshold, key, label, candidate, champion) -> list[Check]:
+    new, old = candidate.get(key, 0.0), champion.get(key, 0.0)
+    gain = new - old if t.higher_is_better else old - new
+    word = "gain" if t.higher_is_better else "reduction"
+    checks = []
+    if t.absolute is not None:
+        checks.append(
+            Check(
+                f"{label} {word} vs champion >= {t.absolute:g}",
+                gain >= t.absolute - 1e-12,
+                gain,
+                t.absolute,
+                f"candidate {new:.4f}, champion {old:.4f}",
+            )
+        )
+    if t.relative is not None:
+        ratio = gain / abs(old) if old else (math.inf if gain > 0 else 0.0)
+        checks.append(
+            Check(
+                f"{label} relative {word} vs champion >= {t.relative:g}",
+                ratio >= t.relative - 1e-12,
+                ratio,
+                t.relative,
+                f"candidate {new:.4f}, champion {old:.4f}",
+            )
+        )
+    return checks
+
+
+def significance_check(
+    candidate_correct: list[bool], champion_correct: list[bool], cfg: EvaluateConfig
+) -> Check:
+    """Whether the candidate's accuracy gain over the champion is significant.
+
+    ``mcnemar``: the exact one-sided McNemar test on the examples where the two
+    disagree (p < alpha). ``bootstrap``: the lower end of the (1 - 2 alpha) bootstrap
+    interval of the accuracy difference is above 0 (equivalently one-sided at alpha).
+    """
+    a = np.asarray(candidate_correct, dtype=bool)
+    b = np.asarray(champion_correct, dtype=bool)
+    sig = cfg.significance
+    if sig.test == "mcnemar":
+        wins, losses = int(np.sum(a & ~b)), int(np.sum(~a & b))
+        p = _binomial_upper_tail(wins, wins + losses)
+        return Check(
+            f"accuracy gain significant (McNemar, p < {sig.alpha:g})",
+            p < sig.alpha,
+            p,
+            sig.alpha,
+            f"candidate right/champion wrong {wins}, the reverse {losses}",
+        )
+    rng = np.random.default_rng(0)
+    n = len(a)
+    draws = rng.integers(0, n, size=(sig.resamples, n))
+    diffs = a[draws].mean(axis=1) - b[draws].mean(axis=1)
+    low = float(np.quantile(diffs, sig.alpha))
+    return Check(
+        f"accuracy gain significant (bootstrap {1 - sig.alpha:.0%} lower bound > 0)",
+        low > 0,
+        low,
+        0.0,
+        f"difference {a.mean() - b.mean():+.4f}, {sig.resamples} resamples",
+    )
+
+
+def _binomial_upper_tail(k: int, n: int) -> float:
+    """P(X >= k) for X ~ Binomial(n, 1/2); 1 when there are no disagreements."""
+    if n == 0:
+        return 1.0
+    return float(sum(math.comb(n, i) for i in range(k, n + 1)) / 2**n)
+
+
+def check_threshold_classes(cfg: EvaluateConfig, classes: list[str]) -> None:
+    """Raises ThresholdError if a threshold names a class the test data does not have."""
+    named = [
+        t.class_name
+        for t in (*cfg.value_thresholds(), *cfg.all_change_thresholds())
+        if t.class_name not in (None, "*")
+    ]
+    unknown = sorted(set(named) - set(classes))
+    if unknown:
+        raise ThresholdError(
+            f"evaluate thresholds name classes {unknown} that the test data does not have; "
+            f"classes: {classes}"
+        )

@@ -1,0 +1,78 @@
+"""What a person reads and looks at: the Markdown report and the confusion-matrix picture."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from components.evaluate.gate import Blessing
+
+
+def markdown_report(blessing: Blessing) -> str:
+    """A human-readable report: decision, checks, metrics, per-class table, confusion matrix."""
+    lines = [
+        f"# Evaluation: {'BLESSED' if blessing.blessed else 'NOT BLESSED'}",
+        "",
+        blessing.reason,
+        "",
+    ]
+    lines += [
+        "## Checks",
+        "",
+        "| check | value | threshold | passed |",
+        "| --- | --- | --- | --- |",
+    ]
+    for c in blessing.checks:
+        lines.append(
+            f"| {c.name} | {c.value:.4f} | {c.threshold:.4f} | {'yes' if c.passed else 'NO'} |"
+        )
+    lines += ["", "## Metrics", "", "| metric | candidate | champion |", "| --- | --- | --- |"]
+    for key, value in blessing.candidate.items():
+        if "/" in key:
+            continue
+        old = blessing.champion.get(key) if blessing.champion else None
+        lines.append(f"| {key} | {value:.4f} | {'' if old is None else f'{old:.4f}'} |")
+    report = blessing.candidate_report or {}
+    if report:
+        lines += [
+            "",
+            "## Per class (candidate)",
+            "",
+            "| class | precision | recall | f1 | support |",
+        ]
+        lines.append("| --- | --- | --- | --- | --- |")
+        for c, m in report["per_class"].items():
+            scores = " | ".join(f"{m[k]:.4f}" for k in ("precision", "recall", "f1"))
+            lines.append(f"| {c} | {scores} | {m['support']} |")
+        classes = report["classes"]
+        lines += ["", "## Confusion matrix (rows: truth, columns: predicted)", ""]
+        lines.append("| | " + " | ".join(classes) + " |")
+        lines.append("| --- " * (len(classes) + 1) + "|")
+        for c, row in zip(classes, report["confusion_matrix"], strict=True):
+            lines.append(f"| **{c}** | " + " | ".join(str(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def confusion_png(report: dict[str, Any], path: str) -> None:
+    """The confusion matrix as a PNG heat map with counts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    classes = report["classes"]
+    matrix = np.asarray(report["confusion_matrix"])
+    size = max(4.0, 0.6 * len(classes) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("truth")
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, str(matrix[i, j]), ha="center", va="center")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
