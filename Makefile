@@ -9,7 +9,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 IMAGE ?= visionpipe:0.1.0
 
-.PHONY: setup postgres run test test-fast bench lint mlflow-ui mlflow-server compile image clean
+.PHONY: setup postgres run test test-fast bench lint mlflow-ui mlflow-server serve compile image clean
 
 setup: $(STAMP)
 
@@ -51,6 +51,14 @@ compile: setup
 # An MLflow tracking server on PostgreSQL, artifacts served by it, on 127.0.0.1:5001.
 mlflow-server: setup postgres
 	$(BIN)/python -m visionpipe.mlflow_server --port 5001 --db-port 5433
+
+# The registry's champion behind MLflow's model server, on 127.0.0.1:$(SERVE_PORT).
+SERVE_PORT ?= 5002
+MODEL_NAME ?= visionpipe-classifier
+serve: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" MLFLOW_TRACKING_URI=sqlite:///$(VISIONPIPE_HOME)/mlflow.db \
+		$(BIN)/mlflow models serve -m models:/$(MODEL_NAME)@champion --env-manager local \
+		-h 127.0.0.1 -p $(SERVE_PORT)
 
 mlflow-ui: setup
 	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 \

@@ -342,6 +342,17 @@ def rollback(
     return {"champion": champion, "previous": demoted, "serving_version": version, "path": path}
 
 
+def _log_mlflow_model(run, result, blessing_uri: str) -> None:
+    """The pushed version as an MLflow Model (``model/``) on the push step's run."""
+    from visionpipe.blessing import example_image
+    from visionpipe.mlflow_model import save_mlflow_model
+
+    with tempfile.TemporaryDirectory(prefix="mlflow-model-") as tmp:
+        path = os.path.join(tmp, "model")
+        save_mlflow_model(result.path, path, example_image(blessing_uri), result.digest)
+        run.log_artifact(path, "model")
+
+
 def push(model_uri: str, blessing_uri: str, config: Config, tracking: Tracking | None = None):
     """Publishes to the serving root and registers the version as ``champion``.
 
@@ -359,7 +370,7 @@ def push(model_uri: str, blessing_uri: str, config: Config, tracking: Tracking |
         result = run_push(model_uri, blessing_uri, serving_root, name)
         registered = None
         if not result.already_pushed:
-            run.log_artifact(result.path, "model")
+            _log_mlflow_model(run, result, blessing_uri)
             blessing = read_blessing(blessing_uri)
             tags = {
                 "pipeline_run_id": session.pipeline_run_id,

@@ -75,4 +75,8 @@ def test_the_pipeline_logs_runs_metrics_and_the_registry_through_the_server(
     model_dir = client.download_artifacts(
         champion.run_id, "model", str(isolated_home / "downloaded")
     )
-    assert os.path.exists(os.path.join(model_dir, "saved_model.pb"))
+    # An MLflow Model (MLmodel) around the served SavedModel.
+    from visionpipe.mlflow_model import saved_model_in
+
+    assert os.path.exists(os.path.join(model_dir, "MLmodel"))
+    assert os.path.exists(os.path.join(saved_model_in(model_dir), "saved_model.pb"))

@@ -30,6 +30,7 @@ TRANSFORM_STATISTICS_FILE = "statistics.json"  # next to transform_fn/ in the gr
 HYPERPARAMETERS_FILE = "hyperparameters.json"
 BLESSING_FILE = "blessing.json"
 REPORT_FILE = "report.md"  # the evaluation report, next to the blessing
+EXAMPLE_IMAGE_FILE = "example_image"  # a test image's encoded bytes, next to the blessing
 TRAINING_RECORD = "assets.extra/training.json"  # in the exported model: labels, metrics
 SERVING_SIGNATURE = "serving_default"
 SERVING_INPUT = "image_bytes"

@@ -77,17 +77,20 @@ def download_champion(client, model_name: str, dst_dir: str) -> str | None:
 
 
 def download_version(client, model_name: str, version: str, dst_dir: str) -> str:
-    """Downloads a registry version's files under ``dst_dir``; returns their directory.
+    """Downloads a registry version under ``dst_dir``; returns its SavedModel's directory.
 
     The version's files are found through ``client`` (MLflow's own ``models:/``
     resolution reads the process-wide registry URI, which this project never sets).
     """
     import mlflow
 
+    from visionpipe.mlflow_model import saved_model_in
+
     source = client.get_model_version_download_uri(model_name, version)
-    return mlflow.artifacts.download_artifacts(
+    local = mlflow.artifacts.download_artifacts(
         artifact_uri=source, dst_path=dst_dir, tracking_uri=client.tracking_uri
     )
+    return saved_model_in(local) or local  # an MLflow Model holds the SavedModel
 
 
 def download_models_uri(client, uri: str, dst_dir: str) -> str:

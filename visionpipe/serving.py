@@ -51,6 +51,11 @@ def resolve_model(model: str, dst_dir: str, tracking_uri: str = "") -> str:
     model = model.rstrip("/")
     if storage.exists(storage.join(model, "saved_model.pb")):
         return model
+    from visionpipe.mlflow_model import saved_model_in
+
+    inner = saved_model_in(model)  # a downloaded MLflow Model of this project
+    if inner:
+        return inner
     versions = layout.versions(model, servable_only=True)
     if not versions:
         raise ModelNotFoundError(

@@ -69,7 +69,8 @@ def run_evaluate(
 ) -> Blessing:
     """Scores candidate (and champion, if given) on the test split; writes the blessing.
 
-    Writes ``blessing.json`` (decision, checks, metrics, reports) and ``report.md``.
+    Writes ``blessing.json`` (decision, checks, metrics, reports), ``report.md`` and
+    ``example_image`` (the first test image's bytes: the registered model's input example).
 
     Raises:
         ThresholdError: a threshold names a class the test data does not have (before
@@ -99,6 +100,7 @@ def run_evaluate(
         None if champ_report is None else {k: v for k, v in champ_report.items() if k != "correct"},
     )
     write_blessing(output_uri, blessing.to_dict())
+    storage.write_bytes(storage.join(output_uri, F.EXAMPLE_IMAGE_FILE), images[0])
     storage.write_bytes(storage.join(output_uri, F.REPORT_FILE), markdown_report(blessing).encode())
     log.info("evaluate: %s", blessing.reason)
     return blessing

@@ -1,0 +1,193 @@
+"""The registered model is an MLflow Model: pyfunc, a real `mlflow models serve`, batch predict."""
+
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from components import steps
+from pipelines.cli import main
+from visionpipe import features as F
+from visionpipe import tracking
+from visionpipe.config import load_config
+from visionpipe.serving import Classifier
+
+NAME = "shapes"
+
+
+def _config(tmp_path):
+    return load_config(
+        overrides=[f"push.model_name={NAME}", f"push.serving_root={tmp_path / 'serving'}"]
+    )
+
+
+def _images(tiny_dataset, tmp_path):
+    """A JPEG of the dataset, the same image as PNG, and a file that is not an image."""
+    jpeg = next((Path(tiny_dataset) / "circle").glob("*.jpg"))
+    png = tmp_path / "circle.png"
+    Image.open(jpeg).save(png)
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8 this is not a JPEG")
+    return jpeg, png, bad
+
+
+@pytest.fixture
+def pushed(trained, tiny_dataset, tmp_path, isolated_home):
+    """The tiny model pushed (serving root + registry) in this test's home."""
+    blessing = tmp_path / "blessing"
+    blessing.mkdir()
+    candidate = {"accuracy": 0.9, "macro_f1": 0.9, "log_loss": 0.3}
+    (blessing / F.BLESSING_FILE).write_text(
+        json.dumps({"blessed": True, "reason": "test", "candidate": candidate})
+    )
+    example = next((Path(tiny_dataset) / "triangle").glob("*.jpg"))
+    (blessing / F.EXAMPLE_IMAGE_FILE).write_bytes(example.read_bytes())
+    config = _config(tmp_path)
+    result = steps.push(trained.model_uri, str(blessing), config)
+    return result, config
+
+
+def _expected(model_dir, paths):
+    return [p.to_dict() for p in Classifier(model_dir).predict_files([str(p) for p in paths])]
+
+
+def test_the_registered_version_loads_with_pyfunc_and_predicts_like_predict(
+    pushed, tiny_dataset, tmp_path, monkeypatch
+):
+    import mlflow
+
+    result, config = pushed
+    uri = tracking.tracking_uri(config)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # as an MLflow user points at the store
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+    jpeg, png, _ = _images(tiny_dataset, tmp_path)
+    out = model.predict(pd.DataFrame({"image": [jpeg.read_bytes(), png.read_bytes()]}))
+    expected = _expected(result.path, [jpeg, png])
+    assert list(out["class_name"]) == [e["class_name"] for e in expected]
+    for row, e in zip(out.itertuples(), expected, strict=True):
+        assert row.probabilities == pytest.approx(e["probabilities"], abs=1e-6)
+        assert row.probability == pytest.approx(e["probability"], abs=1e-6)
+    # base64 strings are taken too, in-process as over REST
+    b64 = model.predict(pd.DataFrame({"image": [base64.b64encode(jpeg.read_bytes()).decode()]}))
+    assert b64["class_name"][0] == expected[0]["class_name"]
+    meta = model.metadata
+    record = json.loads(Path(result.path, F.TRAINING_RECORD).read_text())
+    assert meta.metadata["labels"] == record["labels"]
+    assert meta.get_input_schema().input_names() == ["image"]
+    assert meta.get_input_schema().input_types()[0].name == "binary"
+    assert meta.saved_input_example_info is not None
+    client = tracking.client(uri)
+    version = client.get_model_version_by_alias(NAME, "champion")
+    assert version.tags["model_digest"] == result.digest  # tags and aliases as before
+    local = mlflow.artifacts.download_artifacts(
+        f"models:/{NAME}@champion", dst_path=str(tmp_path / "dl")
+    )
+    requirements = Path(local, "requirements.txt").read_text()
+    assert "tensorflow==2.21.0" in requirements and "mlflow==" in requirements
+
+
+def test_predict_takes_the_registry_uri(pushed, tiny_dataset, tmp_path, capsys):
+    result, _ = pushed
+    jpeg, png, _ = _images(tiny_dataset, tmp_path)
+    args = ["predict", "--model", f"models:/{NAME}@champion", "--json", str(jpeg), str(png)]
+    assert main([*args, "--set", f"push.serving_root={tmp_path / 'serving'}"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert [g["class_name"] for g in got] == [
+        e["class_name"] for e in _expected(result.path, [jpeg, png])
+    ]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url, body):
+    request = urllib.request.Request(
+        url, json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def test_mlflow_models_serve_answers_like_predict_and_refuses_a_bad_image(
+    pushed, tiny_dataset, tmp_path
+):
+    result, config = pushed
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(config)}
+    # as in an activated environment: the server starts uvicorn by name
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("mlflow")),
+            "models",
+            "serve",
+            "-m",
+            f"models:/{NAME}@champion",
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "server.log", "w"),  # noqa: SIM115
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/ping", timeout=5) as ping:
+                    if ping.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the server did not come up"
+            time.sleep(1)
+        jpeg, png, bad = _images(tiny_dataset, tmp_path)
+        b64 = [base64.b64encode(p.read_bytes()).decode() for p in (jpeg, png)]
+        status, body = _post(
+            f"{base}/invocations",
+            {"dataframe_split": {"columns": ["image"], "data": [[b] for b in b64]}},
+        )
+        assert status == 200, body
+        expected = _expected(result.path, [jpeg, png])
+        rows = body["predictions"]
+        assert [r["class_name"] for r in rows] == [e["class_name"] for e in expected]
+        for r, e in zip(rows, expected, strict=True):
+            assert r["probabilities"] == pytest.approx(e["probabilities"], abs=1e-6)
+        status, body = _post(
+            f"{base}/invocations",
+            {
+                "dataframe_records": [
+                    {"image": b64[0]},
+                    {"image": base64.b64encode(bad.read_bytes()).decode()},
+                ]
+            },
+        )
+        assert 400 <= status < 500
+        assert "row 1: not an image the model can decode" in body["message"]
+        status, _ = _post(f"{base}/invocations", {"dataframe_records": [{"image": b64[1]}]})
+        assert status == 200 and server.poll() is None  # the server is still up
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

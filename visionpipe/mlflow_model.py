@@ -1,0 +1,111 @@
+"""The registered model as an MLflow Model: a pyfunc around the served SavedModel.
+
+Push saves the pushed SavedModel (the very files of the TF Serving version) with
+``visionpipe/pyfunc_model.py`` as an MLflow Model: ``MLmodel`` with a signature, an
+input example of real image bytes, the requirements (the locked versions of what the
+wrapper imports) and the labels and preprocessing contract as metadata. So
+``mlflow.pyfunc.load_model("models:/NAME@champion")``, ``mlflow models serve`` and
+``build-docker`` work on the registry's versions.
+
+Why a pyfunc wrapper rather than MLflow's ``tensorflow`` flavor: that flavor saves a
+Keras model or ``tf.Module`` again (the files would differ from the pushed version's,
+and so would the digest the registry and the serving root are reconciled by), and its
+pyfunc hands the DataFrame's columns to the signature as they are, with no per-row
+error for an image that cannot be decoded.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import metadata as importlib_metadata
+
+from visionpipe import features as F
+from visionpipe import storage
+
+WRAPPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pyfunc_model.py")
+SAVED_MODEL_ARTIFACT = "saved_model"  # the wrapper's artifact key (pyfunc_model.SAVED_MODEL)
+# What the wrapper imports at serving time, pinned to the versions installed here (the lock).
+REQUIREMENTS = ("mlflow", "tensorflow", "pandas", "numpy")
+
+
+def requirements() -> list[str]:
+    """``name==version`` of each package the wrapper needs, as installed from the lock."""
+    return [f"{name}=={importlib_metadata.version(name)}" for name in REQUIREMENTS]
+
+
+def model_metadata(saved_model_dir: str, digest: str) -> dict:
+    """Labels and the preprocessing contract, from the model's training record."""
+    record = storage.read_json(storage.join(saved_model_dir, F.TRAINING_RECORD))
+    return {
+        "visionpipe_model_digest": digest,
+        "labels": record["labels"],
+        "input": {
+            "column": "image",
+            "type": "encoded image bytes (JPEG, PNG, GIF or BMP); base64 strings over REST",
+            "preprocessing": "inside the model: decode to RGB, resize, normalise",
+        },
+        "outputs": ["class_name", "class_id", "probability", "probabilities"],
+    }
+
+
+def signature():
+    """Input: ``image`` (binary). Output: class name, id, probability, all probabilities."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, DataType, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec(DataType.binary, "image")]),
+        outputs=Schema(
+            [
+                ColSpec(DataType.string, "class_name"),
+                ColSpec(DataType.long, "class_id"),
+                ColSpec(DataType.double, "probability"),
+                ColSpec(Array(DataType.double), "probabilities"),
+            ]
+        ),
+    )
+
+
+def save_mlflow_model(
+    saved_model_dir: str, out_dir: str, example_image: bytes | None, digest: str
+) -> str:
+    """Writes the MLflow Model of a served SavedModel to ``out_dir`` (which must not exist).
+
+    Args:
+        saved_model_dir: the served SavedModel (``serving_default`` on image bytes).
+        out_dir: a new local directory for the MLflow Model.
+        example_image: encoded bytes of a real image for the input example, or None.
+        digest: the model's content digest (also in the metadata).
+    """
+    import pandas as pd
+    from mlflow.pyfunc import save_model
+
+    example = None if example_image is None else pd.DataFrame({"image": [example_image]})
+    save_model(
+        path=out_dir,
+        python_model=WRAPPER,
+        artifacts={SAVED_MODEL_ARTIFACT: saved_model_dir},
+        signature=signature(),
+        input_example=example,
+        pip_requirements=requirements(),
+        metadata=model_metadata(saved_model_dir, digest),
+    )
+    return out_dir
+
+
+def saved_model_in(model_dir: str) -> str | None:
+    """The SavedModel inside a downloaded MLflow Model directory, or None if it is not one.
+
+    Its place is the wrapper's ``saved_model`` artifact, as ``MLmodel`` records it.
+    """
+    import yaml
+
+    mlmodel = storage.join(model_dir, "MLmodel")
+    if not storage.exists(mlmodel):
+        return None
+    spec = yaml.safe_load(storage.read_text(mlmodel)) or {}
+    artifacts = spec.get("flavors", {}).get("python_function", {}).get("artifacts", {})
+    path = (artifacts.get(SAVED_MODEL_ARTIFACT) or {}).get("path")
+    if not path or not storage.exists(storage.join(model_dir, path, "saved_model.pb")):
+        return None
+    return storage.join(model_dir, path)
