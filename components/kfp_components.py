@@ -221,6 +221,23 @@ def push(
     return result.version
 
 
+def predict_batch(
+    model: str,
+    data: str,
+    out: str,
+    overwrite: bool,
+    config_json: str,
+    mlflow_tracking_uri: str,
+    mlflow_run_id: str,
+) -> int:
+    """Scores ``data`` with ``model`` (default: the registry's champion) into ``out``."""
+    from components import steps
+
+    config, tracking = steps.component_context(config_json, mlflow_tracking_uri, mlflow_run_id)
+    result = steps.predict_batch(model, data, out, config, tracking, overwrite=overwrite)
+    return result.predicted
+
+
 def make_components(image: str, training_image: str | None = None) -> SimpleNamespace:
     """The pipeline's components: lightweight Python components on ``image``.
 
@@ -237,4 +254,5 @@ def make_components(image: str, training_image: str | None = None) -> SimpleName
         train=training(train),
         evaluate=component(evaluate),
         push=component(push),
+        predict_batch=component(predict_batch),
     )

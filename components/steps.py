@@ -402,3 +402,43 @@ def push(model_uri: str, blessing_uri: str, config: Config, tracking: Tracking |
         "push", f"version {result.version}" + (" (already pushed)" if result.already_pushed else "")
     )
     return result
+
+
+def predict_batch(
+    model: str,
+    data: str,
+    out_uri: str,
+    config: Config,
+    tracking: Tracking | None = None,
+    overwrite: bool = False,
+    top_k: int = 3,
+    batch_size: int = 64,
+):
+    """Scores a folder, CSV or prefix with a model (a path, serving folder or ``models:/``).
+
+    Recorded as a run of its own (``predict-batch``) with the counts and the rejects.
+    """
+    from components.predict.batch import REJECTS_FILE, run_batch_predict
+    from visionpipe.serving import resolve_model
+
+    session = _session(config, tracking)
+    with (
+        tempfile.TemporaryDirectory(prefix="visionpipe-model-") as tmp,
+        session.step("predict-batch") as run,
+    ):
+        model_dir = resolve_model(model, tmp, session.uri)
+        run.log_params({"model": model, "data": data, "out": out_uri, "top_k": top_k})
+        result = run_batch_predict(
+            model_dir, data, out_uri, config, overwrite, top_k=top_k, batch_size=batch_size
+        )
+        run.log_metrics(
+            {"inputs": result.inputs, "predicted": result.predicted, "rejected": result.rejected}
+        )
+        rejects = storage.join(out_uri, REJECTS_FILE)
+        if result.rejected and "://" not in rejects:
+            run.log_artifact(rejects)
+    progress.done(
+        "predict-batch",
+        f"{result.inputs} inputs = {result.predicted} predicted + {result.rejected} rejected",
+    )
+    return result

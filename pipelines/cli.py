@@ -140,6 +140,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON list, one object per file")
     p.add_argument("--batch-size", type=int, default=64, help="images per model call")
 
+    p = command(
+        "predict-batch", _predict_batch, "Score a folder, CSV or prefix of images with Beam."
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        metavar="PATH_OR_MODELS_URI",
+        help="as for predict: a SavedModel, a serving-root model folder, or models:/...",
+    )
+    p.add_argument(
+        "--data", required=True, help="folder or object-store prefix of images, or a CSV of paths"
+    )
+    p.add_argument("--out", required=True, help="output folder (must be new or empty)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--top-k", type=int, default=3, help="classes listed per image (default 3)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per model call")
+
     p = command("run", _run, "Run the whole pipeline locally (kfp.local, no cluster).")
     p.add_argument("--data", required=True, help="folder of class folders, or CSV of path,label")
     p.add_argument("--json", action="store_true", help="print only the summary, as one JSON object")
@@ -177,8 +194,14 @@ def _parser() -> argparse.ArgumentParser:
         "(default: <VISIONPIPE_HOME>/compare.png)",
     )
 
-    p = command("compile", _compile, "Compile the pipeline to KFP IR YAML.")
+    p = command("compile", _compile, "Compile a pipeline to KFP IR YAML.")
     p.add_argument("--out", default="pipeline.yaml", help="output YAML file")
+    p.add_argument(
+        "--pipeline",
+        choices=("training", "batch-predict"),
+        default="training",
+        help="the training pipeline (default), or batch prediction with the champion",
+    )
 
     p = command("submit", _submit, "Upload the pipeline to Kubeflow Pipelines and start a run.")
     _kfp_arguments(p)
@@ -377,6 +400,27 @@ def _rollback(args, config: Config) -> None:
     print(json.dumps(steps.rollback(config, args.model_name)))
 
 
+def _predict_batch(args, config: Config) -> int:
+    from components import steps
+
+    if args.top_k < 1 or args.batch_size < 1:
+        raise ConfigError("--top-k and --batch-size must be at least 1")
+    result = steps.predict_batch(
+        args.model,
+        args.data,
+        args.out,
+        config,
+        overwrite=args.overwrite,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+    )
+    print(
+        f"{result.inputs} inputs = {result.predicted} predicted + {result.rejected} rejected"
+        f" -> {result.out_uri}"
+    )
+    return 0
+
+
 def _predict(args, config: Config) -> int:
     import tempfile
 
@@ -515,9 +559,12 @@ def _compare(args, config: Config) -> None:
 
 
 def _compile(args, config: Config) -> None:
-    from pipelines.pipeline import compile_pipeline
+    from pipelines.pipeline import compile_batch_pipeline, compile_pipeline
 
-    compile_pipeline(config, args.out)
+    if args.pipeline == "batch-predict":
+        compile_batch_pipeline(config, args.out)
+    else:
+        compile_pipeline(config, args.out)
     print(f"wrote {args.out}")
 
 

@@ -98,3 +98,44 @@ def compile_pipeline(config: Config, out_path: str) -> str:
     """Writes the pipeline as KFP IR YAML."""
     compiler.Compiler().compile(build_pipeline(config), package_path=out_path)
     return out_path
+
+
+def build_batch_pipeline(config: Config):
+    """Batch prediction as a pipeline of its own: one Beam job, by default with the champion.
+
+    For a cluster's recurring runs (``visionpipe schedule create`` with this package):
+    score whatever landed under ``data`` with the current champion into ``out``.
+    """
+    ops = make_components(config.pipeline.image, config.pipeline.training_image)
+    champion = f"models:/{config.push.model_name}@champion"
+
+    @dsl.pipeline(
+        name=f"{config.pipeline.name}-batch-predict",
+        description="Images in, predictions (JSONL) and rejects out, with a registered model.",
+    )
+    def visionpipe_batch_predict(
+        data: str,
+        out: str,
+        model: str = champion,
+        overwrite: bool = False,
+        config_json: str = config.to_json(),
+        mlflow_tracking_uri: str = "",
+        mlflow_run_id: str = "",
+    ):
+        ops.predict_batch(
+            model=model,
+            data=data,
+            out=out,
+            overwrite=overwrite,
+            config_json=config_json,
+            mlflow_tracking_uri=mlflow_tracking_uri,
+            mlflow_run_id=mlflow_run_id,
+        )
+
+    return visionpipe_batch_predict
+
+
+def compile_batch_pipeline(config: Config, out_path: str) -> str:
+    """Writes the batch-prediction pipeline as KFP IR YAML."""
+    compiler.Compiler().compile(build_batch_pipeline(config), package_path=out_path)
+    return out_path

@@ -84,6 +84,20 @@ def test_wrongly_typed_set_value_fails_naming_the_key(tiny_dataset, capsys, isol
     assert "tuner.max_trials" in err
 
 
+def test_compile_writes_the_batch_prediction_pipeline(tmp_path, capsys):
+    out = tmp_path / "batch.yaml"
+    args = ["compile", "--pipeline", "batch-predict", "--out", str(out)]
+    assert main([*args, "--set", "push.model_name=shapes"]) == 0
+    spec = json_format.ParseDict(yaml.safe_load(out.read_text()), pipeline_spec_pb2.PipelineSpec())
+    assert spec.pipeline_info.name.endswith("-batch-predict")
+    assert list(spec.deployment_spec.fields["executors"].struct_value.fields) == [
+        "exec-predict-batch"
+    ]
+    params = spec.root.input_definitions.parameters
+    assert {"data", "out", "model", "overwrite", "config_json"} <= set(params)
+    assert params["model"].default_value.string_value == "models:/shapes@champion"
+
+
 def test_compile_writes_a_strict_kfp_pipeline_spec(tmp_path, capsys):
     out = tmp_path / "pipeline.yaml"
     args = ["compile", "--out", str(out), "--set", "pipeline.image=registry.example/vp:1.2"]

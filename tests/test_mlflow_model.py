@@ -16,11 +16,12 @@ import pytest
 from PIL import Image
 
 from components import steps
+from components.predict.batch import BatchInputError
 from pipelines.cli import main
 from visionpipe import features as F
 from visionpipe import tracking
 from visionpipe.config import load_config
-from visionpipe.serving import Classifier
+from visionpipe.serving import Classifier, ModelNotFoundError
 
 NAME = "shapes"
 
@@ -191,3 +192,61 @@ def test_mlflow_models_serve_answers_like_predict_and_refuses_a_bad_image(
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_batch_prediction_scores_a_folder_and_rejects_what_it_cannot_read(
+    trained, tiny_dataset, tmp_path, capsys
+):
+    data = tmp_path / "incoming"
+    (data / "nested").mkdir(parents=True)
+    jpegs = sorted((Path(tiny_dataset) / "square").glob("*.jpg"))[:5]
+    for i, jpeg in enumerate(jpegs):
+        (data / ("nested" if i % 2 else "") / jpeg.name).write_bytes(jpeg.read_bytes())
+    (data / "broken.jpg").write_bytes(b"not an image")
+    (data / "empty.png").write_bytes(b"")
+    out = tmp_path / "scored"
+    args = ["predict-batch", "--model", trained.model_uri, "--data", str(data), "--out", str(out)]
+    assert main(args) == 0
+    assert (
+        capsys.readouterr().out.splitlines()[-1].startswith("7 inputs = 5 predicted + 2 rejected")
+    )
+    rows = [json.loads(line) for f in sorted(out.glob("predictions-*.jsonl")) for line in f.open()]
+    rejects = [json.loads(line) for line in (out / "rejects.jsonl").open()]
+    assert len(rows) == 5 and len(rejects) == 2
+    assert {r["reason"] for r in rejects} == {
+        "empty file",
+        "not an image the model can decode (JPEG, PNG, GIF or BMP)",
+    }
+    expected = {e["file"]: e for e in _expected(trained.model_uri, sorted(data.glob("**/*.jpg")))}
+    for row in rows:
+        e = expected[row["path"]]
+        assert row["class"] == e["class_name"]
+        assert row["probability"] == pytest.approx(e["probability"], abs=1e-6)
+        assert len(row["top_k"]) == 3 and row["top_k"][0]["class"] == e["class_name"]
+    assert json.loads((out / "summary.json").read_text())["inputs"] == 7
+    assert not list(tmp_path.glob("scored.tmp-*"))
+    # The output exists now: refused without --overwrite, replaced with it.
+    assert main(args) == 2
+    assert "exists and is not empty" in capsys.readouterr().err
+    (tmp_path / "paths.csv").write_text(f"path\n{jpegs[0]}\n{jpegs[1]}\n")
+    csv_args = [*args[:3], "--data", str(tmp_path / "paths.csv"), "--out", str(out), "--overwrite"]
+    assert main(csv_args) == 0
+    assert json.loads((out / "summary.json").read_text())["inputs"] == 2
+
+
+def test_batch_prediction_refuses_bad_inputs_before_writing(trained, tmp_path, tiny_config):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "out"
+    with pytest.raises(BatchInputError, match="no files to score"):
+        steps.predict_batch(trained.model_uri, str(empty), str(out), tiny_config)
+    with pytest.raises(BatchInputError, match="no such folder, prefix or CSV file"):
+        steps.predict_batch(trained.model_uri, str(tmp_path / "nope"), str(out), tiny_config)
+    with pytest.raises(ModelNotFoundError, match="models:/nope@champion"):
+        steps.predict_batch("models:/nope@champion", str(empty), str(out), tiny_config)
+    not_ours = tmp_path / "plain"
+    (not_ours).mkdir()
+    (not_ours / "saved_model.pb").write_bytes(b"")
+    with pytest.raises(BatchInputError, match="not a visionpipe model"):
+        steps.predict_batch(str(not_ours), str(empty), str(out), tiny_config)
+    assert not out.exists()

@@ -1,0 +1,263 @@
+"""Batch prediction: a Beam job that scores a folder, a CSV of paths or an object-store prefix.
+
+Each worker loads the served SavedModel once (``DoFn.setup``) and classifies batches of
+files (``BatchElements``) through ``serving_default``, the signature every other
+prediction path uses, so the answers equal ``visionpipe predict``'s. A file that cannot
+be read or decoded becomes a row of ``rejects.jsonl`` with its reason and the job goes
+on; ``inputs == predicted + rejected`` is checked from Beam's counters.
+
+The output folder appears whole or not at all: the job writes into a hidden staging
+folder next to it and renames it at the end.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import posixpath
+import uuid
+from dataclasses import asdict, dataclass
+
+import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
+
+from visionpipe import features as F
+from visionpipe import storage
+from visionpipe.beam import pipeline_options
+from visionpipe.config import Config
+from visionpipe.errors import UserError
+
+log = logging.getLogger(__name__)
+
+PREDICTIONS = "predictions"  # predictions-SSSSS-of-NNNNN.jsonl
+REJECTS_FILE = "rejects.jsonl"
+SUMMARY_FILE = "summary.json"
+UNDECODABLE = "not an image the model can decode (JPEG, PNG, GIF or BMP)"
+
+
+class BatchInputError(UserError, ValueError):
+    """The model, the input or the output folder cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What a batch prediction wrote, and the counts that reconcile."""
+
+    out_uri: str
+    inputs: int
+    predicted: int
+    rejected: int
+
+    def to_dict(self) -> dict:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+def list_images(data: str) -> list[str]:
+    """The files to score: every file under a folder or prefix, or the paths of a CSV.
+
+    A CSV's first column is the path (a header ``path`` is skipped; other columns are
+    ignored); relative paths are relative to the CSV's folder. Hidden files are skipped.
+
+    Raises:
+        BatchInputError: the input does not exist or holds no files.
+    """
+    if data.lower().endswith(".csv"):
+        if not storage.exists(data):
+            raise BatchInputError(f"{data}: no such CSV file")
+        paths = _csv_paths(data)
+    elif storage.isdir(data):
+        paths = [
+            uri for uri in storage.walk_files(data) if not posixpath.basename(uri).startswith(".")
+        ]
+    else:
+        raise BatchInputError(f"{data}: no such folder, prefix or CSV file")
+    if not paths:
+        raise BatchInputError(f"{data}: no files to score")
+    return sorted(paths)
+
+
+def _csv_paths(csv_uri: str) -> list[str]:
+    base = posixpath.dirname(csv_uri)
+    paths = []
+    for line, row in enumerate(csv.reader(io.StringIO(storage.read_text(csv_uri))), start=1):
+        path = row[0].strip() if row else ""
+        if not path or (line == 1 and path.lower() == "path"):
+            continue
+        paths.append(path if "://" in path or path.startswith("/") else posixpath.join(base, path))
+    return paths
+
+
+def check_output(out_uri: str, overwrite: bool) -> None:
+    """Refuses an output folder that exists and is not empty, unless ``overwrite``."""
+    if storage.exists(out_uri) and not storage.isdir(out_uri):
+        raise BatchInputError(f"--out {out_uri}: exists and is not a folder")
+    if storage.isdir(out_uri) and storage.listdir(out_uri) and not overwrite:
+        raise BatchInputError(
+            f"--out {out_uri}: exists and is not empty (choose another, or pass --overwrite)"
+        )
+
+
+def check_model(model_dir: str) -> list[str]:
+    """The model's labels; refuses a SavedModel this project did not export."""
+    record = storage.join(model_dir, F.TRAINING_RECORD)
+    if not storage.exists(storage.join(model_dir, "saved_model.pb")):
+        raise BatchInputError(f"{model_dir}: not a SavedModel (no saved_model.pb)")
+    if not storage.exists(record):
+        raise BatchInputError(f"{model_dir}: not a visionpipe model (no {F.TRAINING_RECORD})")
+    return list(storage.read_json(record)["labels"])
+
+
+def run_batch_predict(
+    model_dir: str,
+    data: str,
+    out_uri: str,
+    config: Config,
+    overwrite: bool = False,
+    top_k: int = 3,
+    batch_size: int = 64,
+) -> BatchResult:
+    """Scores every image of ``data`` with the model at ``model_dir`` into ``out_uri``.
+
+    Writes ``predictions-*.jsonl`` (``path``, ``class``, ``probability``, ``top_k``: the
+    ``top_k`` most probable classes), ``rejects.jsonl`` (``path``, ``reason``) and
+    ``summary.json`` (the counts).
+
+    Raises:
+        BatchInputError: the model, the input or the output folder cannot be used
+            (before anything is written).
+    """
+    labels = check_model(model_dir)
+    check_output(out_uri, overwrite)
+    paths = list_images(data)
+    staging = f"{out_uri.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        predict = _Predict(model_dir, labels, min(top_k, len(labels)))
+        counts = _run_pipeline(predict, paths, staging, config, batch_size)
+        result = BatchResult(out_uri, len(paths), counts["predicted"], counts["rejected"])
+        if result.inputs != result.predicted + result.rejected:
+            raise RuntimeError(f"batch prediction lost inputs: {result}")
+        storage.write_json(storage.join(staging, SUMMARY_FILE), {**result.to_dict(), "data": data})
+        if storage.exists(out_uri):
+            storage.remove(out_uri)
+        storage.rename(staging, out_uri)
+    finally:
+        if storage.exists(staging):
+            storage.remove(staging)
+    log.info("predict-batch: %s", result)
+    return result
+
+
+def _run_pipeline(predict, paths, staging, config: Config, batch_size: int):
+    pipeline = beam.Pipeline(options=pipeline_options(config.beam))
+    scored = (
+        pipeline
+        | "Paths" >> beam.Create(paths, reshuffle=False)
+        | "Spread" >> beam.Reshuffle()
+        | "Batch" >> beam.BatchElements(min_batch_size=batch_size, max_batch_size=batch_size)
+        | "Predict" >> beam.ParDo(predict).with_outputs("rejects", main="rows")
+    )
+    _ = (
+        scored.rows
+        | "RowJson" >> beam.Map(json.dumps)
+        | "WriteRows"
+        >> beam.io.WriteToText(storage.join(staging, PREDICTIONS), file_name_suffix=".jsonl")
+    )
+    _ = (
+        scored.rejects
+        | "RejectJson" >> beam.Map(json.dumps)
+        | "WriteRejects"
+        >> beam.io.WriteToText(storage.join(staging, REJECTS_FILE), shard_name_template="")
+    )
+    result = pipeline.run()
+    result.wait_until_finish()
+    counters = result.metrics().query(MetricsFilter().with_namespace("predict"))["counters"]
+    counts = {"predicted": 0, "rejected": 0}
+    for c in counters:
+        counts[c.key.metric.name] = counts.get(c.key.metric.name, 0) + int(c.committed or 0)
+    return counts
+
+
+class _Predict(beam.DoFn):
+    """Classifies a batch of files; unreadable or undecodable ones go to ``rejects``."""
+
+    def __init__(self, model_dir: str, labels: list[str], top_k: int) -> None:
+        self._model_dir = model_dir
+        self._labels = labels
+        self._top_k = top_k
+        self._predicted = beam.metrics.Metrics.counter("predict", "predicted")
+        self._rejected = beam.metrics.Metrics.counter("predict", "rejected")
+
+    def setup(self) -> None:
+        """Loads the model once per worker."""
+        import tensorflow as tf
+
+        self._tf = tf
+        self._loaded = tf.saved_model.load(self._model_dir)
+        self._serve = self._loaded.signatures[F.SERVING_SIGNATURE]
+
+    def process(self, paths: list[str]):
+        """Yields one row per classified file, and a tagged reject per other file."""
+        good, data = [], []
+        for path in paths:
+            content, reason = _read(path)
+            if reason:
+                self._rejected.inc()
+                yield beam.pvalue.TaggedOutput("rejects", {"path": path, "reason": reason})
+            else:
+                good.append(path)
+                data.append(content)
+        out = self._classify(data) if data else None
+        if out is None and data:  # a file that does not decode: find it, score the rest
+            keep = [i for i, content in enumerate(data) if self._decodes(content)]
+            for i in sorted(set(range(len(data))) - set(keep)):
+                self._rejected.inc()
+                yield beam.pvalue.TaggedOutput("rejects", {"path": good[i], "reason": UNDECODABLE})
+            good, data = [good[i] for i in keep], [data[i] for i in keep]
+            out = self._classify(data) if data else None
+        for row, path in enumerate(good):
+            self._predicted.inc()
+            yield self._row(path, out, row)
+
+    def _classify(self, data: list[bytes]):
+        tf = self._tf
+        try:
+            out = self._serve(**{F.SERVING_INPUT: tf.constant(data, dtype=tf.string)})
+        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
+            return None
+        return {k: v.numpy() for k, v in out.items()}
+
+    def _decodes(self, content: bytes) -> bool:
+        tf = self._tf
+        try:
+            tf.io.decode_image(content, channels=3, expand_animations=False)
+        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
+            return False
+        return True
+
+    def _row(self, path: str, out: dict, row: int) -> dict:
+        probabilities = out["probabilities"][row]
+        names = out["class_name"]
+        class_id = int(out["class_id"][row])
+        order = probabilities.argsort()[::-1][: self._top_k]
+        labels = self._labels
+        return {
+            "path": path,
+            "class": names[row].decode(),
+            "class_id": class_id,
+            "probability": float(probabilities[class_id]),
+            "top_k": [{"class": labels[i], "probability": float(probabilities[i])} for i in order],
+        }
+
+
+def _read(path: str) -> tuple[bytes, str]:
+    """The file's bytes, or why it cannot be read."""
+    try:
+        content = storage.read_bytes(path)
+    except FileNotFoundError:
+        return b"", "no such file"
+    except (OSError, ValueError) as err:
+        return b"", f"cannot read: {getattr(err, 'strerror', None) or err}"
+    return (content, "") if content else (b"", "empty file")
