@@ -21,8 +21,13 @@ Quality: the default tune + train on generated shapes, glyphs and thumbnails (te
 accuracy and seconds), the former default augmentation, and a plain RBF SVM
 (``benchmarks/quality_bench.py``).
 
+Predict: ``visionpipe predict-batch`` (Beam) against ``visionpipe predict`` and the
+served model in-process (the ceiling), its peak memory at 1x and 10x the images, and
+``mlflow models serve`` latency and concurrent throughput
+(``benchmarks/predict_bench.py``).
+
 Usage: python benchmarks/bench.py --data data/sample
-       [--only pipeline|ingest|serving|trainer|quality] [--set k=v ...]
+       [--only pipeline|ingest|serving|trainer|quality|predict] [--set k=v ...]
 """
 
 from __future__ import annotations
@@ -98,7 +103,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True)
     parser.add_argument("--set", action="append", default=[])
-    parser.add_argument("--only", choices=("pipeline", "ingest", "serving", "trainer", "quality"))
+    parser.add_argument(
+        "--only", choices=("pipeline", "ingest", "serving", "trainer", "quality", "predict")
+    )
     parser.add_argument("--photos", type=int, default=3000)
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -121,6 +128,11 @@ def main() -> int:
             from benchmarks.quality_bench import bench_quality
 
             rows += bench_quality(Path(work) / "quality", args.set)
+        if args.only in (None, "predict"):
+            from benchmarks.predict_bench import bench_predict
+
+            work_dir = Path(work) / "predict"
+            rows += bench_predict(work_dir, os.path.abspath(args.data), args.set, args.photos)
         if args.only in (None, "pipeline"):
             rows += bench_pipeline(os.path.abspath(args.data), args.set, work)
     width = max(len(r[0]) for r in rows)

@@ -2,10 +2,8 @@
 
 import base64
 import json
-import os
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -21,6 +19,7 @@ from pipelines.cli import main
 from visionpipe import features as F
 from visionpipe import tracking
 from visionpipe.config import load_config
+from visionpipe.mlflow_model import serve_command
 from visionpipe.serving import Classifier, ModelNotFoundError
 
 NAME = "shapes"
@@ -130,23 +129,9 @@ def test_mlflow_models_serve_answers_like_predict_and_refuses_a_bad_image(
 ):
     result, config = pushed
     port = _free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(config)}
-    # as in an activated environment: the server starts uvicorn by name
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    argv, env = serve_command(f"models:/{NAME}@champion", tracking.tracking_uri(config), port)
     server = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("mlflow")),
-            "models",
-            "serve",
-            "-m",
-            f"models:/{NAME}@champion",
-            "--env-manager",
-            "local",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
+        argv,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=open(tmp_path / "server.log", "w"),  # noqa: SIM115

@@ -109,3 +109,19 @@ def saved_model_in(model_dir: str) -> str | None:
     if not path or not storage.exists(storage.join(model_dir, path, "saved_model.pb")):
         return None
     return storage.join(model_dir, path)
+
+
+def serve_command(model_uri: str, tracking_uri: str, port: int, host: str = "127.0.0.1"):
+    """The argv and environment of ``mlflow models serve`` for a model of this store.
+
+    ``--env-manager local``: the server runs in this environment (it has the model's
+    requirements), started by name (``uvicorn``) from this interpreter's ``bin``.
+    """
+    import sys
+
+    bin_dir = os.path.dirname(sys.executable)
+    argv = [os.path.join(bin_dir, "mlflow"), "models", "serve", "-m", model_uri]
+    argv += ["--env-manager", "local", "-h", host, "-p", str(port)]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    return argv, env
