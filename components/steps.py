@@ -10,6 +10,7 @@ they call gets that tracker, or nothing.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -88,15 +89,19 @@ def check_data(
 ) -> DataCheck:
     """Decides whether this pipeline run trains on the data ingest just fingerprinted.
 
-    It always does, unless ``only_if_changed`` (what scheduled runs ask for) and the
-    fingerprint equals the one of the experiment's last successful pipeline run. The
-    decision is recorded on the pipeline run: tags ``visionpipe.skipped`` and
-    ``data_check``.
+    It always does, unless ``only_if_changed`` (what scheduled runs ask for) and what
+    the model depends on is unchanged since the experiment's last successful pipeline
+    run: the data fingerprint, the model settings (``Config.model_settings``) and the
+    visionpipe version. A change of any trains, and the reason names it. The decision
+    and what it was made on are recorded on the pipeline run: tags
+    ``visionpipe.skipped``, ``data_check``, ``model_settings``, ``visionpipe_version``.
     """
     session = _session(config, tracking)
+    settings, version = config.model_settings(), project_version()
     check = DataCheck(True, "retrains on every run (only_if_data_changed is off)")
     if only_if_changed:
-        check = _compare_fingerprints(fingerprint, session.last_successful_pipeline_run())
+        previous = session.last_successful_pipeline_run()
+        check = compare_with_run(fingerprint, settings, version, previous)
     log.info("data check: %s", check.reason)
     progress.done("data-check", ("retrain: " if check.retrain else "skip: ") + check.reason)
     session.log_outcome(
@@ -104,22 +109,61 @@ def check_data(
             KIND_TAG: "pipeline",  # also when KFP's MLflow integration made the run
             SKIPPED_TAG: str(not check.retrain).lower(),
             "data_check": check.reason,
+            SETTINGS_TAG: json.dumps(settings, sort_keys=True),
+            VERSION_TAG: version,
         }
     )
     return check
 
 
-def _compare_fingerprints(fingerprint: str, previous) -> DataCheck:
+SETTINGS_TAG = "model_settings"
+VERSION_TAG = "visionpipe_version"
+
+
+def project_version() -> str:
+    """The installed visionpipe's version."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("visionpipe")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def compare_with_run(fingerprint: str, settings: dict, version: str, previous) -> DataCheck:
+    """Retrain unless data, model settings and version all equal ``previous`` run's."""
     if previous is None:
         return DataCheck(True, "no earlier successful pipeline run to compare the data with")
     run_id = previous.info.run_id
-    before = previous.data.tags.get("data_fingerprint", "")
-    if before == fingerprint:
-        return DataCheck(
-            False, f"data unchanged since run {run_id} (fingerprint {fingerprint[:12]})", run_id
-        )
-    change = f"{before[:12] or 'none'} -> {fingerprint[:12]}"
-    return DataCheck(True, f"data changed since run {run_id} ({change})", run_id)
+    tags = previous.data.tags
+    before = tags.get("data_fingerprint", "")
+    if before != fingerprint:
+        change = f"{before[:12] or 'none'} -> {fingerprint[:12]}"
+        return DataCheck(True, f"data changed since run {run_id} ({change})", run_id)
+    if SETTINGS_TAG not in tags:
+        return DataCheck(True, f"config of run {run_id} was not recorded; retraining", run_id)
+    now = json.loads(json.dumps(settings))  # compared as recorded: JSON values
+    changed = _changed_settings(json.loads(tags[SETTINGS_TAG]), now)
+    if changed:
+        return DataCheck(True, f"config changed since run {run_id}: {changed}", run_id)
+    if tags.get(VERSION_TAG) != version:
+        change = f"{tags.get(VERSION_TAG) or 'unknown'} -> {version}"
+        return DataCheck(True, f"visionpipe changed since run {run_id} ({change})", run_id)
+    return DataCheck(
+        False,
+        f"data unchanged since run {run_id} (fingerprint {fingerprint[:12]}), "
+        "and so are the config and visionpipe's version",
+        run_id,
+    )
+
+
+def _changed_settings(before: dict, now: dict, shown: int = 3) -> str:
+    """``trainer.epochs 25 -> 30, ...`` for the settings that differ (at most ``shown``)."""
+    keys = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+    text = ", ".join(
+        f"{k} {json.dumps(before.get(k))} -> {json.dumps(now.get(k))}" for k in keys[:shown]
+    )
+    return text + (f" (and {len(keys) - shown} more)" if len(keys) > shown else "")
 
 
 def transform(

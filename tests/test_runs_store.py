@@ -3,6 +3,8 @@
 The runs are real runs in a real (SQLite) store, made with the calls the pipeline makes.
 """
 
+import json
+
 import pytest
 
 from components import steps
@@ -13,9 +15,14 @@ from visionpipe.tracking import Tracking
 
 
 def _pipeline_run(config, fingerprint, status="FINISHED", skipped=False, **metrics):
+    """A finished pipeline run as the pipeline leaves it, trained on ``config``."""
     session = Tracking.open(config)
     run_id = session.start_pipeline(config)
-    tags = {"data_fingerprint": fingerprint}
+    tags = {
+        "data_fingerprint": fingerprint,
+        steps.SETTINGS_TAG: json.dumps(config.model_settings()),
+        steps.VERSION_TAG: steps.project_version(),
+    }
     if skipped:
         tags[tracking.SKIPPED_TAG] = "true"
     session.log_outcome(metrics=metrics, tags=tags)
@@ -49,7 +56,10 @@ def test_data_check_skips_when_the_last_successful_run_saw_the_same_data(tiny_co
     current = _started(tiny_config)
     check = steps.check_data("aa" * 32, tiny_config, only_if_changed=True, tracking=current)
     assert check.retrain is False and check.previous_run_id == trained
-    assert check.reason == f"data unchanged since run {trained} (fingerprint {'a' * 12})"
+    assert check.reason == (
+        f"data unchanged since run {trained} (fingerprint {'a' * 12}), "
+        "and so are the config and visionpipe's version"
+    )
     tags = _tags(tiny_config, current.pipeline_run_id)
     assert tags[tracking.SKIPPED_TAG] == "true" and tags["data_check"] == check.reason
     assert tags[tracking.KIND_TAG] == "pipeline"
@@ -63,6 +73,39 @@ def test_data_check_retrains_on_new_data_and_when_there_is_no_earlier_run(tiny_c
     changed = steps.check_data("cc" * 32, tiny_config, only_if_changed=True)
     assert changed.retrain is True and changed.previous_run_id == trained
     assert changed.reason == f"data changed since run {trained} ({'a' * 12} -> {'c' * 12})"
+
+
+def test_data_check_retrains_when_the_config_or_the_version_changed(tiny_config):
+    trained = _pipeline_run(tiny_config, "aa" * 32)
+    more_epochs = tiny_config.with_overrides(["trainer.epochs=30", "evaluate.min_accuracy=0.5"])
+    check = steps.check_data("aa" * 32, more_epochs, only_if_changed=True)
+    assert check.retrain is True and check.previous_run_id == trained
+    assert check.reason == (
+        f"config changed since run {trained}: evaluate.min_accuracy 0.0 -> 0.5, "
+        "trainer.epochs 2 -> 30"
+    )
+    # Settings that change only speed or where things go do not retrain.
+    faster = tiny_config.with_overrides(["ingest.threads=1", "beam.direct_num_workers=2"])
+    assert steps.check_data("aa" * 32, faster, only_if_changed=True).retrain is False
+
+
+def test_data_check_retrains_after_an_upgrade_or_without_a_recorded_config(tiny_config):
+    session = Tracking.open(tiny_config)
+    old = session.start_pipeline(tiny_config)
+    tags = {
+        "data_fingerprint": "aa" * 32,
+        steps.SETTINGS_TAG: json.dumps(tiny_config.model_settings()),
+    }
+    session.log_outcome(tags={**tags, steps.VERSION_TAG: "0.0.1"})
+    session.client.set_terminated(old, "FINISHED")
+    check = steps.check_data("aa" * 32, tiny_config, only_if_changed=True)
+    assert check.retrain and check.reason == (
+        f"visionpipe changed since run {old} (0.0.1 -> {steps.project_version()})"
+    )
+    older = _pipeline_run(tiny_config, "aa" * 32)
+    session.client.delete_tag(older, steps.SETTINGS_TAG)
+    check = steps.check_data("aa" * 32, tiny_config, only_if_changed=True)
+    assert check.retrain and check.reason == f"config of run {older} was not recorded; retraining"
 
 
 def test_compare_sorts_by_the_metric_and_leaves_skipped_runs_out(tiny_config):

@@ -384,6 +384,22 @@ class PipelineConfig(_Section):
         return self.gpu_image or f"{self.image}-gpu"
 
 
+MODEL_SECTIONS = ("ingest", "transform", "trainer", "tuner", "evaluate")
+# Settings of those sections that change only speed, logging or resumability.
+OPERATIONAL = frozenset(
+    {
+        "ingest.threads",
+        "ingest.batch_size",
+        "ingest.shard_size_mb",
+        "ingest.gzip_level",
+        "trainer.cache_max_mb",
+        "trainer.checkpoint_every",
+        "trainer.tensorboard",
+        "evaluate.batch_size",
+    }
+)
+
+
 class Config(_Section):
     """The whole visionpipe configuration."""
 
@@ -420,6 +436,22 @@ class Config(_Section):
             for key, value in values.items():
                 out[f"{section}.{key}"] = value
         return out
+
+    def model_settings(self) -> dict[str, Any]:
+        """The settings a pipeline run's outcome depends on: what data check compares.
+
+        Every value of the sections that shape the data, the model and the gate
+        (``ingest``, ``transform``, ``trainer``, ``tuner``, ``evaluate``) and the
+        registered name, less the ones that change only speed or where things go
+        (``OPERATIONAL``). Where the run is tracked, served or executed (``mlflow``,
+        ``beam``, ``pipeline``, the serving root) does not change the model.
+        """
+        return {
+            key: value
+            for key, value in self.flat().items()
+            if (key.split(".", 1)[0] in MODEL_SECTIONS or key == "push.model_name")
+            and key not in OPERATIONAL
+        }
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> Config:
