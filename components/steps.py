@@ -17,9 +17,10 @@ import re
 import tempfile
 from dataclasses import asdict, dataclass
 
+from visionpipe import faults, progress, registry, storage
 from visionpipe import features as F
-from visionpipe import progress, registry, storage
 from visionpipe.config import Config
+from visionpipe.home import Home
 from visionpipe.tracking import KIND_TAG, SKIPPED_TAG, Tracking
 
 log = logging.getLogger(__name__)
@@ -371,7 +372,6 @@ def rollback(
     copy changes nothing.
     """
     from components.push.push import check_writable, rollback_serving
-    from visionpipe.home import Home
 
     name = model_name or config.push.model_name
     serving_root = Home.resolve().serving_root_for(config)
@@ -380,6 +380,7 @@ def rollback(
     _, previous = registry.rollback_pair(client, name)  # RollbackError before any copy
     digest = previous.tags.get("model_digest", "")
     version, path = rollback_serving(storage.join(serving_root, name), digest)
+    faults.point("rollback.republished")
     champion, demoted = registry.swap_champion(
         client, name, {"serving_version": str(version), "serving_path": path}
     )
@@ -400,11 +401,13 @@ def _log_mlflow_model(run, result, blessing_uri: str) -> None:
 def push(model_uri: str, blessing_uri: str, config: Config, tracking: Tracking | None = None):
     """Publishes to the serving root and registers the version as ``champion``.
 
-    The serving root is ``push.serving_root``, or ``<VISIONPIPE_HOME>/serving`` when unset.
+    Every push reconciles the serving root and the registry by the model's digest, in
+    an order that a rerun finishes whatever a crash left: the files (a version on disk
+    holding the digest, or a new one), then a registry version holding the digest (made
+    if missing, with its tags), then the aliases, last. The serving root is
+    ``push.serving_root``, or ``<VISIONPIPE_HOME>/serving`` when unset.
     """
     from components.push.push import apply_retention, check_writable, run_push
-    from visionpipe.blessing import read_blessing
-    from visionpipe.home import Home
 
     serving_root = Home.resolve().serving_root_for(config)
     check_writable(serving_root)  # before any work: a clear error naming the target
@@ -412,23 +415,16 @@ def push(model_uri: str, blessing_uri: str, config: Config, tracking: Tracking |
     name = config.push.model_name
     with session.step("push") as run:
         result = run_push(model_uri, blessing_uri, serving_root, name)
-        registered = None
-        if not result.already_pushed:
+        faults.point("push.renamed")
+        existing = registry.version_by_digest(session.client, name, result.digest)
+        if existing is None:
             _log_mlflow_model(run, result, blessing_uri)
-            blessing = read_blessing(blessing_uri)
-            tags = {
-                "pipeline_run_id": session.pipeline_run_id,
-                "serving_path": result.path,
-                "serving_version": str(result.version),
-                "model_digest": result.digest,
-                "data_fingerprint": session.pipeline_tag("data_fingerprint"),
-                **{
-                    f"test_{k}": f"{blessing['candidate'][k]:.6f}"
-                    for k in ("accuracy", "macro_f1", "log_loss")
-                    if k in blessing["candidate"]
-                },
-            }
+            tags = _version_tags(session, result, blessing_uri)
             registered = registry.register(session.client, name, run.run_id, "model", tags)
+            faults.point("push.registered")
+        else:
+            registered = str(existing.version)
+        moved = registry.promote(session.client, name, registered)
         deleted = apply_retention(
             storage.join(serving_root, name),
             config.push.keep_versions,
@@ -437,15 +433,35 @@ def push(model_uri: str, blessing_uri: str, config: Config, tracking: Tracking |
         if deleted:
             run.set_tags({"retention_deleted_versions": ",".join(map(str, deleted))})
         run.log_metrics({"pushed_version": result.version})
-        outcome = {"pushed_version": result.version, "pushed_path": result.path}
-        if registered:
-            outcome["registered_version"] = registered
+        outcome = {
+            "pushed_version": result.version,
+            "pushed_path": result.path,
+            "registered_version": registered,
+        }
         run.set_tags(outcome)
         session.log_outcome(metrics={"pushed_version": result.version}, tags=outcome)
-    progress.done(
-        "push", f"version {result.version}" + (" (already pushed)" if result.already_pushed else "")
-    )
+    already = result.already_pushed and existing is not None and not moved
+    progress.done("push", f"version {result.version}" + (" (already pushed)" if already else ""))
     return result
+
+
+def _version_tags(session: Tracking, result, blessing_uri: str) -> dict[str, str]:
+    """The registry version's tags: where it is served, its digest, data and test metrics."""
+    from visionpipe.blessing import read_blessing
+
+    candidate = read_blessing(blessing_uri).get("candidate", {})
+    return {
+        "pipeline_run_id": session.pipeline_run_id,
+        "serving_path": result.path,
+        "serving_version": str(result.version),
+        "model_digest": result.digest,
+        "data_fingerprint": session.pipeline_tag("data_fingerprint"),
+        **{
+            f"test_{k}": f"{candidate[k]:.6f}"
+            for k in ("accuracy", "macro_f1", "log_loss")
+            if k in candidate
+        },
+    }
 
 
 def predict_batch(

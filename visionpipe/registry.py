@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 
+from visionpipe import faults
 from visionpipe.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -51,18 +52,32 @@ def rollback_pair(client, model_name: str):
 def swap_champion(client, model_name: str, tags: dict[str, str] | None = None) -> tuple[str, str]:
     """Makes ``previous`` the champion again and the champion ``previous``.
 
+    Tags first, then ``champion``, then ``previous``: run again after a crash between
+    the two alias moves (both then name the same version), it finishes the swap from
+    the ``rolled_back_from`` tag instead of swapping twice.
+
     Returns ``(new champion version, new previous version)``.
 
     Raises:
         RollbackError: the model has no ``previous`` (or no ``champion``) version.
     """
     champion, previous = rollback_pair(client, model_name)
+    if str(champion.version) == str(previous.version):  # a swap stopped half-way
+        demoted = champion.tags.get("rolled_back_from", "")
+        if not demoted:
+            raise RollbackError(
+                f"{model_name}: champion and previous are both version {champion.version}"
+            )
+        client.set_registered_model_alias(model_name, PREVIOUS, demoted)
+        return str(champion.version), demoted
     for key, value in (tags or {}).items():
         client.set_model_version_tag(model_name, previous.version, key, value)
     client.set_model_version_tag(
         model_name, previous.version, "rolled_back_from", str(champion.version)
     )
+    faults.point("rollback.tagged")
     client.set_registered_model_alias(model_name, CHAMPION, previous.version)
+    faults.point("rollback.champion_set")
     client.set_registered_model_alias(model_name, PREVIOUS, champion.version)
     log.info("registry: %s rolled back to version %s", model_name, previous.version)
     return str(previous.version), str(champion.version)
@@ -108,10 +123,24 @@ def download_models_uri(client, uri: str, dst_dir: str) -> str:
     return download_version(client, name, version, dst_dir)
 
 
-def register(client, model_name: str, run_id: str, artifact_path: str, tags: dict[str, str]) -> str:
-    """Registers the run's logged model as a new version and makes it the champion.
+def version_by_digest(client, model_name: str, digest: str):
+    """The newest registry version holding the model with content ``digest``, or None."""
+    from mlflow.exceptions import MlflowException
 
-    The former champion, if any, gets the alias ``previous``. Returns the new version.
+    try:
+        found = client.search_model_versions(f"name = '{model_name}'")
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    matches = [v for v in found if v.tags.get("model_digest") == digest]
+    return max(matches, key=lambda v: int(v.version), default=None)
+
+
+def register(client, model_name: str, run_id: str, artifact_path: str, tags: dict[str, str]) -> str:
+    """Registers the run's logged model as a new version (tags included); no alias moves.
+
+    Returns the new version. ``promote`` makes it the champion.
     """
     from mlflow.exceptions import MlflowException
 
@@ -120,12 +149,25 @@ def register(client, model_name: str, run_id: str, artifact_path: str, tags: dic
     except MlflowException as err:
         if err.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    former = version_by_alias(client, model_name, CHAMPION)
     version = client.create_model_version(
         model_name, source=f"runs:/{run_id}/{artifact_path}", run_id=run_id, tags=tags
     )
+    return str(version.version)
+
+
+def promote(client, model_name: str, version: str) -> bool:
+    """Makes ``version`` the champion, the former champion ``previous``; idempotent.
+
+    The aliases are the last thing a push changes, ``previous`` before ``champion``:
+    run again after a crash between the two, it ends as an uninterrupted call would.
+    Returns whether anything moved.
+    """
+    former = version_by_alias(client, model_name, CHAMPION)
+    if former is not None and str(former.version) == str(version):
+        return False
     if former is not None:
         client.set_registered_model_alias(model_name, PREVIOUS, former.version)
-    client.set_registered_model_alias(model_name, CHAMPION, version.version)
-    log.info("registry: %s version %s is now %s", model_name, version.version, CHAMPION)
-    return str(version.version)
+        faults.point("push.previous_set")
+    client.set_registered_model_alias(model_name, CHAMPION, version)
+    log.info("registry: %s version %s is now %s", model_name, version, CHAMPION)
+    return True

@@ -19,7 +19,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from visionpipe import storage
+from visionpipe import faults, storage
 from visionpipe.blessing import read_blessing
 from visionpipe.errors import UserError
 from visionpipe.layout import READY_FILE, versions
@@ -117,6 +117,7 @@ def publish(model_uri: str, model_root: str, digest: str, **record) -> tuple[int
         storage.write_json(
             storage.join(staging, PUSH_RECORD), {"digest": digest, "source": model_uri, **record}
         )
+        faults.point("push.copied")
         storage.rename(staging, final)
     finally:
         storage.remove(staging)
@@ -132,10 +133,16 @@ def version_digest(version_uri: str) -> str | None:
 def rollback_serving(model_root: str, digest: str) -> tuple[int, str]:
     """Republishes the version holding ``digest`` as a new highest version.
 
+    If the highest version already holds it (a rollback that stopped before the
+    registry changed), that version is returned: run again, a rollback copies once.
+
     Raises:
         FileNotFoundError: no version under ``model_root`` holds that model.
     """
-    for number, uri in sorted(versions(model_root).items(), reverse=True):
+    existing = versions(model_root)
+    if existing and version_digest(existing[max(existing)]) == digest:
+        return max(existing), existing[max(existing)]
+    for number, uri in sorted(existing.items(), reverse=True):
         if version_digest(uri) == digest:
             version, final = publish(uri, model_root, digest, rolled_back_from_version=number)
             log.info("rollback: version %d republished as %d", number, version)
