@@ -371,19 +371,20 @@ def rollback(
     (servers load the highest); only then do the registry aliases swap, so a failed
     copy changes nothing.
     """
-    from components.push.push import check_writable, rollback_serving
+    from components.push.push import check_writable, rollback_serving, serving_lock
 
     name = model_name or config.push.model_name
     serving_root = Home.resolve().serving_root_for(config)
     check_writable(serving_root)
     client = _session(config, tracking).client
-    _, previous = registry.rollback_pair(client, name)  # RollbackError before any copy
-    digest = previous.tags.get("model_digest", "")
-    version, path = rollback_serving(storage.join(serving_root, name), digest)
-    faults.point("rollback.republished")
-    champion, demoted = registry.swap_champion(
-        client, name, {"serving_version": str(version), "serving_path": path}
-    )
+    with serving_lock(storage.join(serving_root, name)):
+        _, previous = registry.rollback_pair(client, name)  # RollbackError before any copy
+        digest = previous.tags.get("model_digest", "")
+        version, path = rollback_serving(storage.join(serving_root, name), digest)
+        faults.point("rollback.republished")
+        champion, demoted = registry.swap_champion(
+            client, name, {"serving_version": str(version), "serving_path": path}
+        )
     return {"champion": champion, "previous": demoted, "serving_version": version, "path": path}
 
 
@@ -407,13 +408,13 @@ def push(model_uri: str, blessing_uri: str, config: Config, tracking: Tracking |
     if missing, with its tags), then the aliases, last. The serving root is
     ``push.serving_root``, or ``<VISIONPIPE_HOME>/serving`` when unset.
     """
-    from components.push.push import apply_retention, check_writable, run_push
+    from components.push.push import apply_retention, check_writable, run_push, serving_lock
 
     serving_root = Home.resolve().serving_root_for(config)
     check_writable(serving_root)  # before any work: a clear error naming the target
     session = _session(config, tracking)
     name = config.push.model_name
-    with session.step("push") as run:
+    with session.step("push") as run, serving_lock(storage.join(serving_root, name)):
         result = run_push(model_uri, blessing_uri, serving_root, name)
         faults.point("push.renamed")
         existing = registry.version_by_digest(session.client, name, result.digest)

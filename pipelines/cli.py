@@ -491,10 +491,13 @@ def _run(args, config: Config) -> int:
 
 
 def _log_to_mlflow(run_id: str, log_path, config: Config) -> None:
-    """The run's log file as an artifact of its MLflow run."""
+    """The run's log file as an artifact of its MLflow run (best effort after a failure)."""
     from visionpipe import tracking
 
-    tracking.client(tracking.tracking_uri(config)).log_artifact(run_id, str(log_path))
+    try:
+        tracking.client(tracking.tracking_uri(config)).log_artifact(run_id, str(log_path))
+    except Exception as err:  # noqa: BLE001 - an unreachable store must not hide the error
+        logging.getLogger(__name__).warning("log not stored in MLflow: %s", err)
 
 
 def _format_summary(s) -> str:

@@ -10,6 +10,7 @@ start and end.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass
 
@@ -61,8 +62,21 @@ class StepFailed(RuntimeError):
 
 
 def run_name(config: Config) -> str:
-    """A new pipeline run's name: the pipeline and the local time."""
-    return f"{config.pipeline.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    """A new pipeline run's name: the pipeline and the local time, reserved on this home.
+
+    Its log file (``<home>/logs/<name>.log``) is created here, exclusively: a second run
+    started in the same second gets the process id appended instead of sharing the log.
+    """
+    base = f"{config.pipeline.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    logs = Home.resolve().root / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    for name in (base, f"{base}-{os.getpid()}"):
+        try:
+            (logs / f"{name}.log").open("x").close()
+            return name
+        except FileExistsError:
+            continue
+    return f"{base}-{os.getpid()}-{time.monotonic_ns()}"
 
 
 def resolve_local(config: Config, home: Home) -> Config:
@@ -146,7 +160,12 @@ def run_local(
         step, message = next(iter(runner.errors.items()))
         raise StepFailed(step, message, run_id) from err
     finally:
-        session.end_pipeline(ok)
+        try:
+            session.end_pipeline(ok)
+        except Exception as err:  # noqa: BLE001 - the store is gone: keep the step's own error
+            log.warning("could not mark MLflow run %s finished: %s", run_id, err)
+            if ok:
+                raise
     return summarize(run_id, time.monotonic() - started, uri)
 
 

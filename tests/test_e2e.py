@@ -223,3 +223,29 @@ def test_ctrl_c_stops_the_running_step_and_says_what_was_kept(tiny_dataset, tmp_
     )
     status = {r.info.run_name: r.info.status for r in runs}
     assert status["train"] == "FAILED" and status["transform"] == "FINISHED"
+
+
+def test_two_runs_on_one_home_both_finish_with_distinct_versions(tiny_dataset, isolated_home):
+    # Two terminals, one home: different seeds (different models), a gate that blesses
+    # both; the pushes are serialised by the serving root's lock.
+    env = {**os.environ, "VISIONPIPE_HOME": str(isolated_home)}
+    procs = []
+    for seed in (1, 2):
+        command = [sys.executable, "-m", "pipelines.cli", "run", "--data", str(tiny_dataset)]
+        command += ["--json", "--set", f"trainer.seed={seed}"]
+        command += ["--set", "evaluate.champion_tolerance=1.0"]
+        for item in TINY_OVERRIDES:
+            command += ["--set", item]
+        procs.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True))
+    summaries = [json.loads(p.communicate(timeout=900)[0]) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert sorted(s["pushed_version"] for s in summaries) == [1, 2]
+    assert len({s["log"] for s in summaries}) == 2  # each its own log
+    store = f"sqlite:///{isolated_home / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
+    champion = client.get_model_version_by_alias("visionpipe-classifier", "champion")
+    previous = client.get_model_version_by_alias("visionpipe-classifier", "previous")
+    assert (champion.tags["serving_version"], previous.tags["serving_version"]) == ("2", "1")
+    assert champion.tags["model_digest"] != previous.tags["model_digest"]
+    for s in summaries:
+        assert client.get_run(s["mlflow_run_id"]).info.status == "FINISHED"

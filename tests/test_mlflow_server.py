@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -19,28 +20,45 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def server():
-    """PostgreSQL and the MLflow server on free loopback ports; stopped afterwards."""
+def database():
+    """PostgreSQL on a free loopback port, and a folder for artifacts; stopped afterwards."""
     # Not under pytest's 0700 temp root: when tests run as root, PostgreSQL runs as the
     # postgres user, which must reach its data directory.
     root = Path(tempfile.mkdtemp(prefix="visionpipe-mlflow-server-"))
     os.chmod(root, 0o755)
-    db_port, port = free_ports(2)
+    [db_port] = free_ports(1)
     postgres = Postgres(root / "postgres", db_port).start()
-    log = open(root / "server.log", "w")  # noqa: SIM115 - closed below
+    try:
+        yield postgres, root
+    finally:
+        postgres.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _start_server(database, name: str):
+    postgres, root = database
+    [port] = free_ports(1)
+    log = open(root / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
     process = subprocess.Popen(
-        server_command(postgres.uri, root / "artifacts", port), stdout=log, stderr=log
+        server_command(postgres.uri, root / "artifacts", port),
+        stdout=log,
+        stderr=log,
+        start_new_session=True,  # its own process group: the web workers go with it
     )
     url = f"http://127.0.0.1:{port}"
+    wait_until_up(url, process)
+    return process, url
+
+
+@pytest.fixture(scope="module")
+def server(database):
+    """The MLflow server on PostgreSQL; stopped afterwards."""
+    process, url = _start_server(database, "server")
     try:
-        wait_until_up(url, process)
         yield url
     finally:
         process.terminate()
         process.wait(timeout=30)
-        log.close()
-        postgres.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_the_pipeline_logs_runs_metrics_and_the_registry_through_the_server(
@@ -80,3 +98,31 @@ def test_the_pipeline_logs_runs_metrics_and_the_registry_through_the_server(
 
     assert os.path.exists(os.path.join(model_dir, "MLmodel"))
     assert os.path.exists(os.path.join(saved_model_in(model_dir), "saved_model.pb"))
+
+
+def test_the_server_going_away_mid_run_fails_the_run_with_one_line(
+    database, server, tiny_dataset, isolated_home
+):
+    process, url = _start_server(database, "doomed")  # same database as `server`
+    args = [sys.executable, "-m", "pipelines.cli", "run", "--data", str(tiny_dataset)]
+    for item in TINY_OVERRIDES:
+        args += ["--set", item]
+    env = {**os.environ, "VISIONPIPE_HOME": str(isolated_home), "MLFLOW_TRACKING_URI": url}
+    env.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="1", MLFLOW_HTTP_REQUEST_TIMEOUT="5")
+    env["PYTHONUNBUFFERED"] = "1"  # step lines as they happen
+    run = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, text=True)
+    lines = []
+    for line in run.stdout:  # one plain line per finished step (no terminal)
+        lines.append(line)
+        if "ingest" in line and process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)  # the server (and its workers) goes away
+            process.wait()
+    assert run.wait(timeout=600) == 1
+    failed = [line for line in lines if line.startswith("visionpipe: step ")]
+    assert len(failed) == 1 and url.removeprefix("http://") in failed[0], "".join(lines)
+    # No half-registered version: the registry (same database) has none.
+    client = mlflow.MlflowClient(tracking_uri=server, registry_uri=server)
+    assert not client.search_model_versions("name = 'visionpipe-classifier'") or all(
+        v.tags.get("model_digest")
+        for v in client.search_model_versions("name = 'visionpipe-classifier'")
+    )

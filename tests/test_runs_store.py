@@ -138,3 +138,15 @@ def test_compare_names_an_unknown_metric_or_experiment(tiny_config, capsys):
     ]
     assert main(["compare", "--metric", "test_acuracy"]) == 2
     assert "unknown metric 'test_acuracy'" in capsys.readouterr().err
+
+
+def test_a_corrupt_store_is_one_clear_error(isolated_home, tiny_dataset, capsys):
+    isolated_home.mkdir(parents=True, exist_ok=True)
+    (isolated_home / "mlflow.db").write_bytes(b"\x00not sqlite at all" * 100)
+    assert main(["run", "--data", str(tiny_dataset)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert err == [
+        f"visionpipe: error: MLflow store {isolated_home / 'mlflow.db'} cannot be opened "
+        "(file is not a database); move it aside (a new one is made) or restore it from a backup"
+    ]
+    assert not (isolated_home / "serving").exists()

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from visionpipe.config import Config
+from visionpipe.errors import UserError
 from visionpipe.home import Home
 from visionpipe.tracker import Tracker
 
@@ -44,7 +45,21 @@ def client(uri: str):
     """An ``MlflowClient`` for tracking and registry at ``uri``."""
     import mlflow
 
-    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    with _creating_store(uri):  # a new SQLite store's tables are made here
+        try:
+            return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+        except Exception as err:  # noqa: BLE001 - SQLAlchemy and alembic errors, wrapped or not
+            if not uri.startswith("sqlite:"):
+                raise
+            cause = str(getattr(err, "orig", None) or err).splitlines()[0]
+            raise TrackingStoreError(
+                f"MLflow store {uri.removeprefix('sqlite:///')} cannot be opened ({cause}); "
+                "move it aside (a new one is made) or restore it from a backup"
+            ) from None
+
+
+class TrackingStoreError(UserError, RuntimeError):
+    """The tracking store cannot be used; the message names it and says why."""
 
 
 def retrying(fn, *args, attempts: int = 8, **kwargs):
@@ -270,8 +285,9 @@ def _experiment(mlflow_client, name: str, uri: str) -> str:
     """The experiment's id, created (with local artifacts for a SQLite store) if missing."""
     from mlflow.exceptions import MlflowException
 
-    experiment = mlflow_client.get_experiment_by_name(name)  # creates a new store's tables
-    _write_ahead_log(uri)
+    with _creating_store(uri):  # the first call creates a new store's tables
+        experiment = mlflow_client.get_experiment_by_name(name)
+        _write_ahead_log(uri)
     if experiment is not None:
         return experiment.experiment_id
     artifact_location = None
@@ -281,6 +297,28 @@ def _experiment(mlflow_client, name: str, uri: str) -> str:
         return mlflow_client.create_experiment(name, artifact_location=artifact_location)
     except MlflowException:  # created meanwhile by another process
         return mlflow_client.get_experiment_by_name(name).experiment_id
+
+
+@contextlib.contextmanager
+def _creating_store(uri: str) -> Iterator[None]:
+    """For a SQLite store: one process at a time creates or migrates its tables.
+
+    Two runs started together on a new home both ran MLflow's migrations on the same
+    file, and one failed ("Online migration expected to match one row").
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    path = uri.removeprefix("sqlite:///")
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(f"{path}.lock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _write_ahead_log(uri: str) -> None:

@@ -12,14 +12,17 @@ highest); retention keeps the newest versions and never the champion's or previo
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import logging
 import posixpath
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 
-from visionpipe import faults, storage
+from visionpipe import faults, progress, storage
 from visionpipe.blessing import read_blessing
 from visionpipe.errors import UserError
 from visionpipe.layout import READY_FILE, versions
@@ -39,6 +42,36 @@ class NotBlessedError(UserError, RuntimeError):
 
 class PushTargetError(UserError, ValueError):
     """The serving root cannot be written; the message names it."""
+
+
+@contextlib.contextmanager
+def serving_lock(model_root: str, wait_message: str = "") -> Iterator[None]:
+    """Holds ``<serving_root>/.<model>.lock``: one push or rollback at a time per model.
+
+    Version numbers (the next integer) and alias moves are decided inside it, so two
+    runs on one home get distinct versions and the champion is the later one's. On a
+    local filesystem it is an ``flock`` (released by the kernel if the holder dies);
+    an object store has no such lock: there, one pusher per model is assumed (KFP
+    recurring runs are created with at most one run at a time).
+    """
+    if "://" in model_root and not model_root.startswith("file://"):
+        yield
+        return
+    root, name = posixpath.split(model_root.removeprefix("file://").rstrip("/"))
+    path = posixpath.join(root, f".{name}.lock")  # beside the model: servers list its folder
+    storage.makedirs(root)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            message = wait_message or f"waiting for another push to {model_root} to finish"
+            log.warning("push: %s", message)
+            progress.report("push", message)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def check_writable(serving_root: str) -> None:
