@@ -271,8 +271,10 @@ def _search(hypermodel: TrialModel, output_uri: str, config: Config, tracker: Tr
             raise RuntimeError(
                 f"tune: none of the {len(trials)} trials completed; errors: {messages}"
             )
-        best = tuner.oracle.get_best_trials(1)[0]
-    ranked = sorted(trials, key=lambda t: -1.0 if t.score is None else t.score, reverse=True)
+    # Best score first; equal scores (common on small validation splits) in trial order,
+    # so a rerun that reloads the search reports the same best trial.
+    ranked = sorted(trials, key=lambda t: (-(t.score if t.score is not None else -1.0), t.trial_id))
+    best = ranked[0]
     ranking = [
         {
             "trial": t.trial_id,
