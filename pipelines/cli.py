@@ -175,7 +175,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--only-if-data-changed",
         action="store_true",
-        help="stop after ingest when the data equals the last successful run's (as schedules do)",
+        help="stop after ingest when the data, model settings and version equal the last "
+        "successful run's (as schedules do)",
     )
 
     p = command("compare", _compare, "Compare pipeline runs from MLflow: a table and a chart.")
@@ -186,7 +187,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--include-skipped",
         action="store_true",
-        help="also list runs that stopped after ingest because the data had not changed",
+        help="also list runs that stopped after ingest because nothing had changed",
     )
     p.add_argument(
         "--chart",
@@ -253,9 +254,7 @@ def _cron_arguments(p: argparse.ArgumentParser) -> None:
         required=True,
         help="when: 5 cron fields ('0 3 * * *'), 6 with seconds first, or @daily, @hourly, ...",
     )
-    p.add_argument(
-        "--force", action="store_true", help="retrain even when the data has not changed"
-    )
+    p.add_argument("--force", action="store_true", help="retrain even when nothing has changed")
 
 
 def _quiet_libraries() -> None:

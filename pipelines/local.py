@@ -107,7 +107,8 @@ def run_local(
     """Validates the data, then runs the whole pipeline locally and summarises it.
 
     With ``only_if_data_changed``, the run stops after ingest (reported as skipped,
-    with the reason) when the data equals the last successful run's.
+    with the reason) when the data, model settings and version equal the last successful
+    run's.
 
     Args:
         data_uri: the images (folder of class folders, CSV, or object-store URI).
