@@ -167,20 +167,34 @@ def _instance_bytes(instance: Any, index: int) -> bytes:
         raise ValueError(f"instances[{index}]: invalid base64: {err}") from None
 
 
-def _readable_image(path: str) -> tuple[bytes, str]:
-    """The file's bytes, or an error saying why the model cannot take it."""
-    import tensorflow as tf
+UNDECODABLE = "not an image the model can decode (JPEG, PNG, GIF or BMP)"
 
+
+def read_file(path: str) -> tuple[bytes, str]:
+    """The file's bytes, or why it cannot be read (no such file, unreadable, empty)."""
     try:
         data = storage.read_bytes(path)
     except FileNotFoundError:
         return b"", "no such file"
-    except OSError as err:
-        return b"", f"cannot read: {err.strerror or err}"
-    if not data:
-        return b"", "empty file"
+    except (OSError, ValueError) as err:
+        return b"", f"cannot read: {getattr(err, 'strerror', None) or err}"
+    return (data, "") if data else (b"", "empty file")
+
+
+def decodes(data: bytes) -> bool:
+    """Whether the served model's decoder takes these bytes."""
+    import tensorflow as tf
+
     try:
         tf.io.decode_image(data, channels=3, expand_animations=False)
     except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
-        return b"", "not an image the model can decode (JPEG, PNG, GIF or BMP)"
-    return data, ""
+        return False
+    return True
+
+
+def _readable_image(path: str) -> tuple[bytes, str]:
+    """The file's bytes, or an error saying why the model cannot take it."""
+    data, error = read_file(path)
+    if error:
+        return b"", error
+    return (data, "") if decodes(data) else (b"", UNDECODABLE)

@@ -28,13 +28,13 @@ from visionpipe import storage
 from visionpipe.beam import pipeline_options
 from visionpipe.config import Config
 from visionpipe.errors import UserError
+from visionpipe.serving import UNDECODABLE, decodes, read_file
 
 log = logging.getLogger(__name__)
 
 PREDICTIONS = "predictions"  # predictions-SSSSS-of-NNNNN.jsonl
 REJECTS_FILE = "rejects.jsonl"
 SUMMARY_FILE = "summary.json"
-UNDECODABLE = "not an image the model can decode (JPEG, PNG, GIF or BMP)"
 
 
 class BatchInputError(UserError, ValueError):
@@ -202,7 +202,7 @@ class _Predict(beam.DoFn):
         """Yields one row per classified file, and a tagged reject per other file."""
         good, data = [], []
         for path in paths:
-            content, reason = _read(path)
+            content, reason = read_file(path)
             if reason:
                 self._rejected.inc()
                 yield beam.pvalue.TaggedOutput("rejects", {"path": path, "reason": reason})
@@ -211,7 +211,7 @@ class _Predict(beam.DoFn):
                 data.append(content)
         out = self._classify(data) if data else None
         if out is None and data:  # a file that does not decode: find it, score the rest
-            keep = [i for i, content in enumerate(data) if self._decodes(content)]
+            keep = [i for i, content in enumerate(data) if decodes(content)]
             for i in sorted(set(range(len(data))) - set(keep)):
                 self._rejected.inc()
                 yield beam.pvalue.TaggedOutput("rejects", {"path": good[i], "reason": UNDECODABLE})
@@ -229,14 +229,6 @@ class _Predict(beam.DoFn):
             return None
         return {k: v.numpy() for k, v in out.items()}
 
-    def _decodes(self, content: bytes) -> bool:
-        tf = self._tf
-        try:
-            tf.io.decode_image(content, channels=3, expand_animations=False)
-        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
-            return False
-        return True
-
     def _row(self, path: str, out: dict, row: int) -> dict:
         probabilities = out["probabilities"][row]
         names = out["class_name"]
@@ -250,14 +242,3 @@ class _Predict(beam.DoFn):
             "probability": float(probabilities[class_id]),
             "top_k": [{"class": labels[i], "probability": float(probabilities[i])} for i in order],
         }
-
-
-def _read(path: str) -> tuple[bytes, str]:
-    """The file's bytes, or why it cannot be read."""
-    try:
-        content = storage.read_bytes(path)
-    except FileNotFoundError:
-        return b"", "no such file"
-    except (OSError, ValueError) as err:
-        return b"", f"cannot read: {getattr(err, 'strerror', None) or err}"
-    return (content, "") if content else (b"", "empty file")
