@@ -276,10 +276,6 @@ class Tracking:
         runs = self.pipeline_runs(finished_only=True)
         return next((r for r in runs if r.info.run_id != self.pipeline_run_id), None)
 
-    def log_file(self, run_id: str, local_path: str) -> None:
-        """A local file as an artifact of a run."""
-        self.client.log_artifact(run_id, local_path)
-
 
 def _experiment(mlflow_client, name: str, uri: str) -> str:
     """The experiment's id, created (with local artifacts for a SQLite store) if missing."""
