@@ -16,11 +16,16 @@ error for an image that cannot be decoded.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+from collections.abc import Iterator
 from importlib import metadata as importlib_metadata
 
 from visionpipe import features as F
 from visionpipe import storage
+
+log = logging.getLogger(__name__)
 
 WRAPPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pyfunc_model.py")
 SAVED_MODEL_ARTIFACT = "saved_model"  # the wrapper's artifact key (pyfunc_model.SAVED_MODEL)
@@ -78,19 +83,45 @@ def save_mlflow_model(
         digest: the model's content digest (also in the metadata).
     """
     import pandas as pd
-    from mlflow.pyfunc import save_model
 
     example = None if example_image is None else pd.DataFrame({"image": [example_image]})
-    save_model(
-        path=out_dir,
-        python_model=WRAPPER,
-        artifacts={SAVED_MODEL_ARTIFACT: saved_model_dir},
-        signature=signature(),
-        input_example=example,
-        pip_requirements=requirements(),
-        metadata=model_metadata(saved_model_dir, digest),
-    )
+    if example is None:
+        log.info("mlflow model: no example image next to the blessing; saved without one")
+    # The signature is explicit (no type hints on predict by design: MLflow would then
+    # check inputs by the hints, not the signature), and a missing example is logged
+    # above. MLflow resets warning filters around these ("once"), so they are dropped
+    # where they are shown instead.
+    with _dropping_warnings("type hints to the `predict` method", "input example was not provided"):
+        from mlflow.pyfunc import save_model
+
+        save_model(
+            path=out_dir,
+            python_model=WRAPPER,
+            artifacts={SAVED_MODEL_ARTIFACT: saved_model_dir},
+            signature=signature(),
+            input_example=example,
+            pip_requirements=requirements(),
+            metadata=model_metadata(saved_model_dir, digest),
+        )
     return out_dir
+
+
+@contextlib.contextmanager
+def _dropping_warnings(*fragments: str) -> Iterator[None]:
+    """Warnings whose text contains one of ``fragments`` are not shown; others are."""
+    import warnings
+
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not any(fragment in str(message) for fragment in fragments):
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
 
 
 def saved_model_in(model_dir: str) -> str | None:
