@@ -33,14 +33,13 @@ def bench_transform_and_serving(work: Path, data: str, overrides: list[str]) -> 
     import numpy as np
     import tensorflow as tf
 
-    from components.evaluate.evaluate import load_test_examples
     from components.ingest.ingest import run_ingest
     from components.transform.transform import run_transform
     from trainer.export import export_serving_model
     from trainer.model import build_model, model_inputs, served_part
     from visionpipe import features as F
     from visionpipe.config import load_config
-    from visionpipe.transform_graph import TransformGraph
+    from visionpipe.transform_graph import TransformGraph, load_raw_split
 
     config = load_config(overrides=overrides)
     started = time.monotonic()
@@ -77,7 +76,7 @@ def bench_transform_and_serving(work: Path, data: str, overrides: list[str]) -> 
     classifier = served_part(model)
     export_serving_model(classifier, graph, str(work / "served"))
     serve = tf.saved_model.load(str(work / "served")).signatures[F.SERVING_SIGNATURE]
-    raw, _ = load_test_examples(ingested.output_uri)
+    raw = load_raw_split(ingested.output_uri, "test").images
     raw = tf.constant((raw * (BATCH // len(raw) + 1))[:BATCH])
     layer = graph.output.transform_features_layer()
     decoded = tf.cast(layer({F.IMAGE_ENCODED: raw})[F.TRANSFORMED_IMAGE], tf.uint8)

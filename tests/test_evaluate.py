@@ -256,8 +256,8 @@ def test_report_has_checks_per_class_and_confusion(ingested, trained, tmp_path):
     assert "## Per class" in text and "## Confusion matrix" in text and "accuracy >= 0" in text
     report = blessing.candidate_report
     assert sum(map(sum, report["confusion_matrix"])) == ingested.examples["test"]
-    from components.evaluate.evaluate import load_test_examples
+    from visionpipe.transform_graph import load_raw_split
 
-    _, truth = load_test_examples(ingested.output_uri)
+    truth = load_raw_split(ingested.output_uri, "test").labels
     assert set(report["per_class"]) >= set(truth)
     assert sum(m["support"] for m in report["per_class"].values()) == len(truth)

@@ -152,11 +152,11 @@ def test_served_probabilities_from_raw_bytes_equal_the_trainer_path(
     transformed, ingested, tmp_path
 ):
     """The skew test: served model on raw bytes vs. the trainer's model on transformed examples."""
-    from components.evaluate.evaluate import load_test_examples
     from trainer.data import make_dataset
+    from visionpipe.transform_graph import load_raw_split
 
     graph, model, loaded = _untrained_export(transformed, tmp_path)
-    images, _ = load_test_examples(ingested.output_uri)
+    images = load_raw_split(ingested.output_uri, "test").images
     served = loaded.signatures[F.SERVING_SIGNATURE](**{F.SERVING_INPUT: tf.constant(images)})
     served = served["probabilities"].numpy()
     # The trainer's path: transformed examples as the trainer reads them, through the

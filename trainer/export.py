@@ -13,10 +13,16 @@ preprocessing that training saw: training and serving cannot skew. Two signature
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import keras
 import tensorflow as tf
 
+import trainer.model  # noqa: F401 - registers the custom layers a saved classifier holds
 from visionpipe import features as F
+from visionpipe import storage
+from visionpipe.errors import UserError
 from visionpipe.pixels import resize_batch
 from visionpipe.transform_graph import TransformGraph
 
@@ -71,3 +77,71 @@ def export_serving_model(model: keras.Model, graph: TransformGraph, export_dir: 
         },
     )
     return export_dir
+
+
+def preprocessing_contract(graph: TransformGraph) -> dict:
+    """What the classifier expects of its input, for anything that feeds it pixels itself.
+
+    The served SavedModel does this itself from encoded bytes; edge runtimes and
+    explanations take decoded pixels, and must prepare them exactly so.
+    """
+    return {
+        "image_size": int(graph.statistics["image_size"]),
+        "resize_mode": str(graph.statistics["resize_mode"]),
+        "channel_order": "RGB",
+        "layout": "NHWC",
+        "value_range": [0, 255],
+        "normalisation": "inside the model (its first layer standardises 0-255 pixels)",
+    }
+
+
+def save_classifier(classifier: keras.Model, uri: str) -> None:
+    """The classifier as a ``.keras`` file at ``uri`` (local or an object store)."""
+    with tempfile.TemporaryDirectory(prefix="visionpipe-classifier-") as tmp:
+        path = os.path.join(tmp, "classifier.keras")
+        classifier.save(path)
+        with open(path, "rb") as f:
+            storage.write_bytes(uri, f.read())
+
+
+class NotAVisionpipeModel(UserError, ValueError):
+    """A model directory lacks what this project's exports hold."""
+
+
+def load_classifier(model_dir: str) -> keras.Model:
+    """The Keras classifier saved inside an exported model (``assets.extra/classifier.keras``).
+
+    Raises:
+        NotAVisionpipeModel: the model holds no classifier file (not a visionpipe model,
+            or one exported before the classifier was kept beside it).
+    """
+    uri = storage.join(model_dir, F.CLASSIFIER_FILE)
+    if not storage.exists(uri):
+        raise NotAVisionpipeModel(
+            f"{model_dir}: no {F.CLASSIFIER_FILE}; not a visionpipe model, or one exported "
+            "before the classifier was kept in it (retrain it to explain or export it)"
+        )
+    with tempfile.TemporaryDirectory(prefix="visionpipe-classifier-") as tmp:
+        path = os.path.join(tmp, "classifier.keras")
+        with open(path, "wb") as f:
+            f.write(storage.read_bytes(uri))
+        return keras.saving.load_model(path, compile=False)
+
+
+def model_record(model_dir: str) -> dict:
+    """The training record of an exported model: labels, metrics, preprocessing contract.
+
+    Raises:
+        NotAVisionpipeModel: no training record, or one without the preprocessing
+            contract (exported by an older visionpipe).
+    """
+    uri = storage.join(model_dir, F.TRAINING_RECORD)
+    if not storage.exists(uri):
+        raise NotAVisionpipeModel(f"{model_dir}: no {F.TRAINING_RECORD}; not a visionpipe model")
+    record = storage.read_json(uri)
+    if "preprocessing" not in record:
+        raise NotAVisionpipeModel(
+            f"{model_dir}: its {F.TRAINING_RECORD} has no preprocessing contract (exported "
+            "by an older visionpipe); retrain it"
+        )
+    return record

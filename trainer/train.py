@@ -24,7 +24,7 @@ from trainer.artifacts import write_artifacts
 from trainer.callbacks import MetricsLogger, PeriodicBackup, learning_rate_schedule
 from trainer.data import split_datasets
 from trainer.distribute import choose_strategy, is_chief, use_mixed_precision
-from trainer.export import export_serving_model
+from trainer.export import export_serving_model, preprocessing_contract, save_classifier
 from trainer.model import build_model, compile_model, model_inputs, served_part, unfreeze_top
 from trainer.plan import TrainPlan, plan_training
 from visionpipe import features as F
@@ -161,10 +161,17 @@ def _build(hp, graph: TransformGraph, config: Config, strategy, mixed: bool) -> 
 
 def _export(model, graph: TransformGraph, hyperparameters, metrics, model_uri: str) -> None:
     """The serving SavedModel, with the training record (labels, metrics) inside it."""
-    export_serving_model(served_part(model), graph, model_uri)
+    classifier = served_part(model)
+    export_serving_model(classifier, graph, model_uri)
+    save_classifier(classifier, storage.join(model_uri, F.CLASSIFIER_FILE))
     storage.write_json(
         storage.join(model_uri, F.TRAINING_RECORD),
-        {"hyperparameters": hyperparameters, "labels": graph.labels, "metrics": metrics},
+        {
+            "hyperparameters": hyperparameters,
+            "labels": graph.labels,
+            "metrics": metrics,
+            "preprocessing": preprocessing_contract(graph),
+        },
     )
     log.info("train: exported %s; metrics %s", model_uri, json.dumps(metrics))
 

@@ -32,6 +32,9 @@ BLESSING_FILE = "blessing.json"
 REPORT_FILE = "report.md"  # the evaluation report, next to the blessing
 EXAMPLE_IMAGE_FILE = "example_image"  # a test image's encoded bytes, next to the blessing
 TRAINING_RECORD = "assets.extra/training.json"  # in the exported model: labels, metrics
+# The served classifier as a Keras file, in the exported model: what explanations (its
+# layers' gradients) and edge exports (TFLite, ONNX converters) start from.
+CLASSIFIER_FILE = "assets.extra/classifier.keras"
 SERVING_SIGNATURE = "serving_default"
 SERVING_INPUT = "image_bytes"
 

@@ -43,6 +43,18 @@ def decode_and_resize(encoded: tf.Tensor, size: int, mode: str) -> tf.Tensor:
     return tf.map_fn(one, encoded, fn_output_signature=tf.TensorSpec([size, size, 3], tf.uint8))
 
 
+def decode_one(data: bytes, size: int, mode: str):
+    """One encoded image as a uint8 ``[size, size, 3]`` numpy array; None if undecodable.
+
+    For code that feeds the classifier pixels itself (explanations, edge runtimes):
+    the same decoder and resize as the served graph.
+    """
+    try:
+        return decode_and_resize(tf.constant([data]), size, mode).numpy()[0]
+    except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
+        return None
+
+
 def resize_batch(images: tf.Tensor, size: int, mode: str) -> tf.Tensor:
     """A batch of decoded uint8 ``[batch, h, w, 3]`` images as uint8 ``[batch, size, size, 3]``."""
     check_mode(mode)

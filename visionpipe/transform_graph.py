@@ -2,9 +2,9 @@
 
 The transform step writes ``transform_fn/``, ``transformed_metadata/`` and
 ``statistics.json`` into one directory; the trainer embeds the graph in the served
-model and sizes the model from the statistics; evaluate reads raw test examples with
-the same feature spec the graph was built on. tf.Transform is imported only when a
-graph is opened.
+model and sizes the model from the statistics; evaluate and the edge export read raw
+examples (``load_raw_split``) with the same feature spec the graph was built on.
+tf.Transform is imported only when a graph is opened.
 """
 
 from __future__ import annotations
@@ -28,6 +28,39 @@ def raw_feature_spec() -> dict[str, tf.io.FixedLenFeature]:
         F.IMAGE_ENCODED: tf.io.FixedLenFeature([], tf.string),
         F.LABEL_TEXT: tf.io.FixedLenFeature([], tf.string),
     }
+
+
+@dataclass(frozen=True)
+class RawSplit:
+    """One split of ingest's examples: encoded images, label names and source files."""
+
+    images: list[bytes]
+    labels: list[str]
+    names: list[str]
+
+
+def load_raw_split(raw_examples_uri: str, split: str, limit: int | None = None) -> RawSplit:
+    """The examples of one split (the first ``limit`` of them when given), in shard order.
+
+    Raises:
+        ValueError: the split has no shards under ``raw_examples_uri``.
+    """
+    files = sorted(storage.glob(F.split_pattern(raw_examples_uri, split)))
+    if not files:
+        raise ValueError(f"{raw_examples_uri}: no {split} shards (not ingest's examples?)")
+    spec = {**raw_feature_spec(), F.FILENAME: tf.io.FixedLenFeature([], tf.string, "")}
+    images: list[bytes] = []
+    labels: list[str] = []
+    names: list[str] = []
+    dataset = tf.data.TFRecordDataset(files, compression_type="GZIP")
+    if limit is not None:
+        dataset = dataset.take(limit)
+    for batch in dataset.batch(512):
+        parsed = tf.io.parse_example(batch, spec)
+        images.extend(parsed[F.IMAGE_ENCODED].numpy().tolist())
+        labels.extend(v.decode() for v in parsed[F.LABEL_TEXT].numpy())
+        names.extend(v.decode() for v in parsed[F.FILENAME].numpy())
+    return RawSplit(images, labels, names)
 
 
 def transform_output(transform_graph_uri: str) -> tft.TFTransformOutput:
