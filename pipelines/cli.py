@@ -141,6 +141,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="images per model call")
 
     p = command(
+        "explain", _explain, "Heat maps of why the model classified each image as it did (PNG)."
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        metavar="PATH_OR_MODELS_URI",
+        help="as for predict: a SavedModel, a serving-root model folder, or models:/...",
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (local or URIs)")
+    p.add_argument("--out", required=True, help="folder for one PNG per image and an index")
+    p.add_argument(
+        "--method",
+        choices=("gradcam", "integrated_gradients"),
+        default="gradcam",
+        help="Grad-CAM on a convolutional layer (default), or integrated gradients on pixels",
+    )
+    p.add_argument(
+        "--layer",
+        help="Grad-CAM's layer (default: the last convolutional block, found by itself)",
+    )
+
+    p = command(
         "predict-batch", _predict_batch, "Score a folder, CSV or prefix of images with Beam."
     )
     p.add_argument(
@@ -437,6 +459,21 @@ def _predict(args, config: Config) -> int:
         elif not args.json:
             print(f"{p.file}\t{p.class_name}\t{p.probability:.4f}")
     return 1 if any(p.error for p in predictions) else 0
+
+
+def _explain(args, config: Config) -> int:
+    import tempfile
+
+    from components.explain.explain import run_explain
+    from visionpipe import tracking
+    from visionpipe.serving import resolve_model
+
+    with tempfile.TemporaryDirectory(prefix="visionpipe-model-") as tmp:
+        model = resolve_model(args.model, tmp, tracking.tracking_uri(config))
+        explained = run_explain(model, args.images, args.out, args.method, args.layer)
+    for e in explained:
+        print(f"{e.file}\t{e.class_name}\t{e.probability:.4f}\t{e.picture}")
+    return 0
 
 
 def _run(args, config: Config) -> int:

@@ -15,6 +15,7 @@ SUBCOMMANDS = [
     "push",
     "rollback",
     "predict",
+    "explain",
     "run",
     "compare",
     "compile",
