@@ -308,8 +308,9 @@ def evaluate(
 ):
     """Evaluates candidate against the registry's champion (unless one is given) and gates."""
     from components.evaluate.evaluate import run_evaluate
+    from components.evaluate.gallery import GALLERY_HTML, GALLERY_PNG
     from components.evaluate.metrics import metric_key
-    from components.evaluate.report import confusion_png
+    from components.evaluate.report import CONFUSION_PNG
 
     session = _session(config, tracking)
     with (
@@ -337,9 +338,12 @@ def evaluate(
         run.log_dict(blessing.to_dict(), "blessing.json")
         report = storage.read_bytes(storage.join(output_uri, F.REPORT_FILE))  # run_evaluate's
         run.log_text(report.decode(), "evaluation_report.md")
-        png = os.path.join(download_dir, "confusion_matrix.png")
-        confusion_png(blessing.candidate_report, png)
-        run.log_artifact(png)
+        for name in (CONFUSION_PNG, GALLERY_PNG, GALLERY_HTML):  # run_evaluate's pictures
+            if storage.exists(storage.join(output_uri, name)):
+                local = os.path.join(download_dir, name)
+                with open(local, "wb") as f:
+                    f.write(storage.read_bytes(storage.join(output_uri, name)))
+                run.log_artifact(local)
         run.set_tags({"blessing_reason": blessing.reason})
         log.info("evaluate: %s", blessing.reason)
         session.log_outcome(

@@ -317,6 +317,9 @@ class EvaluateConfig(_Section):
     top_k: int = Field(3, ge=1, description="k of top_k_accuracy (at most the class count).")
     calibration_bins: int = Field(15, ge=2)
     batch_size: int = Field(64, ge=1)
+    gallery_size: int = Field(
+        16, ge=0, le=200, description="Worst test mistakes in the Grad-CAM gallery; 0: none."
+    )
 
     def value_thresholds(self) -> list[Threshold]:
         """Every value threshold, the shorthand included."""
@@ -396,6 +399,7 @@ OPERATIONAL = frozenset(
         "trainer.checkpoint_every",
         "trainer.tensorboard",
         "evaluate.batch_size",
+        "evaluate.gallery_size",
     }
 )
 

@@ -12,34 +12,19 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import tensorflow as tf
 
+from components.evaluate.gallery import GALLERY_HTML, GALLERY_PNG, write_gallery
 from components.evaluate.gate import Blessing, check_threshold_classes, gate
 from components.evaluate.metrics import evaluate_model
-from components.evaluate.report import markdown_report
+from components.evaluate.report import CONFUSION_PNG, confusion_png, markdown_report
 from visionpipe import features as F
 from visionpipe import storage
 from visionpipe.blessing import write_blessing
 from visionpipe.config import Config
 from visionpipe.serving import Classifier
-from visionpipe.transform_graph import raw_feature_spec
+from visionpipe.transform_graph import load_raw_split
 
 log = logging.getLogger(__name__)
-
-
-def load_test_examples(raw_examples_uri: str) -> tuple[list[bytes], list[str]]:
-    """Encoded images and label names of ingest's test split."""
-    files = storage.glob(F.split_pattern(raw_examples_uri, "test"))
-    if not files:
-        raise ValueError(f"{raw_examples_uri}: no test shards to evaluate on")
-    spec = raw_feature_spec()
-    images: list[bytes] = []
-    labels: list[str] = []
-    for batch in tf.data.TFRecordDataset(files, compression_type="GZIP").batch(512):
-        parsed = tf.io.parse_example(batch, spec)
-        images.extend(parsed[F.IMAGE_ENCODED].numpy().tolist())
-        labels.extend(v.decode() for v in parsed[F.LABEL_TEXT].numpy())
-    return images, labels
 
 
 def model_labels(model_dir: str) -> list[str]:
@@ -69,25 +54,31 @@ def run_evaluate(
 ) -> Blessing:
     """Scores candidate (and champion, if given) on the test split; writes the blessing.
 
-    Writes ``blessing.json`` (decision, checks, metrics, reports), ``report.md`` and
-    ``example_image`` (the first test image's bytes: the registered model's input example).
+    Writes ``blessing.json`` (decision, checks, metrics, reports), ``report.md``,
+    ``confusion_matrix.png``, the gallery of the worst mistakes (``mistakes.png`` and
+    ``mistakes.html``, unless ``evaluate.gallery_size`` is 0) and ``example_image`` (the
+    first test image's bytes: the registered model's input example).
 
     Raises:
         ThresholdError: a threshold names a class the test data does not have (before
             any model is scored).
     """
     cfg = config.evaluate
-    images, truth = load_test_examples(raw_examples_uri)
+    test = load_raw_split(raw_examples_uri, "test")
+    truth = test.labels
     classes = sorted(set(truth))
     check_threshold_classes(cfg, classes)
 
     def score(model_uri: str):
-        probabilities = predict_probabilities(model_uri, images, cfg.batch_size)
+        probabilities = predict_probabilities(model_uri, test.images, cfg.batch_size)
         labels = model_labels(model_uri)
-        return evaluate_model(truth, probabilities, labels, cfg.top_k, cfg.calibration_bins)
+        metrics, report = evaluate_model(
+            truth, probabilities, labels, cfg.top_k, cfg.calibration_bins
+        )
+        return metrics, report, probabilities, labels
 
-    candidate, cand_report = score(candidate_model_uri)
-    champion, champ_report = score(champion_model_uri) if champion_model_uri else (None, None)
+    candidate, cand_report, cand_probabilities, cand_labels = score(candidate_model_uri)
+    champion, champ_report = score(champion_model_uri)[:2] if champion_model_uri else (None, None)
     correct = (cand_report["correct"], champ_report["correct"]) if champ_report else None
     decision = gate(candidate, champion, cfg, classes, correct)
     blessing = Blessing(
@@ -100,7 +91,17 @@ def run_evaluate(
         None if champ_report is None else {k: v for k, v in champ_report.items() if k != "correct"},
     )
     write_blessing(output_uri, blessing.to_dict())
-    storage.write_bytes(storage.join(output_uri, F.EXAMPLE_IMAGE_FILE), images[0])
-    storage.write_bytes(storage.join(output_uri, F.REPORT_FILE), markdown_report(blessing).encode())
+    storage.write_bytes(storage.join(output_uri, F.EXAMPLE_IMAGE_FILE), test.images[0])
+    storage.write_bytes(
+        storage.join(output_uri, CONFUSION_PNG), confusion_png(blessing.candidate_report)
+    )
+    gallery = None
+    if cfg.gallery_size:
+        note = write_gallery(
+            output_uri, candidate_model_uri, test, cand_probabilities, cand_labels, cfg.gallery_size
+        )
+        gallery = (note, GALLERY_PNG, GALLERY_HTML)
+    report = markdown_report(blessing, CONFUSION_PNG, gallery)
+    storage.write_bytes(storage.join(output_uri, F.REPORT_FILE), report.encode())
     log.info("evaluate: %s", blessing.reason)
     return blessing

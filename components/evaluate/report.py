@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import numpy as np
 
 from components.evaluate.gate import Blessing
 
+CONFUSION_PNG = "confusion_matrix.png"
 
-def markdown_report(blessing: Blessing) -> str:
-    """A human-readable report: decision, checks, metrics, per-class table, confusion matrix."""
+
+def markdown_report(
+    blessing: Blessing,
+    confusion_picture: str | None = None,
+    gallery: tuple[str, str, str] | None = None,
+) -> str:
+    """A human-readable report: decision, checks, metrics, per-class table, confusion matrix.
+
+    Args:
+        blessing: the decision and the scores.
+        confusion_picture: the confusion matrix PNG's file name beside the report.
+        gallery: ``(note, png, html)`` of the worst-mistakes gallery beside the report.
+    """
     lines = [
         f"# Evaluation: {'BLESSED' if blessing.blessed else 'NOT BLESSED'}",
         "",
@@ -51,10 +64,16 @@ def markdown_report(blessing: Blessing) -> str:
         lines.append("| --- " * (len(classes) + 1) + "|")
         for c, row in zip(classes, report["confusion_matrix"], strict=True):
             lines.append(f"| **{c}** | " + " | ".join(str(v) for v in row) + " |")
+        if confusion_picture:
+            lines += ["", f"![confusion matrix]({confusion_picture})"]
+    if gallery:
+        note, png, page = gallery
+        lines += ["", "## Worst mistakes", "", note, "", f"![worst mistakes]({png})", ""]
+        lines.append(f"[Every mistake shown, with its file and Grad-CAM]({page})")
     return "\n".join(lines) + "\n"
 
 
-def confusion_png(report: dict[str, Any], path: str) -> None:
+def confusion_png(report: dict[str, Any]) -> bytes:
     """The confusion matrix as a PNG heat map with counts."""
     import matplotlib
 
@@ -74,5 +93,7 @@ def confusion_png(report: dict[str, Any], path: str) -> None:
         for j in range(len(classes)):
             ax.text(j, i, str(matrix[i, j]), ha="center", va="center")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
+    return buf.getvalue()
