@@ -221,6 +221,34 @@ def push(
     return result.version
 
 
+def edge_export(
+    model: Input[Model],
+    raw_examples: Input[Dataset],
+    pushed_version: int,
+    config_json: str,
+    mlflow_tracking_uri: str,
+    mlflow_run_id: str,
+    edge: Output[Artifact],
+) -> str:
+    """The pushed model in ``pipeline.edge_export``'s formats, each scored; returns the verdict.
+
+    ``pushed_version`` (push's output) orders it after push: the registry version it
+    tags exists by then.
+    """
+    from components import steps
+
+    config, tracking = steps.component_context(config_json, mlflow_tracking_uri, mlflow_run_id)
+    report = steps.edge_export(model.path, raw_examples.path, edge.path, config, tracking)
+    edge.metadata.update(
+        {
+            "pushed_version": pushed_version,
+            "savedmodel_accuracy": report.savedmodel["accuracy"],
+            **{f"{r.format}_accuracy": r.accuracy for r in report.formats},
+        }
+    )
+    return report.reason
+
+
 def predict_batch(
     model: str,
     data: str,
@@ -254,5 +282,6 @@ def make_components(image: str, training_image: str | None = None) -> SimpleName
         train=training(train),
         evaluate=component(evaluate),
         push=component(push),
+        edge_export=component(edge_export),
         predict_batch=component(predict_batch),
     )

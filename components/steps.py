@@ -469,6 +469,77 @@ def _version_tags(session: Tracking, result, blessing_uri: str) -> dict[str, str
     }
 
 
+def edge_export(
+    model: str,
+    raw_examples_uri: str,
+    out_uri: str,
+    config: Config,
+    tracking: Tracking | None = None,
+    formats: list[str] | None = None,
+    overwrite: bool = False,
+):
+    """Edge exports of a model, each scored in its runtime against the SavedModel.
+
+    The exports and their report are artifacts (``edge/``) of the pipeline run, or of
+    this step's run outside a pipeline; the figures become tags of the registry version
+    holding the model (found by its digest), so the registry says what each version
+    exports to and how well.
+    """
+    from components.edge.export import EdgeParityError, run_edge_export
+    from components.push.push import model_digest
+    from visionpipe.serving import MODELS_SCHEME, resolve_model
+
+    formats = list(formats or config.pipeline.edge_export)
+    session = _session(config, tracking)
+    with (
+        tempfile.TemporaryDirectory(prefix="visionpipe-edge-") as tmp,
+        session.step("edge-export") as run,
+    ):
+        os.makedirs(os.path.join(tmp, "model"))
+        model_dir = resolve_model(model, os.path.join(tmp, "model"), session.uri)
+        run.log_params({"model": model, "examples": raw_examples_uri, "formats": ",".join(formats)})
+        owner = session.tracker(session.pipeline_run_id) if session.pipeline_run_id else run
+        try:
+            report = run_edge_export(
+                model_dir, raw_examples_uri, out_uri, formats, config, overwrite
+            )
+        except EdgeParityError:
+            _log_folder(owner, out_uri, os.path.join(tmp, "edge"), "edge")  # the report
+            raise
+        _log_folder(owner, out_uri, os.path.join(tmp, "edge"), "edge")
+        figures = {}
+        for r in report.formats:
+            figures.update(
+                {
+                    f"edge_{r.format}_accuracy": r.accuracy,
+                    f"edge_{r.format}_agreement": r.agreement,
+                    f"edge_{r.format}_size_bytes": float(r.size_bytes),
+                    f"edge_{r.format}_latency_ms": r.latency_ms,
+                }
+            )
+        run.log_metrics({**figures, "edge_savedmodel_accuracy": report.savedmodel["accuracy"]})
+        name = config.push.model_name
+        if model.startswith(MODELS_SCHEME):
+            name = model[len(MODELS_SCHEME) :].split("@")[0].split("/")[0]
+        version = registry.version_by_digest(session.client, name, model_digest(model_dir))
+        if version is not None:
+            tags = {k: f"{v:.6g}" for k, v in figures.items()}
+            tags.update({"edge_formats": ",".join(formats), "edge_run_id": run.run_id})
+            registry.tag_version(session.client, name, str(version.version), tags)
+        session.log_outcome(metrics=figures, tags={"edge_report": report.reason})
+    summary = ", ".join(f"{r.format} {r.accuracy:.3f}" for r in report.formats)
+    progress.done(
+        "edge-export", f"accuracy {summary} (SavedModel {report.savedmodel['accuracy']:.3f})"
+    )
+    return report
+
+
+def _log_folder(tracker, uri: str, local: str, path: str) -> None:
+    """Logs the folder at ``uri`` (any filesystem) as artifacts under ``path``."""
+    storage.download(uri, local)
+    tracker.log_artifact(local, path)
+
+
 def predict_batch(
     model: str,
     data: str,

@@ -179,6 +179,32 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=3, help="classes listed per image (default 3)")
     p.add_argument("--batch-size", type=int, default=64, help="images per model call")
 
+    p = command(
+        "export-edge",
+        _export_edge,
+        "Export a model to TFLite (float16, int8) and ONNX, each scored in its runtime.",
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        metavar="PATH_OR_MODELS_URI",
+        help="as for predict: a SavedModel, a serving-root model folder, or models:/...",
+    )
+    p.add_argument(
+        "--examples",
+        required=True,
+        help="ingest's examples (train split: int8 calibration; test split: parity)",
+    )
+    p.add_argument(
+        "--format",
+        action="append",
+        dest="formats",
+        metavar="FORMAT",
+        help="tflite_float16, tflite_int8 or onnx; repeat for several (default: all three)",
+    )
+    p.add_argument("--out", required=True, help="output folder (must be new or empty)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+
     p = command("run", _run, "Run the whole pipeline locally (kfp.local, no cluster).")
     p.add_argument("--data", required=True, help="folder of class folders, or CSV of path,label")
     p.add_argument("--json", action="store_true", help="print only the summary, as one JSON object")
@@ -473,6 +499,19 @@ def _explain(args, config: Config) -> int:
         explained = run_explain(model, args.images, args.out, args.method, args.layer)
     for e in explained:
         print(f"{e.file}\t{e.class_name}\t{e.probability:.4f}\t{e.picture}")
+    return 0
+
+
+def _export_edge(args, config: Config) -> int:
+    from components import steps
+    from components.edge.convert import FORMATS, check_formats
+
+    formats = check_formats(args.formats or list(FORMATS))  # before the model is fetched
+    report = steps.edge_export(
+        args.model, args.examples, args.out, config, formats=formats, overwrite=args.overwrite
+    )
+    print(report.markdown().split("\n", 4)[4].strip())  # the table, below the title
+    print(f"{report.reason} -> {args.out}")
     return 0
 
 

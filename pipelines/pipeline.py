@@ -1,7 +1,8 @@
 """The KFP v2 pipeline: ingest -> data check -> transform -> tune -> train -> evaluate -> push.
 
 Transform onwards runs only when the data check says so (always, unless the run asks to
-train on changed data only), and push only when evaluate blessed the model.
+train on changed data only), and push only when evaluate blessed the model. With
+``pipeline.edge_export`` set, an edge-export step follows push.
 """
 
 from kfp import compiler, dsl
@@ -80,9 +81,16 @@ def build_pipeline(config: Config):
                 raw_examples=ingest.outputs["examples"], model=train.outputs["model"], **tracking
             )
             with dsl.If(evaluate.outputs["Output"] == True, name="blessed"):  # noqa: E712
-                ops.push(
+                push = ops.push(
                     model=train.outputs["model"], blessing=evaluate.outputs["blessing"], **tracking
                 )
+                if config.pipeline.edge_export:
+                    ops.edge_export(
+                        model=train.outputs["model"],
+                        raw_examples=ingest.outputs["examples"],
+                        pushed_version=push.outputs["Output"],
+                        **tracking,
+                    )
 
     return visionpipe
 

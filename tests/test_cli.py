@@ -16,6 +16,7 @@ SUBCOMMANDS = [
     "rollback",
     "predict",
     "explain",
+    "export-edge",
     "run",
     "compare",
     "compile",
@@ -97,6 +98,21 @@ def test_compile_writes_the_batch_prediction_pipeline(tmp_path, capsys):
     params = spec.root.input_definitions.parameters
     assert {"data", "out", "model", "overwrite", "config_json"} <= set(params)
     assert params["model"].default_value.string_value == "models:/shapes@champion"
+
+
+def test_edge_export_is_a_step_after_push_only_when_configured(tmp_path, capsys):
+    def executors(*overrides):
+        out = tmp_path / "pipeline.yaml"
+        assert main(["compile", "--out", str(out), *[f"--set={o}" for o in overrides]]) == 0
+        spec = yaml.safe_load(out.read_text())
+        return spec, set(spec["deploymentSpec"]["executors"])
+
+    _, plain = executors()
+    assert "exec-edge-export" not in plain
+    spec, with_edge = executors("pipeline.edge_export=[tflite_int8, onnx]")
+    assert with_edge == plain | {"exec-edge-export"}
+    blessed = spec["components"]["comp-condition-2"]["dag"]["tasks"]
+    assert blessed["edge-export"]["dependentTasks"] == ["push"]
 
 
 def test_compile_writes_a_strict_kfp_pipeline_spec(tmp_path, capsys):

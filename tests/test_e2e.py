@@ -110,6 +110,8 @@ def test_pipeline_runs_end_to_end_then_retrains_against_the_champion(tiny_datase
         "trainer.seed=1",
         "--set",
         "evaluate.champion_tolerance=1.0",
+        "--set",
+        "pipeline.edge_export=[onnx, tflite_float16]",
     )
     again = client.get_run(second["mlflow_run_id"])
     assert "champion_test_accuracy" in again.data.metrics
@@ -120,6 +122,18 @@ def test_pipeline_runs_end_to_end_then_retrains_against_the_champion(tiny_datase
         for alias in ("champion", "previous")
     }
     assert registry_aliases == {"champion": "2", "previous": "1"}
+
+    # The edge-export step followed push: its exports are artifacts of the pipeline run
+    # and its figures tags of the version it exported.
+    steps_two = client.search_runs(
+        [run.info.experiment_id], f"tags.mlflow.parentRunId = '{second['mlflow_run_id']}'"
+    )
+    assert "edge-export" in {c.data.tags["visionpipe.step"] for c in steps_two}
+    edge = {a.path for a in client.list_artifacts(second["mlflow_run_id"], "edge")}
+    assert {"edge/edge_report.md", "edge/onnx", "edge/tflite_float16"} <= edge
+    version_two = client.get_model_version("visionpipe-classifier", "2")
+    assert version_two.tags["edge_formats"] == "onnx,tflite_float16"
+    assert float(version_two.tags["edge_onnx_agreement"]) == 1.0
 
     # Both runs side by side, from MLflow: best test accuracy first, with their curves.
     table = _compare(isolated_home, "--last", "5")

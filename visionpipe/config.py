@@ -368,6 +368,22 @@ class BeamConfig(_Section):
     extra_args: list[str] = Field(default_factory=list, description="Passed to Beam as they are.")
 
 
+EdgeFormat = Literal["tflite_float16", "tflite_int8", "onnx"]
+
+
+class EdgeConfig(_Section):
+    """Edge exports of a pushed model (``pipeline.edge_export``, ``visionpipe export-edge``)."""
+
+    max_int8_accuracy_drop: float = Field(
+        0.02, ge=0, le=1, description="Fail when int8 accuracy is this far below the SavedModel's."
+    )
+    representative_images: int = Field(
+        300, ge=1, le=100_000, description="Training images that calibrate int8 quantisation."
+    )
+    onnx_opset: int = Field(17, ge=13, le=21)
+    latency_runs: int = Field(50, ge=1, description="Single-image calls timed per format.")
+
+
 class PipelineConfig(_Section):
     """The KFP pipeline itself."""
 
@@ -378,6 +394,11 @@ class PipelineConfig(_Section):
     )
     gpus: int = Field(0, ge=0, description="Accelerators per tune and train step on a cluster.")
     accelerator_type: str = Field("nvidia.com/gpu", min_length=1)
+    edge_export: list[EdgeFormat] = Field(
+        default_factory=list,
+        description="Edge formats made after push (tflite_float16, tflite_int8, onnx); "
+        "none by default.",
+    )
 
     @property
     def training_image(self) -> str:
@@ -415,6 +436,7 @@ class Config(_Section):
     push: PushConfig = PushConfig()
     mlflow: MlflowConfig = MlflowConfig()
     beam: BeamConfig = BeamConfig()
+    edge: EdgeConfig = EdgeConfig()
     pipeline: PipelineConfig = PipelineConfig()
 
     def to_json(self) -> str:

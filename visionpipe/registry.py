@@ -155,6 +155,12 @@ def register(client, model_name: str, run_id: str, artifact_path: str, tags: dic
     return str(version.version)
 
 
+def tag_version(client, model_name: str, version: str, tags: dict[str, str]) -> None:
+    """Sets tags on a registry version (edge exports record their outcome so)."""
+    for key, value in tags.items():
+        client.set_model_version_tag(model_name, version, key, str(value))
+
+
 def promote(client, model_name: str, version: str) -> bool:
     """Makes ``version`` the champion, the former champion ``previous``; idempotent.
 

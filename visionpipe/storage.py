@@ -14,6 +14,8 @@ from typing import Any
 import fsspec
 from fsspec.core import url_to_fs
 
+from visionpipe.errors import UserError
+
 
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """The fsspec filesystem for ``uri`` and the path within it."""
@@ -97,6 +99,16 @@ def walk_files(uri: str) -> list[str]:
     return sorted(_with_protocol(fs, p, uri) for p in fs.find(path))
 
 
+def download(uri: str, local_dir: str) -> None:
+    """Copies the folder at ``uri`` (any filesystem) to the local folder ``local_dir``."""
+    root = uri.rstrip("/")
+    for file in walk_files(root):
+        target = os.path.join(local_dir, *file[len(root) :].lstrip("/").split("/"))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(target, "wb") as f:
+            f.write(read_bytes(file))
+
+
 def glob(pattern: str) -> list[str]:
     """Full URIs matching a glob pattern, sorted."""
     fs, path = filesystem(pattern)
@@ -126,3 +138,21 @@ def rename(src: str, dst: str) -> None:
 def copy_file(src: str, dst: str) -> None:
     """Copies one file between any two filesystems."""
     write_bytes(dst, read_bytes(src))
+
+
+class OutputFolderError(UserError, FileExistsError):
+    """An output folder that would overwrite something."""
+
+
+def check_output_folder(uri: str, overwrite: bool, option: str = "--out") -> None:
+    """Refuses an output folder that exists and is not empty, unless ``overwrite``.
+
+    Raises:
+        OutputFolderError: ``uri`` is a file, or a non-empty folder without ``overwrite``.
+    """
+    if exists(uri) and not isdir(uri):
+        raise OutputFolderError(f"{option} {uri}: exists and is not a folder")
+    if isdir(uri) and listdir(uri) and not overwrite:
+        raise OutputFolderError(
+            f"{option} {uri}: exists and is not empty (choose another, or pass --overwrite)"
+        )

@@ -90,16 +90,6 @@ def _csv_paths(csv_uri: str) -> list[str]:
     return paths
 
 
-def check_output(out_uri: str, overwrite: bool) -> None:
-    """Refuses an output folder that exists and is not empty, unless ``overwrite``."""
-    if storage.exists(out_uri) and not storage.isdir(out_uri):
-        raise BatchInputError(f"--out {out_uri}: exists and is not a folder")
-    if storage.isdir(out_uri) and storage.listdir(out_uri) and not overwrite:
-        raise BatchInputError(
-            f"--out {out_uri}: exists and is not empty (choose another, or pass --overwrite)"
-        )
-
-
 def check_model(model_dir: str) -> list[str]:
     """The model's labels; refuses a SavedModel this project did not export."""
     record = storage.join(model_dir, F.TRAINING_RECORD)
@@ -130,7 +120,7 @@ def run_batch_predict(
             (before anything is written).
     """
     labels = check_model(model_dir)
-    check_output(out_uri, overwrite)
+    storage.check_output_folder(out_uri, overwrite)
     paths = list_images(data)
     staging = f"{out_uri.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"
     try:
