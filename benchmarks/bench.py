@@ -26,8 +26,12 @@ served model in-process (the ceiling), its peak memory at 1x and 10x the images,
 ``mlflow models serve`` latency and concurrent throughput
 (``benchmarks/predict_bench.py``).
 
+Edge: the default model's TFLite float16, TFLite int8 and ONNX exports against the
+SavedModel, each in its own runtime: accuracy, top-1 agreement, size and single-image
+latency, on the sample data and on glyphs (``benchmarks/edge_bench.py``).
+
 Usage: python benchmarks/bench.py --data data/sample
-       [--only pipeline|ingest|serving|trainer|quality|predict] [--set k=v ...]
+       [--only pipeline|ingest|serving|trainer|quality|predict|edge] [--set k=v ...]
 """
 
 from __future__ import annotations
@@ -104,7 +108,8 @@ def main() -> int:
     parser.add_argument("--data", required=True)
     parser.add_argument("--set", action="append", default=[])
     parser.add_argument(
-        "--only", choices=("pipeline", "ingest", "serving", "trainer", "quality", "predict")
+        "--only",
+        choices=("pipeline", "ingest", "serving", "trainer", "quality", "predict", "edge"),
     )
     parser.add_argument("--photos", type=int, default=3000)
     args = parser.parse_args()
@@ -133,6 +138,10 @@ def main() -> int:
 
             work_dir = Path(work) / "predict"
             rows += bench_predict(work_dir, os.path.abspath(args.data), args.set, args.photos)
+        if args.only in (None, "edge"):
+            from benchmarks.edge_bench import bench_edge
+
+            rows += bench_edge(Path(work) / "edge", os.path.abspath(args.data), args.set)
         if args.only in (None, "pipeline"):
             rows += bench_pipeline(os.path.abspath(args.data), args.set, work)
     width = max(len(r[0]) for r in rows)

@@ -20,6 +20,7 @@ the model that failed.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from dataclasses import asdict, dataclass, field
 
@@ -58,6 +59,7 @@ class FormatResult:
     accuracy: float
     agreement: float  # share of test images whose top-1 class equals the SavedModel's
     latency_ms: float
+    convert_seconds: float
 
 
 @dataclass
@@ -164,7 +166,9 @@ def run_edge_export(
     try:
         for n, fmt in enumerate(formats):
             progress.report("edge-export", f"{fmt}: converting", n / len(formats))
+            started = time.monotonic()
             data = convert(classifier, fmt, representative, settings.onnx_opset)
+            seconds = time.monotonic() - started
             progress.report("edge-export", f"{fmt}: scoring", (n + 0.5) / len(formats))
             run = runner(fmt, data)
             probabilities = run.predict(test)
@@ -179,6 +183,7 @@ def run_edge_export(
                     float(np.mean(predicted == truth_ids)),
                     float(np.mean(predicted == reference)),
                     latency_ms(run.predict, test[0], settings.latency_runs),
+                    seconds,
                 )
             )
             files[path] = data
