@@ -143,12 +143,7 @@ def _parser() -> argparse.ArgumentParser:
     p = command(
         "explain", _explain, "Heat maps of why the model classified each image as it did (PNG)."
     )
-    p.add_argument(
-        "--model",
-        required=True,
-        metavar="PATH_OR_MODELS_URI",
-        help="as for predict: a SavedModel, a serving-root model folder, or models:/...",
-    )
+    _model_argument(p)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (local or URIs)")
     p.add_argument("--out", required=True, help="folder for one PNG per image and an index")
     p.add_argument(
@@ -165,12 +160,7 @@ def _parser() -> argparse.ArgumentParser:
     p = command(
         "predict-batch", _predict_batch, "Score a folder, CSV or prefix of images with Beam."
     )
-    p.add_argument(
-        "--model",
-        required=True,
-        metavar="PATH_OR_MODELS_URI",
-        help="as for predict: a SavedModel, a serving-root model folder, or models:/...",
-    )
+    _model_argument(p)
     p.add_argument(
         "--data", required=True, help="folder or object-store prefix of images, or a CSV of paths"
     )
@@ -184,12 +174,7 @@ def _parser() -> argparse.ArgumentParser:
         _export_edge,
         "Export a model to TFLite (float16, int8) and ONNX, each scored in its runtime.",
     )
-    p.add_argument(
-        "--model",
-        required=True,
-        metavar="PATH_OR_MODELS_URI",
-        help="as for predict: a SavedModel, a serving-root model folder, or models:/...",
-    )
+    _model_argument(p)
     p.add_argument(
         "--examples",
         required=True,
@@ -280,6 +265,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="folder of class folders, or CSV of path,label")
     p.add_argument("--max-runs", type=int, help="stop after this many triggers (default: never)")
     return parser
+
+
+def _model_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        required=True,
+        metavar="PATH_OR_MODELS_URI",
+        help="as for predict: a SavedModel, a serving-root model folder, or models:/...",
+    )
 
 
 def _kfp_arguments(p: argparse.ArgumentParser) -> None:

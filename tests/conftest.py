@@ -25,6 +25,18 @@ TINY_OVERRIDES = [
 ]
 
 
+def fails_in_one_line(args: list[str], capsys, untouched) -> str:
+    """Runs the CLI on bad input: exit 2, one ``visionpipe: error:`` line, ``untouched``
+    not created. Returns the line."""
+    from pipelines.cli import main
+
+    code = main(args)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("visionpipe: error:")
+    assert not untouched.exists(), "nothing may be written on bad input"
+    return err
+
+
 @pytest.fixture(scope="session")
 def tiny_config():
     """A config small enough to train in seconds; the gate blesses anything."""

@@ -4,6 +4,7 @@ from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from pipelines.cli import main
+from tests.conftest import fails_in_one_line
 
 SUBCOMMANDS = [
     "sample-data",
@@ -43,12 +44,7 @@ def _runs() -> list:
 
 
 def _run_fails(args, capsys, isolated_home):
-    code = main(args)
-    err = capsys.readouterr().err.strip()
-    assert code == 2
-    assert len(err.splitlines()) == 1 and err.startswith("visionpipe: error:")
-    assert not isolated_home.exists(), "nothing may be written on bad input"
-    return err
+    return fails_in_one_line(args, capsys, isolated_home)
 
 
 def test_run_with_missing_data_path_fails_naming_it(tmp_path, capsys, isolated_home):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from pipelines.cli import main
+from tests.conftest import fails_in_one_line
 from visionpipe import features as F
 from visionpipe.config import load_config
 
@@ -127,14 +128,6 @@ def test_a_badly_calibrated_int8_model_fails_the_gate_and_only_the_report_is_wri
     assert json.loads((out / "edge_report.json").read_text())["passed"] is False
 
 
-def _fails(args, capsys, out):
-    code = main(args)
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("visionpipe: error:")
-    assert not out.exists(), "nothing may be written on bad input"
-    return err
-
-
 def test_export_edge_command_records_and_refuses_bad_input(learned, tmp_path, capsys):
     import tensorflow as tf
 
@@ -145,13 +138,17 @@ def test_export_edge_command_records_and_refuses_bad_input(learned, tmp_path, ca
     base = ["export-edge", "--examples", examples, "--out", str(out)]
     base += [f"--set={o}" for o in OVERRIDES]
 
-    err = _fails([*base, "--model", trained.model_uri, "--format", "coreml"], capsys, out)
+    err = fails_in_one_line(
+        [*base, "--model", trained.model_uri, "--format", "coreml"], capsys, out
+    )
     assert "unknown edge format 'coreml'" in err
     other = tmp_path / "other"
     tf.saved_model.save(tf.Module(), str(other))
-    err = _fails([*base, "--model", str(other), "--format", "onnx"], capsys, out)
+    err = fails_in_one_line([*base, "--model", str(other), "--format", "onnx"], capsys, out)
     assert "not a visionpipe model" in err
-    err = _fails([*base, "--model", str(tmp_path / "nowhere"), "--format", "onnx"], capsys, out)
+    err = fails_in_one_line(
+        [*base, "--model", str(tmp_path / "nowhere"), "--format", "onnx"], capsys, out
+    )
     assert "nowhere" in err
 
     assert main([*base, "--model", trained.model_uri, "--format", "onnx"]) == 0

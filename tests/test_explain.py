@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from pipelines.cli import main
+from tests.conftest import fails_in_one_line
 
 SIZE = 32
 
@@ -104,14 +105,6 @@ def test_explain_writes_one_picture_per_image_and_an_index(
         assert 0.0 <= entry["probability"] <= 1.0
 
 
-def _fails(args, capsys, out):
-    code = main(args)
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("visionpipe: error:")
-    assert not out.exists(), "nothing may be written on bad input"
-    return err
-
-
 def test_explain_refuses_bad_input_in_one_line_writing_nothing(
     trained, tiny_dataset, tmp_path, capsys
 ):
@@ -121,18 +114,22 @@ def test_explain_refuses_bad_input_in_one_line_writing_nothing(
     junk.write_bytes(b"not an image")
     base = ["explain", "--model", trained.model_uri, "--out", str(out)]
 
-    err = _fails([*base, good[0], str(junk)], capsys, out)
+    err = fails_in_one_line([*base, good[0], str(junk)], capsys, out)
     assert str(junk) in err and "not an image the model can decode" in err
-    err = _fails([*base, good[0], "--layer", "no_such_layer"], capsys, out)
+    err = fails_in_one_line([*base, good[0], "--layer", "no_such_layer"], capsys, out)
     assert "'no_such_layer' is not in the model" in err
-    err = _fails([*base, "--method", "integrated_gradients", "--layer", "x", good[0]], capsys, out)
+    err = fails_in_one_line(
+        [*base, "--method", "integrated_gradients", "--layer", "x", good[0]], capsys, out
+    )
     assert "--layer applies to gradcam only" in err
 
     other = tmp_path / "other_model"
     import tensorflow as tf
 
     tf.saved_model.save(tf.Module(), str(other))
-    err = _fails(["explain", "--model", str(other), "--out", str(out), good[0]], capsys, out)
+    err = fails_in_one_line(
+        ["explain", "--model", str(other), "--out", str(out), good[0]], capsys, out
+    )
     assert "not a visionpipe model" in err
     with pytest.raises(SystemExit):
         main([*base, "--method", "saliency", good[0]])
