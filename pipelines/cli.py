@@ -755,17 +755,50 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+INTERRUPT_GRACE_SECONDS = 30.0
+
+
+def _interrupt_with_deadline(signum, frame) -> None:
+    """Ctrl-C: unwind, but never hang.
+
+    The steps mark their runs FAILED and the console says what was kept. A second
+    Ctrl-C, or cleanup still running after the grace period, ends the process at once
+    with 130: an interrupt that lands inside a library's critical section (a store
+    write, a tf.data thread) must not keep the run alive.
+    """
+    import threading
+
+    if getattr(_interrupt_with_deadline, "armed", False):
+        os._exit(130)
+    _interrupt_with_deadline.armed = True
+
+    def give_up() -> None:
+        sys.stderr.write(
+            f"\nvisionpipe: cleanup after the interrupt took over {INTERRUPT_GRACE_SECONDS:.0f}"
+            " s; exiting now\n"
+        )
+        sys.stderr.flush()
+        os._exit(130)
+
+    timer = threading.Timer(INTERRUPT_GRACE_SECONDS, give_up)
+    timer.daemon = True
+    timer.start()
+    raise KeyboardInterrupt
+
+
 def entry() -> None:
     """The console script: ``main``, then an exit without interpreter finalization.
 
     With TensorFlow and Beam loaded, finalizing the interpreter (module teardown and
     the libraries' C++ destructors) took ~3 s after every command had finished. Output
     is flushed, logging shut down and exit handlers run first; only that teardown is
-    skipped. Tests call ``main`` and keep the normal exit.
+    skipped. Ctrl-C gets a deadline (``_interrupt_with_deadline``). Tests call ``main``
+    and keep the normal exit.
     """
     import atexit
     import logging
 
+    signal.signal(signal.SIGINT, _interrupt_with_deadline)
     code = main()
     atexit._run_exitfuncs()  # MLflow's and Beam's exit handlers, as a normal exit runs them
     logging.shutdown()

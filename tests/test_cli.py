@@ -245,3 +245,38 @@ def test_compile_puts_tune_and_train_on_the_gpu_image_with_accelerators(tmp_path
         assert accelerator["resourceType"] == "nvidia.com/gpu"
         assert str(accelerator["resourceCount"]) == "2"
     assert all("resources" not in c for k, c in containers.items() if k not in on_gpu)
+
+
+_HANGING_CLEANUP = """
+import signal, sys, time
+import pipelines.cli as cli
+cli.INTERRUPT_GRACE_SECONDS = float(sys.argv[1])
+signal.signal(signal.SIGINT, cli._interrupt_with_deadline)
+print("ready", flush=True)
+try:
+    time.sleep(120)
+except KeyboardInterrupt:
+    time.sleep(120)  # cleanup that never finishes
+"""
+
+
+@pytest.mark.parametrize("grace, interrupts", [(1.0, 1), (120.0, 2)])
+def test_ctrl_c_ends_the_process_even_when_cleanup_hangs(grace, interrupts):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HANGING_CLEANUP, str(grace)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout.readline().strip() == "ready"
+    for _ in range(interrupts):
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+    assert proc.wait(timeout=30) == 130
+    if interrupts == 1:
+        assert "cleanup after the interrupt took over 1 s; exiting now" in proc.stderr.read()
