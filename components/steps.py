@@ -487,6 +487,7 @@ def edge_export(
     """
     from components.edge.export import EdgeParityError, run_edge_export
     from components.push.push import model_digest
+    from trainer.export import NotAVisionpipeModel
     from visionpipe.serving import MODELS_SCHEME, resolve_model
 
     formats = list(formats or config.pipeline.edge_export)
@@ -503,6 +504,8 @@ def edge_export(
             report = run_edge_export(
                 model_dir, raw_examples_uri, out_uri, formats, config, overwrite
             )
+        except NotAVisionpipeModel as err:  # name the model as the user gave it
+            raise NotAVisionpipeModel(str(err).replace(model_dir, model)) from None
         except EdgeParityError:
             _log_folder(owner, out_uri, os.path.join(tmp, "edge"), "edge")  # the report
             raise

@@ -485,12 +485,16 @@ def _explain(args, config: Config) -> int:
     import tempfile
 
     from components.explain.explain import run_explain
+    from trainer.export import NotAVisionpipeModel
     from visionpipe import tracking
     from visionpipe.serving import resolve_model
 
     with tempfile.TemporaryDirectory(prefix="visionpipe-model-") as tmp:
         model = resolve_model(args.model, tmp, tracking.tracking_uri(config))
-        explained = run_explain(model, args.images, args.out, args.method, args.layer)
+        try:
+            explained = run_explain(model, args.images, args.out, args.method, args.layer)
+        except NotAVisionpipeModel as err:  # name the model as the user gave it
+            raise NotAVisionpipeModel(str(err).replace(model, args.model)) from None
     for e in explained:
         print(f"{e.file}\t{e.class_name}\t{e.probability:.4f}\t{e.picture}")
     return 0

@@ -19,7 +19,13 @@ the model. The formats:
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
+import os
+import sys
+import tempfile
+import warnings
 
 import numpy as np
 
@@ -74,7 +80,7 @@ def to_tflite(classifier, int8: bool, representative: np.ndarray | None = None) 
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if not int8:
         converter.target_spec.supported_types = [tf.float16]
-        return _quiet(converter.convert)
+        return quiet_call(converter.convert)
     if representative is None or not len(representative):
         raise ValueError("int8 quantisation needs representative images")
 
@@ -86,7 +92,7 @@ def to_tflite(classifier, int8: bool, representative: np.ndarray | None = None) 
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.uint8
     converter.inference_output_type = tf.uint8
-    return _quiet(converter.convert)
+    return quiet_call(converter.convert)
 
 
 def to_onnx(classifier, opset: int = 17) -> bytes:
@@ -105,7 +111,7 @@ def to_onnx(classifier, opset: int = 17) -> bytes:
     def classify(pixels):
         return {"probabilities": tf.cast(classifier(pixels, training=False), tf.float32)}
 
-    proto, _ = _quiet(
+    proto, _ = quiet_call(
         tf2onnx.convert.from_function,
         classify,
         input_signature=classify.input_signature,
@@ -121,12 +127,45 @@ def to_onnx(classifier, opset: int = 17) -> bytes:
     return proto.SerializeToString()
 
 
-def _quiet(fn, *args, **kwargs):
-    """Runs a converter with tf2onnx's per-node logging (hundreds of lines) at errors only."""
+def quiet_call(fn, *args, **kwargs):
+    """Runs a converter without its console output, which goes to this module's log.
+
+    TensorFlow's converter prints the traced signature and its captures (a line per
+    variable) and its C++ side writes to the file descriptors; tf2onnx logs each
+    rewrite. A person wants the report, so the descriptors are pointed at a temporary
+    file for the call: its text is logged at debug level, or at error level with the
+    exception when the conversion fails.
+    """
     logger = logging.getLogger("tf2onnx")
     level = logger.level
     logger.setLevel(logging.ERROR)
-    try:
-        return fn(*args, **kwargs)
-    finally:
-        logger.setLevel(level)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    python_level = io.StringIO()  # where sys.stdout is not fd 1 (a capture, a test)
+    with (
+        tempfile.TemporaryFile() as sink,
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(python_level),
+        contextlib.redirect_stderr(python_level),
+    ):
+        warnings.simplefilter("ignore")
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        failed = True
+        try:
+            result = fn(*args, **kwargs)
+            failed = False
+            return result
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            logger.setLevel(level)
+            sink.seek(0)
+            text = (python_level.getvalue() + sink.read().decode(errors="replace")).strip()
+            if text:
+                log.log(logging.ERROR if failed else logging.DEBUG, "converter output:\n%s", text)

@@ -204,7 +204,7 @@ def run_edge_export(
             storage.remove(staging)
     if not report.passed:
         raise EdgeParityError(f"{report.reason}; see {storage.join(out_uri, REPORT_MD)}")
-    log.info("edge-export: %s", report.reason)
+    log.debug("edge-export: %s", report.reason)
     return report
 
 

@@ -13,6 +13,8 @@ import warnings
 
 import numpy as np
 
+from components.edge.convert import quiet_call
+
 
 class TFLiteRunner:
     """A TFLite model in the TensorFlow Lite interpreter (XNNPACK on CPUs)."""
@@ -55,7 +57,7 @@ class TFLiteRunner:
             batch = self._quantise(pixels[start : start + batch_size])
             if self._batch != len(batch):
                 self._interpreter.resize_tensor_input(self._input["index"], batch.shape)
-                self._interpreter.allocate_tensors()
+                quiet_call(self._interpreter.allocate_tensors)  # not its XNNPACK note
                 self._batch = len(batch)
             self._interpreter.set_tensor(self._input["index"], batch)
             self._interpreter.invoke()
