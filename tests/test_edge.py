@@ -57,6 +57,8 @@ def learned(tmp_path_factory):
 
 
 def test_every_export_loads_in_its_runtime_and_agrees_with_the_savedmodel(learned, tmp_path):
+    import tensorflow as tf
+
     from components.edge.export import run_edge_export
 
     config, examples, trained = learned
@@ -83,6 +85,10 @@ def test_every_export_loads_in_its_runtime_and_agrees_with_the_savedmodel(learne
         assert contract["input"]["shape"][1:] == [24, 24, 3]
     int8 = json.loads((out / "tflite_int8" / "preprocessing.json").read_text())
     assert int8["input"]["dtype"] == "uint8" and int8["output"]["dequantize"]["scale"] > 0
+    interpreter = tf.lite.Interpreter(model_path=str(out / "tflite_int8" / "model.tflite"))
+    assert int8["input"]["name"] == interpreter.get_input_details()[0]["name"]
+    onnx = json.loads((out / "onnx" / "preprocessing.json").read_text())
+    assert onnx["input"] == {"name": "pixels", "dtype": "float32", "shape": ["batch", 24, 24, 3]}
     saved = json.loads((out / "edge_report.json").read_text())
     assert saved["passed"] and len(saved["formats"]) == 3
     assert "| tflite_int8 | TFLite interpreter |" in (out / "edge_report.md").read_text()

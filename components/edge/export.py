@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from components.edge.convert import FILE_NAMES, INPUT_NAME, check_formats, convert
+from components.edge.convert import FILE_NAMES, check_formats, convert
 from components.edge.runtimes import latency_ms, runner
 from trainer.export import load_classifier, model_record
 from visionpipe import progress, storage
@@ -248,7 +248,7 @@ def _gate(report: EdgeReport) -> None:
 def _contract_json(contract: dict, fmt: str, run, classes: int) -> bytes:
     """The preprocessing contract of one export: how to prepare its input, read its output."""
     tensor = {
-        "name": INPUT_NAME if fmt == "onnx" else "input 0",
+        "name": run.input_name,
         "shape": ["batch", contract["image_size"], contract["image_size"], 3],
     }
     if fmt == INT8:

@@ -31,6 +31,11 @@ class TFLiteRunner:
         self._output = self._interpreter.get_output_details()[0]
         self._batch = None
 
+    @property
+    def input_name(self) -> str:
+        """The input tensor's name in the model."""
+        return str(self._input["name"])
+
     def quantization(self) -> tuple[tuple[float, int], tuple[float, int]]:
         """``(scale, zero_point)`` of the input and of the output (``(0.0, 0)``: float)."""
         return tuple(self._input["quantization"]), tuple(self._output["quantization"])
@@ -79,6 +84,11 @@ class OnnxRunner:
             model, options, providers=providers or ["CPUExecutionProvider"]
         )
         self._input = self._session.get_inputs()[0].name
+
+    @property
+    def input_name(self) -> str:
+        """The input tensor's name in the model."""
+        return self._input
 
     def predict(self, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """Probabilities of each image."""

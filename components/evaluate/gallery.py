@@ -53,8 +53,10 @@ def write_gallery(
     chosen = worst_mistakes(split.labels, probabilities, labels, count)
     predicted = probabilities.argmax(axis=1) if len(split.labels) else np.zeros(0, int)
     wrong = sum(labels[p] != t for p, t in zip(predicted, split.labels, strict=True))
-    note = f"{wrong} of {len(split.labels)} test images misclassified; the {len(chosen)} most "
-    note += "confident mistakes, with the Grad-CAM map of the predicted class."
+    note = f"{wrong} of {len(split.labels)} test images misclassified"
+    if chosen:
+        note += f"; the {len(chosen)} most confident mistakes, with the Grad-CAM map of the "
+        note += "predicted class."
     items: list[Explained] = []
     if chosen:
         try:
