@@ -523,7 +523,7 @@ def edge_export(
         run.log_metrics({**figures, "edge_savedmodel_accuracy": report.savedmodel["accuracy"]})
         name = config.push.model_name
         if model.startswith(MODELS_SCHEME):
-            name = model[len(MODELS_SCHEME) :].split("@")[0].split("/")[0]
+            name = registry.parse_models_uri(model)[0]
         version = registry.version_by_digest(session.client, name, model_digest(model_dir))
         if version is not None:
             tags = {k: f"{v:.6g}" for k, v in figures.items()}

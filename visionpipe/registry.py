@@ -114,13 +114,17 @@ def download_models_uri(client, uri: str, dst_dir: str) -> str:
     Raises:
         MlflowException: no such model, alias or version.
     """
-    name, _, rest = uri.removeprefix("models:/").partition("/")
-    if "@" in name:
-        name, alias = name.split("@", 1)
+    name, alias, version = parse_models_uri(uri)
+    if alias:
         version = str(client.get_model_version_by_alias(name, alias).version)
-    else:
-        version = rest.strip("/")
     return download_version(client, name, version, dst_dir)
+
+
+def parse_models_uri(uri: str) -> tuple[str, str, str]:
+    """``(name, alias, version)`` of a ``models:/`` URI; the part not given is empty."""
+    name, _, rest = uri.removeprefix("models:/").partition("/")
+    name, _, alias = name.partition("@")
+    return name, alias, "" if alias else rest.strip("/")
 
 
 def version_by_digest(client, model_name: str, digest: str):
