@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import posixpath
 import re
 import tempfile
 from dataclasses import asdict, dataclass
@@ -340,10 +341,7 @@ def evaluate(
         run.log_text(report.decode(), "evaluation_report.md")
         for name in (CONFUSION_PNG, GALLERY_PNG, GALLERY_HTML):  # run_evaluate's pictures
             if storage.exists(storage.join(output_uri, name)):
-                local = os.path.join(download_dir, name)
-                with open(local, "wb") as f:
-                    f.write(storage.read_bytes(storage.join(output_uri, name)))
-                run.log_artifact(local)
+                _log_stored(run, storage.join(output_uri, name))
         run.set_tags({"blessing_reason": blessing.reason})
         log.info("evaluate: %s", blessing.reason)
         session.log_outcome(
@@ -496,8 +494,7 @@ def edge_export(
         tempfile.TemporaryDirectory(prefix="visionpipe-edge-") as tmp,
         session.step("edge-export") as run,
     ):
-        os.makedirs(os.path.join(tmp, "model"))
-        model_dir = resolve_model(model, os.path.join(tmp, "model"), session.uri)
+        model_dir = resolve_model(model, tmp, session.uri)
         run.log_params({"model": model, "examples": raw_examples_uri, "formats": ",".join(formats)})
         owner = session.tracker(session.pipeline_run_id) if session.pipeline_run_id else run
         try:
@@ -507,9 +504,9 @@ def edge_export(
         except NotAVisionpipeModel as err:  # name the model as the user gave it
             raise NotAVisionpipeModel(str(err).replace(model_dir, model)) from None
         except EdgeParityError:
-            _log_folder(owner, out_uri, os.path.join(tmp, "edge"), "edge")  # the report
+            _log_stored(owner, out_uri, "edge")  # the report
             raise
-        _log_folder(owner, out_uri, os.path.join(tmp, "edge"), "edge")
+        _log_stored(owner, out_uri, "edge")
         figures = {}
         for r in report.formats:
             figures.update(
@@ -537,10 +534,23 @@ def edge_export(
     return report
 
 
-def _log_folder(tracker, uri: str, local: str, path: str) -> None:
-    """Logs the folder at ``uri`` (any filesystem) as artifacts under ``path``."""
-    storage.download(uri, local)
-    tracker.log_artifact(local, path)
+def _log_stored(tracker, uri: str, path: str | None = None) -> None:
+    """Logs the file or folder at ``uri`` as artifacts (under ``path``).
+
+    A local one is logged where it is; one in an object store is copied to a temporary
+    folder first (MLflow logs local files).
+    """
+    if "://" not in uri:
+        tracker.log_artifact(uri, path)
+        return
+    with tempfile.TemporaryDirectory(prefix="visionpipe-log-") as tmp:
+        local = os.path.join(tmp, posixpath.basename(uri.rstrip("/")))
+        if storage.isdir(uri):
+            storage.download(uri, local)
+        else:
+            with open(local, "wb") as f:
+                f.write(storage.read_bytes(uri))
+        tracker.log_artifact(local, path)
 
 
 def predict_batch(
@@ -574,8 +584,8 @@ def predict_batch(
             {"inputs": result.inputs, "predicted": result.predicted, "rejected": result.rejected}
         )
         rejects = storage.join(out_uri, REJECTS_FILE)
-        if result.rejected and "://" not in rejects:
-            run.log_artifact(rejects)
+        if result.rejected:
+            _log_stored(run, rejects)
     progress.done(
         "predict-batch",
         f"{result.inputs} inputs = {result.predicted} predicted + {result.rejected} rejected",

@@ -80,6 +80,10 @@ def test_pipeline_runs_end_to_end_then_retrains_against_the_champion(tiny_datase
     }
     train_run = next(c for c in children if c.data.tags["visionpipe.step"] == "train")
     assert len(client.get_metric_history(train_run.info.run_id, "loss")) == 2  # per epoch
+    evaluate_run = next(c for c in children if c.data.tags["visionpipe.step"] == "evaluate")
+    logged = {a.path for a in client.list_artifacts(evaluate_run.info.run_id)}
+    pictures = {"confusion_matrix.png", "mistakes.png", "mistakes.html", "evaluation_report.md"}
+    assert pictures <= logged
     ingest_run = next(c for c in children if c.data.tags["visionpipe.step"] == "ingest")
     [dataset] = ingest_run.inputs.dataset_inputs
     assert run.data.tags["data_fingerprint"].startswith(dataset.dataset.digest)
