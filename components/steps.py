@@ -485,7 +485,7 @@ def edge_export(
     """
     from components.edge.export import EdgeParityError, run_edge_export
     from components.push.push import model_digest
-    from trainer.export import NotAVisionpipeModel
+    from trainer.export import naming
     from visionpipe.serving import MODELS_SCHEME, resolve_model
 
     formats = list(formats or config.pipeline.edge_export)
@@ -498,11 +498,10 @@ def edge_export(
         run.log_params({"model": model, "examples": raw_examples_uri, "formats": ",".join(formats)})
         owner = session.tracker(session.pipeline_run_id) if session.pipeline_run_id else run
         try:
-            report = run_edge_export(
-                model_dir, raw_examples_uri, out_uri, formats, config, overwrite
-            )
-        except NotAVisionpipeModel as err:  # name the model as the user gave it
-            raise NotAVisionpipeModel(str(err).replace(model_dir, model)) from None
+            with naming(model_dir, model):
+                report = run_edge_export(
+                    model_dir, raw_examples_uri, out_uri, formats, config, overwrite
+                )
         except EdgeParityError:
             _log_stored(owner, out_uri, "edge")  # the report
             raise

@@ -482,19 +482,17 @@ def _predict(args, config: Config) -> int:
 
 
 def _explain(args, config: Config) -> int:
-    import tempfile
-
-    from components.explain.explain import run_explain
-    from trainer.export import NotAVisionpipeModel
+    from components.explain.explain import explain_model
     from visionpipe import tracking
-    from visionpipe.serving import resolve_model
 
-    with tempfile.TemporaryDirectory(prefix="visionpipe-model-") as tmp:
-        model = resolve_model(args.model, tmp, tracking.tracking_uri(config))
-        try:
-            explained = run_explain(model, args.images, args.out, args.method, args.layer)
-        except NotAVisionpipeModel as err:  # name the model as the user gave it
-            raise NotAVisionpipeModel(str(err).replace(model, args.model)) from None
+    explained = explain_model(
+        args.model,
+        args.images,
+        args.out,
+        args.method,
+        args.layer,
+        tracking.tracking_uri(config),
+    )
     for e in explained:
         print(f"{e.file}\t{e.class_name}\t{e.probability:.4f}\t{e.picture}")
     return 0

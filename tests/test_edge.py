@@ -178,3 +178,15 @@ def test_export_edge_command_records_and_refuses_bad_input(learned, tmp_path, ca
     assert run.data.metrics["edge_onnx_agreement"] == 1.0
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "edge")}
     assert {"edge/edge_report.json", "edge/onnx"} <= artifacts
+
+
+def test_errors_name_the_model_as_the_user_gave_it(tmp_path):
+    from trainer.export import NotAVisionpipeModel, model_record, naming
+
+    downloaded = str(tmp_path / "download" / "model")
+    with pytest.raises(NotAVisionpipeModel, match=r"^models:/shapes@champion: no assets"):
+        with naming(downloaded, "models:/shapes@champion"):
+            model_record(downloaded)
+    with pytest.raises(NotAVisionpipeModel, match=f"^{downloaded}: no assets"):
+        with naming(downloaded, downloaded):
+            model_record(downloaded)

@@ -13,8 +13,10 @@ preprocessing that training saw: training and serving cannot skew. Two signature
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 
 import keras
 import tensorflow as tf
@@ -106,6 +108,20 @@ def save_classifier(classifier: keras.Model, uri: str) -> None:
 
 class NotAVisionpipeModel(UserError, ValueError):
     """A model directory lacks what this project's exports hold."""
+
+
+@contextlib.contextmanager
+def naming(model_dir: str, given: str) -> Iterator[None]:
+    """Errors about ``model_dir`` name the model as the user gave it.
+
+    A ``models:/`` URI, say, rather than the temporary folder it was downloaded to.
+    """
+    try:
+        yield
+    except NotAVisionpipeModel as err:
+        if given == model_dir:
+            raise
+        raise NotAVisionpipeModel(str(err).replace(model_dir, given)) from None
 
 
 def load_classifier(model_dir: str) -> keras.Model:
