@@ -27,10 +27,10 @@ class Explained:
     truth: str | None = None
     name: str = ""
 
-    def caption(self) -> str:
-        """``truth -> predicted (p)`` or ``predicted (p)``."""
+    def caption(self, sep: str = ", ") -> str:
+        """``true T<sep>predicted P (p)``, or ``P (p)`` without a truth."""
         said = f"{self.predicted} ({self.probability:.2f})"
-        return f"true {self.truth}, predicted {said}" if self.truth is not None else said
+        return f"true {self.truth}{sep}predicted {said}" if self.truth is not None else said
 
 
 def overlay(image: np.ndarray, heat: np.ndarray | None) -> np.ndarray:
@@ -84,8 +84,7 @@ def gallery_png(items: list[Explained], title: str, columns: int = 4) -> bytes:
         ax.axis("off")
     for ax, item in zip(np.asarray(axes).ravel(), items, strict=False):
         ax.imshow(overlay(item.image, item.heat), interpolation="nearest")
-        caption = f"true {item.truth}\npredicted {item.predicted} ({item.probability:.2f})"
-        ax.set_title(caption, fontsize=9)
+        ax.set_title(item.caption("\n"), fontsize=9)
     if not items:
         fig.text(0.5, 0.5, "no mistakes on the test split", ha="center", va="center")
     fig.suptitle(title, fontsize=12)

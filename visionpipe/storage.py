@@ -77,9 +77,14 @@ def write_bytes(uri: str, data: bytes) -> None:
         f.write(data)
 
 
+def json_bytes(obj: Any) -> bytes:
+    """``obj`` as the project's JSON files hold it: indented, keys sorted."""
+    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+
+
 def write_json(uri: str, obj: Any) -> None:
     """Writes ``obj`` as indented JSON."""
-    write_bytes(uri, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    write_bytes(uri, json_bytes(obj))
 
 
 def read_json(uri: str) -> Any:

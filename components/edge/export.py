@@ -192,7 +192,7 @@ def run_edge_export(
         _gate(report)
         if not report.passed:
             files = {}  # only the report: nothing downstream may take the failed model
-        files[REPORT_JSON] = _json(report.to_dict())
+        files[REPORT_JSON] = storage.json_bytes(report.to_dict())
         files[REPORT_MD] = report.markdown().encode()
         for name, data in files.items():
             storage.write_bytes(storage.join(staging, name), data)
@@ -262,10 +262,4 @@ def _contract_json(contract: dict, fmt: str, run, classes: int) -> bytes:
     else:
         tensor["dtype"] = "float32"
         output = {"dtype": "float32", "meaning": f"probabilities of {classes} classes"}
-    return _json({"format": fmt, **contract, "input": tensor, "output": output})
-
-
-def _json(obj) -> bytes:
-    import json
-
-    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+    return storage.json_bytes({"format": fmt, **contract, "input": tensor, "output": output})
