@@ -506,7 +506,7 @@ def _export_edge(args, config: Config) -> int:
     report = steps.edge_export(
         args.model, args.examples, args.out, config, formats=formats, overwrite=args.overwrite
     )
-    print(report.markdown().split("\n", 4)[4].strip())  # the table, below the title
+    print(report.table().strip())
     print(f"{report.reason} -> {args.out}")
     return 0
 

@@ -80,13 +80,14 @@ class EdgeReport:
         return asdict(self)
 
     def markdown(self) -> str:
-        """The table a person reads."""
+        """The report a person reads: verdict, reason, then ``table()``."""
+        verdict = f"# Edge exports: {'PASSED' if self.passed else 'FAILED'}"
+        return "\n".join([verdict, "", self.reason, "", self.table()])
+
+    def table(self) -> str:
+        """What was scored, and every format beside the SavedModel."""
         ref = self.savedmodel
         lines = [
-            f"# Edge exports: {'PASSED' if self.passed else 'FAILED'}",
-            "",
-            self.reason,
-            "",
             f"Scored on {self.test_examples} test images, each format in its own runtime; "
             f"int8 calibrated on {self.representative_images} training images. Latency: "
             "median of single-image calls on this machine.",
