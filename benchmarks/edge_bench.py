@@ -14,8 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from benchmarks.trainer_bench import prepare
+from visionpipe.sections import EDGE_FORMATS
 
-FORMATS = ["tflite_float16", "tflite_int8", "onnx"]
+FORMATS = list(EDGE_FORMATS)
 GLYPHS = dict(kind="glyphs", classes=8, per_class=200, size=64, seed=1)
 
 

@@ -252,8 +252,8 @@ import signal, sys, time
 import pipelines.cli as cli
 cli.INTERRUPT_GRACE_SECONDS = float(sys.argv[1])
 signal.signal(signal.SIGINT, cli._interrupt_with_deadline)
-print("ready", flush=True)
 try:
+    print("ready", flush=True)  # inside the try: an interrupt right after it is caught
     time.sleep(120)
 except KeyboardInterrupt:
     time.sleep(120)  # cleanup that never finishes

@@ -106,3 +106,27 @@ def test_flip_and_rotation_can_be_searched():
         overrides=["tuner.search_space={flip: [none, horizontal], rotation: [0, 0.05]}"]
     ).tuner.search_space
     assert space == {"flip": ["none", "horizontal"], "rotation": [0.0, 0.05]}
+
+
+def test_each_list_of_names_has_one_source_and_its_users_cover_it():
+    import numpy as np
+
+    from components.edge.convert import FORMATS
+    from components.evaluate.metrics import evaluate_model
+    from trainer.model import _BACKBONES
+    from trainer.tune import _TUNERS
+    from visionpipe.sections import (
+        BACKBONES,
+        CLASS_METRICS,
+        EDGE_FORMATS,
+        MODEL_METRICS,
+        TUNER_ALGORITHMS,
+    )
+
+    assert set(_BACKBONES) == set(BACKBONES)
+    assert set(_TUNERS) == set(TUNER_ALGORITHMS)
+    assert tuple(FORMATS) == EDGE_FORMATS
+    metrics, _ = evaluate_model(["a", "b"], np.array([[0.9, 0.1], [0.2, 0.8]]), ["a", "b"])
+    whole = {k for k in metrics if "/" not in k} - {"examples"}
+    assert whole == set(MODEL_METRICS)
+    assert {k.split("/")[0] for k in metrics if "/" in k} == set(CLASS_METRICS)

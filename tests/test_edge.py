@@ -11,6 +11,7 @@ from pipelines.cli import main
 from tests.conftest import fails_in_one_line
 from visionpipe import features as F
 from visionpipe.config import load_config
+from visionpipe.sections import EDGE_FORMATS
 
 OVERRIDES = [
     "transform.image_size=24",
@@ -63,7 +64,7 @@ def test_every_export_loads_in_its_runtime_and_agrees_with_the_savedmodel(learne
 
     config, examples, trained = learned
     out = tmp_path / "edge"
-    formats = ["tflite_float16", "tflite_int8", "onnx"]
+    formats = list(EDGE_FORMATS)
     report = run_edge_export(trained.model_uri, examples, str(out), formats, config)
 
     assert report.passed and report.savedmodel["accuracy"] > 0.8  # a model worth exporting

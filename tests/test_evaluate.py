@@ -261,3 +261,15 @@ def test_report_has_checks_per_class_and_confusion(ingested, trained, tmp_path):
     truth = load_raw_split(ingested.output_uri, "test").labels
     assert set(report["per_class"]) >= set(truth)
     assert sum(m["support"] for m in report["per_class"].values()) == len(truth)
+
+
+def test_a_threshold_on_a_metric_that_was_not_computed_is_an_error_not_zero():
+    # An upper bound would pass on a silent 0.0; the gate names the metric instead.
+    cfg = _cfg("evaluate.thresholds=[{metric: log_loss, upper: 0.5}]", "evaluate.min_accuracy=null")
+    with pytest.raises(ThresholdError, match="computed no 'log_loss'"):
+        gate({"accuracy": 0.9}, None, cfg)
+
+
+def test_an_unknown_metric_name_is_a_config_error_naming_it():
+    with pytest.raises(ConfigError, match="unknown metric 'acuracy'"):
+        _cfg("evaluate.thresholds=[{metric: acuracy, lower: 0.5}]")

@@ -28,6 +28,7 @@ from trainer.model import (
 )
 from trainer.plan import class_weights, planned_epochs
 from visionpipe.config import ConfigError, load_config
+from visionpipe.sections import BACKBONES
 
 STATS = {"mean": [120.0] * 3, "std": [60.0] * 3}
 REPO = Path(__file__).resolve().parent.parent
@@ -42,7 +43,7 @@ def _build(*overrides, shape=(32, 32, 3), classes=3):
     return model, hp, config
 
 
-@pytest.mark.parametrize("backbone", ["mobilenet_v2", "efficientnet_b0", "resnet50"])
+@pytest.mark.parametrize("backbone", BACKBONES)
 def test_every_backbone_builds_a_classifier_without_weights(backbone):
     model, _, _ = _build(f"trainer.model={backbone}")
     classifier = served_part(model)

@@ -30,10 +30,11 @@ import warnings
 import numpy as np
 
 from visionpipe.errors import UserError
+from visionpipe.sections import EDGE_FORMATS
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("tflite_float16", "tflite_int8", "onnx")
+FORMATS = EDGE_FORMATS  # the one list, in visionpipe.sections
 FILE_NAMES = {"tflite_float16": "model.tflite", "tflite_int8": "model.tflite", "onnx": "model.onnx"}
 INPUT_NAME = "pixels"
 

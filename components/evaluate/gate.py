@@ -20,7 +20,22 @@ from visionpipe.errors import UserError
 
 
 class ThresholdError(UserError, ValueError):
-    """A threshold names a class the test data does not have."""
+    """A threshold names a class the test data does not have, or a metric not computed."""
+
+
+def _metric(metrics: dict[str, float], key: str, label: str, whose: str) -> float:
+    """``metrics[key]``; a threshold on a metric that was not computed is an error, not 0.
+
+    Raises:
+        ThresholdError: evaluation computed no ``key`` for ``whose`` model.
+    """
+    if key not in metrics:
+        known = ", ".join(sorted(k for k in metrics if "/" not in k))
+        raise ThresholdError(
+            f"evaluate threshold on {label}: the {whose}'s evaluation computed no {key!r} "
+            f"(computed: {known})"
+        )
+    return metrics[key]
 
 
 @dataclass(frozen=True)
@@ -72,7 +87,7 @@ def gate(
     checks: list[Check] = []
     for t in cfg.value_thresholds():
         for key, label in _keys(t, classes):
-            value = candidate.get(key, 0.0)
+            value = _metric(candidate, key, label, "candidate")
             if t.lower is not None:
                 checks.append(Check(f"{label} >= {t.lower:g}", value >= t.lower, value, t.lower))
             if t.upper is not None:
@@ -118,7 +133,8 @@ def _keys(t: Threshold | ChangeThreshold, classes: list[str]) -> list[tuple[str,
 
 
 def _change_checks(t: ChangeThreshold, key, label, candidate, champion) -> list[Check]:
-    new, old = candidate.get(key, 0.0), champion.get(key, 0.0)
+    new = _metric(candidate, key, label, "candidate")
+    old = _metric(champion, key, label, "champion")
     gain = new - old if t.higher_is_better else old - new
     word = "gain" if t.higher_is_better else "reduction"
     checks = []

@@ -1,0 +1,405 @@
+"""The config's sections: one typed, validated class per part of the pipeline.
+
+``visionpipe.config.Config`` holds one of each. The lists of names that several
+layers share (backbones, edge formats, tuner algorithms, the metrics the gate can
+name) are defined here once, as ``Literal`` types and the tuples made from them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+# The lists several layers read: each is defined once, here.
+Backbone = Literal["mobilenet_v2", "efficientnet_b0", "resnet50"]
+BACKBONES: tuple[str, ...] = get_args(Backbone)  # trainer.model builds each of these
+EdgeFormat = Literal["tflite_float16", "tflite_int8", "onnx"]
+EDGE_FORMATS: tuple[str, ...] = get_args(EdgeFormat)  # components.edge converts each
+TunerAlgorithm = Literal["random", "bayesian", "hyperband"]
+TUNER_ALGORITHMS: tuple[str, ...] = get_args(TunerAlgorithm)  # trainer.tune runs each
+# Metrics the gate can name: whole-model ones, and per-class ones (with ``class_name``).
+# ``components.evaluate.metrics.evaluate_model`` computes exactly these (a test holds it).
+ModelMetric = Literal[
+    "accuracy",
+    "top_k_accuracy",
+    "macro_precision",
+    "macro_recall",
+    "macro_f1",
+    "weighted_precision",
+    "weighted_recall",
+    "weighted_f1",
+    "log_loss",
+    "expected_calibration_error",
+]
+MODEL_METRICS: tuple[str, ...] = get_args(ModelMetric)
+ClassMetric = Literal["precision", "recall", "f1"]
+CLASS_METRICS: tuple[str, ...] = get_args(ClassMetric)
+LOWER_IS_BETTER = ("log_loss", "expected_calibration_error")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class IngestConfig(_Section):
+    """How raw images become split TFRecord shards."""
+
+    train_fraction: float = Field(0.8, gt=0, lt=1)
+    valid_fraction: float = Field(0.1, ge=0, lt=1)
+    test_fraction: float = Field(0.1, gt=0, lt=1)
+    split_salt: str = Field("visionpipe", min_length=1, description="Salt of the split hash.")
+    max_pixels: int = Field(40_000_000, gt=0, description="Reject images larger than this.")
+    max_side: int = Field(0, ge=0, description="Scale longer sides down to this; 0: never.")
+    jpeg_quality: int = Field(95, ge=1, le=100, description="Quality of re-encoded JPEGs.")
+    min_images_per_class: int = Field(2, ge=1)
+    labels: list[str] = Field(
+        default_factory=list, description="Allowed labels; others are rejected. Empty: any."
+    )
+    max_reject_fraction: float = Field(
+        0.05, ge=0, le=1, description="Fail (after writing the report) above this."
+    )
+    shard_size_mb: float = Field(
+        150, gt=0, description="Shards roll over at this size, so their count follows the data."
+    )
+    threads: int = Field(
+        0, ge=0, description="Threads per Beam worker for the per-image work; 0: one per core."
+    )
+    batch_size: int = Field(64, ge=1, description="Images per element handed to the threads.")
+    # JPEG and PNG payloads shrink by about 1% at level 1, which costs 15x level 0.
+    gzip_level: int = Field(0, ge=0, le=9, description="Shard compression; 0: gzip framing only.")
+
+    @model_validator(mode="after")
+    def _fractions_sum_to_one(self) -> IngestConfig:
+        total = self.train_fraction + self.valid_fraction + self.test_fraction
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(
+                "train_fraction + valid_fraction + test_fraction must be 1. "
+                f"Received: {self.train_fraction} + {self.valid_fraction} + "
+                f"{self.test_fraction} = {total:g}"
+            )
+        return self
+
+
+ResizeMode = Literal["stretch", "pad", "center_crop"]
+RESIZE_MODES: tuple[str, ...] = get_args(ResizeMode)
+
+
+class TransformConfig(_Section):
+    """tf.Transform preprocessing: decode, resize, normalise, vocabulary."""
+
+    image_size: int = Field(32, ge=8, le=1024, description="Square side in pixels.")
+    resize_mode: ResizeMode = "stretch"
+
+
+class TrainerConfig(_Section):
+    """Model and training loop; model values are the hyperparameter defaults."""
+
+    epochs: int = Field(20, ge=1)
+    min_steps: int = Field(
+        750,
+        ge=0,
+        description="Train at least this many optimizer steps: small datasets get more epochs.",
+    )
+    batch_size: int = Field(32, ge=1, description="The global batch, over all replicas.")
+    learning_rate: float = Field(3e-3, gt=0, lt=1)
+    scale_learning_rate: bool = Field(
+        True, description="Multiply the learning rate by the number of replicas (linear rule)."
+    )
+    # The model family: a small CNN, or a keras.applications backbone with a new head.
+    model: Literal["cnn", Backbone] = "cnn"
+    weights: str = Field(
+        "none", description="Backbone weights: none, imagenet, or a local .weights.h5 / .h5 file."
+    )
+    width: int = Field(16, ge=4, description="CNN: filters of the first conv block.")
+    depth: int = Field(3, ge=1, le=6, description="CNN: number of conv blocks.")
+    batch_norm: bool = Field(True, description="CNN: batch normalisation after each conv.")
+    # Max: whether a feature is anywhere in the image. On the sample shapes (a small
+    # shape on a textured background) it reached 0.98 test accuracy in 14 epochs where
+    # average pooling, which dilutes the shape in the background, reached 0.89.
+    pooling: Literal["max", "avg"] = Field(
+        "max", description="CNN: global pooling of the features."
+    )
+    dropout: float = Field(0.1, ge=0, lt=1)
+    fine_tune_epochs: int = Field(
+        0, ge=0, description="Backbones: epochs with the top layers unfrozen, after the head."
+    )
+    fine_tune_layers: int = Field(20, ge=1, description="Backbone layers unfrozen to fine-tune.")
+    fine_tune_learning_rate_factor: float = Field(0.1, gt=0, le=1)
+    # Augmentation, active in training only; strengths are scaled by the tunable
+    # ``augment_strength`` hyperparameter (default 1). None by default: a flip changes
+    # the class of letters, digits, arrows and anything with a handedness (glyphs: 0.14
+    # test accuracy with flips and rotation, 1.0 without). Where they keep the class they
+    # can help (shapes: 1.0 against 0.98), so ``flip`` and ``rotation`` are tunable: list
+    # choices in ``tuner.search_space`` to let validation data decide.
+    flip: Literal["none", "horizontal", "vertical", "horizontal_and_vertical"] = "none"
+    rotation: float = Field(
+        0.0, ge=0, le=0.5, description="Fraction of a full turn (0.5: any angle)."
+    )
+    zoom: float = Field(0.0, ge=0, lt=1)
+    translation: float = Field(0.0, ge=0, lt=1)
+    contrast: float = Field(0.0, ge=0, lt=1)
+    brightness: float = Field(0.0, ge=0, lt=1)
+    augment_strength: float = Field(1.0, ge=0, le=2)
+    mix: Literal["none", "mixup", "cutmix"] = "none"
+    mix_alpha: float = Field(0.2, gt=0, description="Beta(alpha, alpha) mixing weights.")
+    class_weights: Literal["auto", "balanced", "none"] = Field(
+        "auto", description="auto: balanced when the largest class is 1.5x the smallest."
+    )
+    lr_schedule: Literal["cosine", "plateau", "constant"] = "cosine"
+    early_stopping_patience: int = Field(8, ge=1, description="Epochs without val_loss gain.")
+    checkpoint_every: int = Field(
+        2, ge=1, description="Epochs between resume checkpoints (a kill loses fewer than this)."
+    )
+    tensorboard: bool = Field(False, description="Write TensorBoard logs (a train artifact).")
+    mixed_precision: Literal["auto", "on", "off"] = Field(
+        "auto", description="mixed_float16; auto: when a GPU is present."
+    )
+    xla: bool = Field(False, description="Compile the train step with XLA.")
+    cache_max_mb: int = Field(
+        2048, ge=0, description="Cache the decoded split in memory below this size."
+    )
+    strategy: Literal["auto", "one_device", "mirrored", "multi_worker"] = "auto"
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _weights_fit_the_model(self) -> TrainerConfig:
+        if self.model == "cnn" and self.weights != "none":
+            raise ValueError(f"weights={self.weights!r} needs a backbone model, not 'cnn'")
+        return self
+
+
+class TunerConfig(_Section):
+    """keras-tuner search; the search space maps hyperparameter names to choices."""
+
+    algorithm: TunerAlgorithm = "random"
+    # No search by default: on two cores, trials long enough to rank candidates as the
+    # final training would (8+ epochs on the sample data; 4-epoch trials chose settings
+    # that lost at full length, glyphs 0.76 against 1.0) do not fit a one-minute budget.
+    max_trials: int = Field(0, ge=0, description="0 skips the search: defaults are used.")
+    epochs: int = Field(8, ge=1, description="Epochs per trial.")
+    search_space: dict[str, list[float | str]] = Field(
+        default_factory=lambda: {"learning_rate": [2e-3, 3e-3], "dropout": [0.1, 0.2]}
+    )
+    max_consecutive_failed_trials: int = Field(
+        3, ge=1, description="Stop the search after this many failed trials in a row."
+    )
+
+    @model_validator(mode="after")
+    def _known_hyperparameters(self) -> TunerConfig:
+        if self.max_trials and not self.search_space:
+            raise ValueError(
+                "search_space is empty: every trial would train the same model; "
+                "give choices for some of " + ", ".join(TUNABLE) + " or set max_trials=0"
+            )
+        unknown = sorted(set(self.search_space) - set(TUNABLE))
+        if unknown:
+            raise ValueError(
+                f"search_space names unknown hyperparameters {unknown}; tunable: {sorted(TUNABLE)}"
+            )
+        empty = sorted(k for k, v in self.search_space.items() if not v)
+        if empty:
+            raise ValueError(f"search_space has no choices for {empty}")
+        for name, values in self.search_space.items():
+            for value in values:
+                _check_choice(name, value)
+        return self
+
+
+# Hyperparameters the tuner may search: each is the ``trainer`` key of the same name,
+# whose default is the hyperparameter's default and whose bounds are the choices' bounds.
+TUNABLE = (
+    "learning_rate",
+    "width",
+    "depth",
+    "dropout",
+    "batch_size",
+    "augment_strength",
+    "flip",
+    "rotation",
+)
+
+
+def _check_choice(name: str, value: float | str) -> None:
+    """A search-space choice must be a valid value of the trainer key it tunes."""
+    try:
+        TrainerConfig.model_validate({name: value})
+    except ValidationError as err:
+        problem = err.errors()[0]["msg"]
+        raise ValueError(
+            f"search_space.{name}: choice {value!r} is not a valid trainer.{name} ({problem})"
+        ) from None
+
+
+class Threshold(_Section):
+    """A bound on a metric's value: ``lower <= value <= upper`` (either may be omitted).
+
+    With ``class_name`` the metric is per class (precision, recall or f1); ``"*"``
+    applies the bound to every class.
+    """
+
+    metric: str
+    class_name: str | None = None
+    lower: float | None = None
+    upper: float | None = None
+
+    @model_validator(mode="after")
+    def _valid(self) -> Threshold:
+        _check_metric(self.metric, self.class_name)
+        if self.lower is None and self.upper is None:
+            raise ValueError(f"threshold on {self.metric!r} needs lower and/or upper")
+        return self
+
+
+class ChangeThreshold(_Section):
+    """How the candidate must compare with the champion on a metric.
+
+    The improvement is ``candidate - champion`` when higher is better, else
+    ``champion - candidate``; ``absolute`` is its minimum (negative: a tolerated loss),
+    ``relative`` its minimum as a fraction of the champion's value.
+    """
+
+    metric: str
+    class_name: str | None = None
+    direction: Literal["higher", "lower"] | None = None  # default: from the metric
+    absolute: float | None = None
+    relative: float | None = None
+
+    @model_validator(mode="after")
+    def _valid(self) -> ChangeThreshold:
+        _check_metric(self.metric, self.class_name)
+        if self.absolute is None and self.relative is None:
+            raise ValueError(f"change threshold on {self.metric!r} needs absolute and/or relative")
+        return self
+
+    @property
+    def higher_is_better(self) -> bool:
+        """The direction, configured or from the metric."""
+        if self.direction is not None:
+            return self.direction == "higher"
+        return self.metric not in LOWER_IS_BETTER
+
+
+def _check_metric(metric: str, class_name: str | None) -> None:
+    if class_name is None and metric not in MODEL_METRICS:
+        hint = " (per-class: set class_name)" if metric in CLASS_METRICS else ""
+        raise ValueError(f"unknown metric {metric!r}{hint}; known: {', '.join(MODEL_METRICS)}")
+    if class_name is not None and metric not in CLASS_METRICS:
+        raise ValueError(f"unknown per-class metric {metric!r}; known: {', '.join(CLASS_METRICS)}")
+
+
+class SignificanceConfig(_Section):
+    """Require the accuracy gain over the champion to be statistically real."""
+
+    test: Literal["none", "mcnemar", "bootstrap"] = "none"
+    alpha: float = Field(0.05, gt=0, lt=0.5)
+    resamples: int = Field(2000, ge=100, description="Bootstrap resamples.")
+
+
+class EvaluateConfig(_Section):
+    """The evaluation gate.
+
+    ``min_accuracy`` and ``champion_tolerance`` are shorthands for the most common
+    value and change thresholds (null disables them); ``thresholds`` and
+    ``change_thresholds`` hold any others.
+    """
+
+    min_accuracy: float | None = Field(0.8, ge=0, le=1, description="Accuracy lower bound.")
+    champion_tolerance: float | None = Field(
+        0.0, ge=0, le=1, description="Candidate accuracy may trail the champion's by this."
+    )
+    thresholds: list[Threshold] = Field(default_factory=list)
+    change_thresholds: list[ChangeThreshold] = Field(default_factory=list)
+    significance: SignificanceConfig = SignificanceConfig()
+    bless_without_thresholds: bool = Field(
+        False, description="With no thresholds at all: bless (true) or never bless (false)."
+    )
+    top_k: int = Field(3, ge=1, description="k of top_k_accuracy (at most the class count).")
+    calibration_bins: int = Field(15, ge=2)
+    batch_size: int = Field(64, ge=1)
+    gallery_size: int = Field(
+        16, ge=0, le=200, description="Worst test mistakes in the Grad-CAM gallery; 0: none."
+    )
+
+    def value_thresholds(self) -> list[Threshold]:
+        """Every value threshold, the shorthand included."""
+        extra = (
+            []
+            if self.min_accuracy is None
+            else [Threshold(metric="accuracy", lower=self.min_accuracy)]
+        )
+        return [*extra, *self.thresholds]
+
+    def all_change_thresholds(self) -> list[ChangeThreshold]:
+        """Every change threshold, the shorthand included."""
+        extra = []
+        if self.champion_tolerance is not None:
+            extra = [ChangeThreshold(metric="accuracy", absolute=-self.champion_tolerance)]
+        return [*extra, *self.change_thresholds]
+
+
+class PushConfig(_Section):
+    """Where blessed models go."""
+
+    model_name: str = Field("visionpipe-classifier", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    serving_root: str = Field("", description="Empty: <VISIONPIPE_HOME>/serving.")
+    keep_versions: int = Field(
+        0,
+        ge=0,
+        description="Versions kept in the serving root (champion, previous always); 0: all.",
+    )
+
+
+class MlflowConfig(_Section):
+    """Experiment tracking."""
+
+    tracking_uri: str = Field("", description="Empty: SQLite under VISIONPIPE_HOME.")
+    experiment: str = Field("visionpipe", min_length=1)
+
+
+class BeamConfig(_Section):
+    """Apache Beam runner options shared by ingest and transform."""
+
+    runner: str = "DirectRunner"
+    direct_num_workers: int = Field(1, ge=0, description="DirectRunner workers; 0 = one per core.")
+    # Not "multi_threading": with apache-beam 2.77 it lost records on this project's ingest
+    # (1 run in 7 on 3000 images: 2 examples missing from the shards, 16 from the counts).
+    direct_running_mode: Literal["in_memory", "multi_processing"] = "in_memory"
+    extra_args: list[str] = Field(default_factory=list, description="Passed to Beam as they are.")
+
+
+class EdgeConfig(_Section):
+    """Edge exports of a pushed model (``pipeline.edge_export``, ``visionpipe export-edge``)."""
+
+    max_int8_accuracy_drop: float = Field(
+        0.02, ge=0, le=1, description="Fail when int8 accuracy is this far below the SavedModel's."
+    )
+    representative_images: int = Field(
+        300, ge=1, le=100_000, description="Training images that calibrate int8 quantisation."
+    )
+    onnx_opset: int = Field(17, ge=13, le=21)
+    latency_runs: int = Field(50, ge=1, description="Single-image calls timed per format.")
+
+
+class PipelineConfig(_Section):
+    """The KFP pipeline itself."""
+
+    name: str = Field("visionpipe", pattern=r"^[a-z0-9][a-z0-9-]*$")
+    image: str = Field("visionpipe:0.1.0", min_length=1, description="Base image of every step.")
+    gpu_image: str = Field(
+        "", description="Image of tune and train when they get GPUs (empty: image + '-gpu')."
+    )
+    gpus: int = Field(0, ge=0, description="Accelerators per tune and train step on a cluster.")
+    accelerator_type: str = Field("nvidia.com/gpu", min_length=1)
+    edge_export: list[EdgeFormat] = Field(
+        default_factory=list,
+        description="Edge formats made after push (tflite_float16, tflite_int8, onnx); "
+        "none by default.",
+    )
+
+    @property
+    def training_image(self) -> str:
+        """The image of the tune and train steps."""
+        if self.gpus == 0:
+            return self.image
+        return self.gpu_image or f"{self.image}-gpu"
