@@ -50,7 +50,7 @@ compile: setup
 
 # An MLflow tracking server on PostgreSQL, artifacts served by it, on 127.0.0.1:5001.
 mlflow-server: setup postgres
-	$(BIN)/python -m visionpipe.mlflow_server --port 5001 --db-port 5433
+	$(BIN)/python -m pipelines.adapters.mlflow_server --port 5001 --db-port 5433
 
 # The registry's champion behind MLflow's model server, on 127.0.0.1:$(SERVE_PORT).
 SERVE_PORT ?= 5002

@@ -47,8 +47,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-STEPS = ("ingest", "transform", "tune", "train", "evaluate", "push")
-
 
 def step_times(run_id: str, tracking_uri: str) -> dict[str, float]:
     """Seconds each step's MLflow run lasted, for a pipeline run in the store given."""
@@ -71,6 +69,10 @@ def bench_pipeline(data: str, overrides: list[str], work: str) -> list[tuple[str
     The run's wall time is the CLI process's, from outside (start-up and imports
     included, as a user waits); each step's from its MLflow step run.
     """
+    from pipelines.pipeline import pipeline_steps
+    from visionpipe.config import load_config
+
+    steps = pipeline_steps(load_config(overrides=overrides))  # the pipeline's own order
     rows = []
     for isolation in ("process", "subprocess"):
         home = os.path.join(work, f"pipeline-{isolation}")  # no champion, no earlier runs
@@ -90,7 +92,7 @@ def bench_pipeline(data: str, overrides: list[str], work: str) -> list[tuple[str
         label = f"[{isolation}]"
         rows += [
             (f"{label} step {s}", times[s], f"{times[s] / total:.1%} of run")
-            for s in STEPS
+            for s in steps
             if s in times
         ]
         in_steps = sum(times.values())

@@ -22,7 +22,7 @@ GLYPHS = dict(kind="glyphs", classes=8, per_class=200, size=64, seed=1)
 
 def bench_edge(work: Path, data: str, overrides: list[str]) -> list[tuple]:
     """Table rows (name, seconds, note) for the sample data and for glyphs."""
-    from visionpipe.sample_data import SampleSpec, generate
+    from pipelines.sample_data import SampleSpec, generate
 
     glyphs = work / "glyphs" / "images"
     generate(glyphs, SampleSpec(**GLYPHS))

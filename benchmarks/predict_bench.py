@@ -170,11 +170,11 @@ def bench_predict(work: Path, data: str, overrides: list[str], photos: int = 300
 
 def _serve(work: Path, model: str, image: bytes, env: dict) -> list[tuple]:
     """Registers the model, serves the champion with `mlflow models serve`, measures it."""
-    from components import steps
+    from pipelines.adapters import mlflow_tracking as tracking
+    from pipelines.adapters.mlflow_model import serve_command
+    from pipelines.execute import run_step
     from visionpipe import features as F
-    from visionpipe import tracking
     from visionpipe.config import load_config
-    from visionpipe.mlflow_model import serve_command
 
     os.environ["VISIONPIPE_HOME"] = env["VISIONPIPE_HOME"]
     blessing = work / "blessing"
@@ -182,7 +182,7 @@ def _serve(work: Path, model: str, image: bytes, env: dict) -> list[tuple]:
     (blessing / F.BLESSING_FILE).write_text(json.dumps({"blessed": True, "candidate": {}}))
     (blessing / F.EXAMPLE_IMAGE_FILE).write_bytes(image)
     config = load_config(overrides=[f"push.serving_root={work / 'serving'}"])
-    steps.push(model, str(blessing), config)
+    run_step("push", config, model=model, blessing=str(blessing))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

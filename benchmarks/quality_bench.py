@@ -25,7 +25,7 @@ OLD_AUGMENTATION = ["trainer.flip=horizontal_and_vertical", "trainer.rotation=0.
 
 def bench_quality(work: Path, overrides: list[str]) -> list[tuple]:
     """Table rows (name, seconds, note) for every kind."""
-    from visionpipe.sample_data import SampleSpec, generate
+    from pipelines.sample_data import SampleSpec, generate
 
     rows = []
     for kind, spec in SPECS.items():

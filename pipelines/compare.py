@@ -12,7 +12,7 @@ import datetime as dt
 import itertools
 from dataclasses import asdict, dataclass, field
 
-from visionpipe import tracking
+from pipelines.adapters import mlflow_tracking as tracking
 from visionpipe.config import LOWER_IS_BETTER
 from visionpipe.errors import UserError
 
@@ -71,7 +71,7 @@ def compare_runs(
 
 
 def _row(client, experiment_id: str, run) -> RunRow:
-    tags, data = run.data.tags, run.data
+    record, data = tracking.record_of(run), run.data
     started = dt.datetime.fromtimestamp(run.info.start_time / 1000).strftime("%Y-%m-%d %H:%M")
     train = client.search_runs(
         [experiment_id],
@@ -85,12 +85,12 @@ def _row(client, experiment_id: str, run) -> RunRow:
     return RunRow(
         run_id=run.info.run_id,
         started=started,
-        status="SKIPPED" if tags.get(tracking.SKIPPED_TAG) == "true" else run.info.status,
-        data_fingerprint=tags.get("data_fingerprint", "")[:12],
+        status="SKIPPED" if record.skipped else record.status,
+        data_fingerprint=record.data_fingerprint[:12],
         params={k: data.params.get(k, "") for k in KEY_PARAMS},
-        metrics={k: v for k, v in data.metrics.items() if k.startswith("test_")},
-        blessed=tags.get("blessed", ""),
-        pushed_version=tags.get("pushed_version", ""),
+        metrics=record.test_metrics,
+        blessed="" if record.blessed is None else str(record.blessed).lower(),
+        pushed_version="" if record.pushed_version is None else str(record.pushed_version),
         curve=curve,
     )
 

@@ -20,7 +20,6 @@ from typing import TextIO
 
 from visionpipe import progress
 
-STEPS = ("configure", "ingest", "data-check", "transform", "tune", "train", "evaluate", "push")
 _MARKS = {"waiting": "·", "running": "▶", "done": "✓", "failed": "✗", "skipped": "–"}
 
 
@@ -45,10 +44,10 @@ class StepLine:
 class RunDisplay:
     """The steps of one run, drawn live on a terminal or as plain lines otherwise."""
 
-    def __init__(self, stream: TextIO, live: bool | None = None) -> None:
+    def __init__(self, stream: TextIO, steps: list[str], live: bool | None = None) -> None:
         self.stream = stream
         self.live = stream.isatty() if live is None else live
-        self.steps = {name: StepLine(name) for name in STEPS}
+        self.steps = {name: StepLine(name) for name in steps}  # pipeline.pipeline_steps
         self.current: str | None = None
         self._lock = threading.Lock()
         self._live = None
@@ -199,3 +198,29 @@ class OutputCapture:
                         self._echo_to.write(line)
                 except Exception:  # noqa: BLE001 - the pump must never stop reading
                     pass
+
+
+def format_summary(summary, steps: list[str], ui_hint: str) -> str:
+    """The lines after a run: its verdict, then each step's summary lines, then MLflow.
+
+    ``steps`` are the pipeline's steps in order; each contributes the lines its spec's
+    ``summary`` gives for the run's record (``components/<step>/spec.py``).
+    """
+    from pipelines import catalog
+
+    record = summary.record
+    declared = catalog.all_steps()
+    rows = [
+        row
+        for name in steps
+        if name in declared and declared[name].summary is not None
+        for row in declared[name].summary(record)
+    ]
+    if record.skipped:
+        head = f"visionpipe run skipped after ingest in {summary.wall_seconds:.0f} s"
+    else:
+        head = f"visionpipe run {record.status.lower()} in {summary.wall_seconds:.0f} s"
+    rows.append(("MLflow run", record.run_id))
+    if not record.skipped:
+        rows.append(("MLflow UI", ui_hint))
+    return "\n".join(["", head, *(f"  {label:<11} {text}" for label, text in rows)])

@@ -9,46 +9,61 @@ start and end.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
 from dataclasses import asdict, dataclass
 
 from components.ingest.sources import check_classes, list_sources
+from pipelines.adapters import mlflow_tracking as tracking
+from pipelines.adapters.mlflow_tracking import Tracking
 from pipelines.pipeline import build_pipeline
 from pipelines.tasks import TaskRunner, task_runner
-from visionpipe import storage, tracking
+from visionpipe import storage
 from visionpipe.config import Config
 from visionpipe.home import Home
-from visionpipe.tracking import Tracking
+from visionpipe.record import RunRecord
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class RunSummary:
-    """What one pipeline run produced (read back from its MLflow run)."""
+    """What one pipeline run produced: its record (read back from MLflow) and its wall time."""
 
-    mlflow_run_id: str
-    status: str
-    skipped: bool
-    data_check: str
-    examples: dict[str, int]
-    rejected: int
-    duplicates: int
-    test_accuracy: float | None
-    test_macro_f1: float | None
-    blessed: bool
-    blessing_reason: str
-    pushed_version: int | None
-    pushed_path: str | None
-    data_fingerprint: str | None
+    record: RunRecord
     wall_seconds: float
     tracking_uri: str
 
+    @property
+    def mlflow_run_id(self) -> str:
+        """The pipeline run's id."""
+        return self.record.run_id
+
     def to_dict(self) -> dict:
-        """JSON-ready form."""
-        return asdict(self)
+        """JSON-ready form: the record's fields, flat, with the run's id and wall time."""
+        r = self.record
+        fields = asdict(r)
+        fields.pop("run_id")
+        return {
+            "mlflow_run_id": r.run_id,
+            **fields,
+            "blessed": bool(r.blessed),
+            "test_accuracy": r.test_accuracy,
+            "test_macro_f1": r.test_macro_f1,
+            "wall_seconds": self.wall_seconds,
+            "tracking_uri": self.tracking_uri,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RunSummary:
+        """Reads ``to_dict``'s form back (the scheduler reads ``visionpipe run --json``)."""
+        names = {f.name for f in dataclasses.fields(RunRecord)}
+        record = RunRecord(
+            run_id=data["mlflow_run_id"], **{k: v for k, v in data.items() if k in names}
+        )
+        return cls(record, float(data["wall_seconds"]), data["tracking_uri"])
 
 
 class StepFailed(RuntimeError):
@@ -173,23 +188,4 @@ def run_local(
 def summarize(run_id: str, wall_seconds: float, uri: str) -> RunSummary:
     """Reads a pipeline run's outcome from MLflow."""
     run = tracking.client(uri).get_run(run_id)
-    m, t = run.data.metrics, run.data.tags
-    pushed = m.get("pushed_version")
-    return RunSummary(
-        mlflow_run_id=run_id,
-        status=run.info.status,
-        skipped=t.get(tracking.SKIPPED_TAG) == "true",
-        data_check=t.get("data_check", ""),
-        examples={s: int(m.get(f"examples_{s}", 0)) for s in ("train", "valid", "test")},
-        rejected=int(m.get("rejected", 0)),
-        duplicates=int(m.get("duplicates", 0)),
-        test_accuracy=m.get("test_accuracy"),
-        test_macro_f1=m.get("test_macro_f1"),
-        blessed=t.get("blessed") == "true",
-        blessing_reason=t.get("blessing_reason", ""),
-        pushed_version=int(pushed) if pushed is not None else None,
-        pushed_path=t.get("pushed_path"),
-        data_fingerprint=t.get("data_fingerprint"),
-        wall_seconds=round(wall_seconds, 1),
-        tracking_uri=uri,
-    )
+    return RunSummary(tracking.record_of(run), round(wall_seconds, 1), uri)

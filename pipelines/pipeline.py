@@ -2,90 +2,144 @@
 
 Transform onwards runs only when the data check says so (always, unless the run asks to
 train on changed data only), and push only when evaluate blessed the model. With
-``pipeline.edge_export`` set, an edge-export step follows push.
+``pipeline.edge_export`` set, an edge-export step follows push. The components come
+from the step specs (``components/<step>/spec.py``); this module only wires them.
 """
+
+# No ``from __future__ import annotations``: kfp reads the pipeline function's annotations.
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from kfp import compiler, dsl
 
-from components.kfp_components import make_components
+from pipelines.kfp_components import make_components
+from visionpipe import progress
 from visionpipe.config import Config
+from visionpipe.registry import CHAMPION
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """A pipeline parameter users set per run, and the config key it stands for."""
+
+    type: type
+    key: str  # section.key
+    default: Callable[[Config], Any]  # its default in the compiled pipeline
+    override: Callable[[Any], str] = json.dumps  # the value as an override's YAML
+
+    def as_override(self, value: Any) -> str:
+        """``section.key=value``."""
+        return f"{self.key}={self.override(value)}"
+
+
+# What users change per run, each a parameter of its own with the config's value as
+# default; ``configure`` applies them to the config, validated, before any work. A
+# local serving root is this machine's path: it is not compiled in.
+PARAMETERS: dict[str, Parameter] = {
+    "image_size": Parameter(int, "transform.image_size", lambda c: c.transform.image_size),
+    "epochs": Parameter(int, "trainer.epochs", lambda c: c.trainer.epochs),
+    "max_trials": Parameter(int, "tuner.max_trials", lambda c: c.tuner.max_trials),
+    "min_accuracy": Parameter(
+        float,
+        "evaluate.min_accuracy",
+        lambda c: -1.0 if c.evaluate.min_accuracy is None else c.evaluate.min_accuracy,
+        lambda v: "null" if v < 0 else json.dumps(v),  # below 0 turns the threshold off
+    ),
+    "model_name": Parameter(str, "push.model_name", lambda c: c.push.model_name),
+    "serving_root": Parameter(
+        str,
+        "push.serving_root",
+        lambda c: c.push.serving_root if "://" in c.push.serving_root else "",
+    ),
+}
+PARAMETER_TYPES = {name: p.type for name, p in PARAMETERS.items()}
+
+
+def configure(arguments: dict[str, Any]) -> str:
+    """The ``configure`` component: the compiled-in config with the run's parameters applied.
+
+    Fails (before any step) on a bad value.
+    """
+    overrides = [p.as_override(arguments[name]) for name, p in PARAMETERS.items()]
+    config = Config.from_json(arguments["config_json"]).with_overrides(overrides)
+    shown = ", ".join(
+        [
+            f"image size {arguments['image_size']}",
+            f"{arguments['epochs']} epochs",
+            f"{arguments['max_trials']} trials",
+        ]
+    )
+    progress.done("configure", shown)
+    return config.to_json()
 
 
 def build_pipeline(config: Config):
     """The pipeline function for ``config``: its base image, name and parameter defaults.
 
     The whole validated config travels as the ``config_json`` parameter, so every step
-    sees the same typed configuration. What users change per run is a parameter of its
-    own with the config's value as default (data, image size, epochs, trials, accuracy
-    threshold, model name, serving root); a first ``configure`` step applies them to
-    the config, validated, before any work. The MLflow coordinates are parameters too.
-    ``only_if_data_changed`` (what schedules set) skips training when the data's
-    fingerprint equals the one of the last successful run.
+    sees the same typed configuration; ``PARAMETERS`` are parameters of their own.
+    ``only_if_data_changed`` (what schedules set) skips training when the data, model
+    settings and version equal the last successful run's.
     """
-    ops = make_components(config.pipeline.image, config.pipeline.training_image)
-    min_accuracy = config.evaluate.min_accuracy
-    # A local serving root is this machine's path: it is not compiled in.
-    serving_root = config.push.serving_root if "://" in config.push.serving_root else ""
+    ops = make_components(config.pipeline.image, PARAMETER_TYPES, config.pipeline.training_image)
     compiled = config.with_overrides(['push.serving_root=""'])
+    defaults = {name: p.default(config) for name, p in PARAMETERS.items()}
 
     @dsl.pipeline(name=config.pipeline.name, description="Images in, a served classifier out.")
     def visionpipe(
         data: str,
-        image_size: int = config.transform.image_size,
-        epochs: int = config.trainer.epochs,
-        max_trials: int = config.tuner.max_trials,
-        min_accuracy: float = -1.0 if min_accuracy is None else min_accuracy,
-        model_name: str = config.push.model_name,
-        serving_root: str = serving_root,
+        image_size: int = defaults["image_size"],
+        epochs: int = defaults["epochs"],
+        max_trials: int = defaults["max_trials"],
+        min_accuracy: float = defaults["min_accuracy"],
+        model_name: str = defaults["model_name"],
+        serving_root: str = defaults["serving_root"],
         only_if_data_changed: bool = False,
         config_json: str = compiled.to_json(),
         mlflow_tracking_uri: str = "",
         mlflow_run_id: str = "",
     ):
-        configure = ops.configure(
-            config_json=config_json,
-            image_size=image_size,
-            epochs=epochs,
-            max_trials=max_trials,
-            min_accuracy=min_accuracy,
-            model_name=model_name,
-            serving_root=serving_root,
+        run = dict(locals())
+        configure = ops["configure"](
+            config_json=config_json, **{name: run[name] for name in PARAMETERS}
         )
         tracking = {
             "config_json": configure.output,
             "mlflow_tracking_uri": mlflow_tracking_uri,
             "mlflow_run_id": mlflow_run_id,
         }
-        ingest = ops.ingest(data=data, **tracking)
-        check = ops.data_check(
+        ingest = ops["ingest"](data=data, **tracking)
+        check = ops["data-check"](
             fingerprint=ingest.outputs["Output"],
             only_if_data_changed=only_if_data_changed,
             **tracking,
         )
         with dsl.If(check.outputs["Output"] == True, name="retrain"):  # noqa: E712
-            transform = ops.transform(raw_examples=ingest.outputs["examples"], **tracking)
-            tune = ops.tune(
+            transform = ops["transform"](raw_examples=ingest.outputs["examples"], **tracking)
+            tune = ops["tune"](
                 examples=transform.outputs["examples"],
                 transform_graph=transform.outputs["transform_graph"],
                 **tracking,
             )
             _accelerators(tune, config)
-            train = ops.train(
+            train = ops["train"](
                 examples=transform.outputs["examples"],
                 transform_graph=transform.outputs["transform_graph"],
                 hyperparameters=tune.outputs["hyperparameters"],
                 **tracking,
             )
             _accelerators(train, config)
-            evaluate = ops.evaluate(
+            evaluate = ops["evaluate"](
                 raw_examples=ingest.outputs["examples"], model=train.outputs["model"], **tracking
             )
             with dsl.If(evaluate.outputs["Output"] == True, name="blessed"):  # noqa: E712
-                push = ops.push(
+                push = ops["push"](
                     model=train.outputs["model"], blessing=evaluate.outputs["blessing"], **tracking
                 )
                 if config.pipeline.edge_export:
-                    ops.edge_export(
+                    ops["edge-export"](
                         model=train.outputs["model"],
                         raw_examples=ingest.outputs["examples"],
                         pushed_version=push.outputs["Output"],
@@ -108,14 +162,43 @@ def compile_pipeline(config: Config, out_path: str) -> str:
     return out_path
 
 
+def pipeline_steps(config: Config) -> list[str]:
+    """The steps ``build_pipeline(config)`` runs, in the order they run (``configure`` first).
+
+    Read from the compiled pipeline's DAG (nested ``dsl.If`` groups included), so the
+    console's step list is the pipeline's, not a second list to keep in step.
+    """
+    spec = build_pipeline(config).pipeline_spec
+    components = spec.components
+    order: list[str] = []
+
+    def walk(dag) -> None:
+        tasks = dict(dag.tasks)
+        done: set[str] = set()
+        while len(done) < len(tasks):
+            for name, task in sorted(tasks.items()):
+                if name in done or not set(task.dependent_tasks) <= done:
+                    continue
+                done.add(name)
+                component = components[task.component_ref.name]
+                if component.HasField("dag"):
+                    walk(component.dag)
+                else:
+                    order.append(name)
+                break
+
+    walk(spec.root.dag)
+    return order
+
+
 def build_batch_pipeline(config: Config):
     """Batch prediction as a pipeline of its own: one Beam job, by default with the champion.
 
     For a cluster's recurring runs (``visionpipe schedule create`` with this package):
     score whatever landed under ``data`` with the current champion into ``out``.
     """
-    ops = make_components(config.pipeline.image, config.pipeline.training_image)
-    champion = f"models:/{config.push.model_name}@champion"
+    ops = make_components(config.pipeline.image, PARAMETER_TYPES, config.pipeline.training_image)
+    champion = f"models:/{config.push.model_name}@{CHAMPION}"
 
     @dsl.pipeline(
         name=f"{config.pipeline.name}-batch-predict",
@@ -130,7 +213,7 @@ def build_batch_pipeline(config: Config):
         mlflow_tracking_uri: str = "",
         mlflow_run_id: str = "",
     ):
-        ops.predict_batch(
+        ops["predict-batch"](
             model=model,
             data=data,
             out=out,

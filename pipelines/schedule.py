@@ -191,12 +191,14 @@ class PipelineTrigger:
             errors = [line for line in path.read_text().splitlines() if line.strip()]
             last = errors[-1] if errors else f"exit status {done.returncode}"
             return "failed", f"{last} (log: {path})", ""
-        summary = json.loads(done.stdout.strip().splitlines()[-1])
-        run_id = summary["mlflow_run_id"]
-        if summary["skipped"]:
-            return "skipped", summary["data_check"], run_id
-        acc = summary["test_accuracy"]
-        pushed = summary["pushed_version"]
+        from pipelines.local import RunSummary
+
+        record = RunSummary.from_dict(json.loads(done.stdout.strip().splitlines()[-1])).record
+        run_id = record.run_id
+        if record.skipped:
+            return "skipped", record.data_check, run_id
+        acc = record.test_accuracy
+        pushed = record.pushed_version
         detail = f"test accuracy {acc:.4f}, " if acc is not None else ""
         detail += f"pushed version {pushed}" if pushed else "not pushed"
         return "trained", detail, run_id

@@ -1,13 +1,14 @@
 """How kfp.local runs one component: in this process, or in a subprocess of its own.
 
 kfp.local resolves the DAG, ``dsl.If`` conditions and artifact hand-over, and then
-runs each lightweight component's command through one function,
-``kfp.local.subprocess_task_handler.run_local_subprocess``. ``task_runner`` swaps that
-function, for the duration of one local run, for ``TaskRunner``:
+runs each lightweight component's command through one function, which
+``pipelines.adapters.kfp_local`` (the one user of kfp's internals) swaps, for the
+duration of one local run, for ``TaskRunner``:
 
 - ``isolation="process"`` (the default) runs the command's component in this process,
-  the way TFX's LocalDagRunner runs its components: the same function, executed by
-  KFP's own ``Executor`` on the same executor input, so outputs and artifacts are
+  the way TFX's LocalDagRunner runs its components: the same generated component
+  function (``pipelines.kfp_components``), executed by KFP's own ``Executor`` on the
+  same executor input, so outputs and artifacts are
   written exactly as the subprocess would write them. TensorFlow, Beam and MLflow are
   imported once per run instead of once per step. Between steps the state a step can
   leave behind is reset: environment variables, working directory, root logging,
@@ -31,11 +32,11 @@ import random
 import subprocess
 import sys
 import traceback
-import types
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from pipelines.adapters.kfp_local import argument, embedded_function, run_commands_with
 from visionpipe import progress
 
 ISOLATIONS = ("process", "subprocess")
@@ -68,7 +69,7 @@ class TaskRunner:
 
     def __call__(self, full_command: list[str], env_vars: dict | None = None) -> int:
         """Runs one component command; returns its exit status (0: success)."""
-        name = _argument(full_command, "--function_to_execute")
+        name = argument(full_command, "--function_to_execute")
         step = step_name(name)
         self.on_start(step)
         env = {**(env_vars or {}), **({progress.ENV: "1"} if self.progress else {})}
@@ -100,14 +101,14 @@ class TaskRunner:
     def _in_process(self, full_command: list[str], name: str, step: str, env: dict) -> int:
         from kfp.dsl import executor
 
-        source = full_command[3]  # sh -ec SCRIPT SOURCE --executor_input ... (KFP 2.17)
-        executor_input = json.loads(_argument(full_command, "--executor_input"))
+        from pipelines.kfp_components import component_functions
+        from pipelines.pipeline import PARAMETER_TYPES
+
+        generated = component_functions(tuple(PARAMETER_TYPES.items()))
+        executor_input = json.loads(argument(full_command, "--executor_input"))
         with isolated_state({**env, "_KFP_RUNTIME": "true"}):
-            module = types.ModuleType(f"visionpipe_component_{name}")
             try:
-                code = compile(source, f"<component {name}>", "exec", dont_inherit=True)
-                exec(code, module.__dict__)  # noqa: S102 - the component KFP would run
-                function = getattr(module, name)
+                function = generated.get(name) or embedded_function(full_command, name)
                 executor.Executor(executor_input, function).execute()
             except Exception as err:  # noqa: BLE001 - any failure fails the step, not the runner
                 traceback.print_exc()
@@ -122,20 +123,8 @@ class TaskRunner:
 @contextlib.contextmanager
 def task_runner(runner: TaskRunner) -> Iterator[TaskRunner]:
     """kfp.local runs its components through ``runner`` inside this block."""
-    from kfp.local import subprocess_task_handler
-
-    previous = subprocess_task_handler.run_local_subprocess
-    subprocess_task_handler.run_local_subprocess = runner
-    try:
-        with warnings.catch_warnings():
-            # kfp.local warns for every image whose name lacks "python"; the project image
-            # is built FROM python:3.11-slim (infra/Dockerfile), so the warning is a no-op.
-            warnings.filterwarnings(
-                "ignore", message=".*non-Python base image", category=RuntimeWarning
-            )
-            yield runner
-    finally:
-        subprocess_task_handler.run_local_subprocess = previous
+    with run_commands_with(runner):
+        yield runner
 
 
 @contextlib.contextmanager
@@ -183,10 +172,3 @@ def describe(err: BaseException) -> str:
     if isinstance(err, UserError):
         return text[0]
     return f"{type(err).__name__}: {text[0]}".rstrip(": ")
-
-
-def _argument(command: list[str], flag: str) -> str:
-    try:
-        return command[command.index(flag) + 1]
-    except (ValueError, IndexError):
-        raise ValueError(f"not a lightweight component command: no {flag} in it") from None

@@ -8,8 +8,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
 
+from pipelines.sample_data import SampleSpec, generate  # noqa: E402
 from visionpipe.config import load_config  # noqa: E402
-from visionpipe.sample_data import SampleSpec, generate  # noqa: E402
 
 TINY_OVERRIDES = [
     "transform.image_size=16",

@@ -24,6 +24,27 @@ SUBCOMMANDS = [
 ]
 
 
+def _verbs(parser=None, prefix=""):
+    """Every verb's parser by its full name (``schedule create``), found in the parser."""
+    import argparse
+
+    from pipelines.cli import build_parser
+
+    parser = parser or build_parser()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _verbs(sub, f"{prefix}{name} ")
+    if prefix and not any(isinstance(a, argparse._SubParsersAction) for a in parser._actions):
+        yield prefix.strip(), parser
+
+
+def test_the_documented_verbs_are_the_ones_the_parser_has():
+    names = {name for name, _ in _verbs()}
+    assert set(SUBCOMMANDS) <= names
+    assert {"submit", "schedule create", "schedule run-local", "predict-batch"} <= names
+
+
 @pytest.mark.parametrize("command", SUBCOMMANDS)
 def test_every_subcommand_has_help_with_config_options(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -33,9 +54,21 @@ def test_every_subcommand_has_help_with_config_options(command, capsys):
     assert "--config" in out and "--set" in out
 
 
+def test_every_verb_and_every_option_says_what_it_is_for():
+    # A verb without a description, or an option without help, fails here by name.
+    missing = []
+    for name, parser in _verbs():
+        if not parser.description:
+            missing.append(f"{name}: no description")
+        for action in parser._actions:
+            if action.dest != "help" and not action.help:
+                missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
+    assert missing == []
+
+
 def _runs() -> list:
     """The runs in this test's MLflow store (the configured one, in the test's home)."""
-    from visionpipe import tracking
+    from pipelines.adapters import mlflow_tracking as tracking
     from visionpipe.config import load_config
 
     client = tracking.client(tracking.tracking_uri(load_config()))
@@ -138,16 +171,19 @@ def test_compile_writes_a_strict_kfp_pipeline_spec(tmp_path, capsys):
 
 
 def test_run_parameters_are_applied_and_validated_by_the_configure_step():
-    from components.kfp_components import configure
+    from pipelines.pipeline import PARAMETERS, configure
     from visionpipe.config import Config, ConfigError, load_config
 
+    def run(*values, config_json):
+        return configure({**dict(zip(PARAMETERS, values, strict=True)), "config_json": config_json})
+
     base = load_config().to_json()
-    merged = Config.from_json(configure(base, 48, 3, 0, -1.0, "cats", "gs://b/serving"))
+    merged = Config.from_json(run(48, 3, 0, -1.0, "cats", "gs://b/serving", config_json=base))
     assert merged.transform.image_size == 48 and merged.trainer.epochs == 3
     assert merged.tuner.max_trials == 0 and merged.evaluate.min_accuracy is None
     assert merged.push.model_name == "cats" and merged.push.serving_root == "gs://b/serving"
     with pytest.raises(ConfigError, match="transform.image_size"):
-        configure(base, 3, 3, 0, 0.5, "cats", "")
+        run(3, 3, 0, 0.5, "cats", "", config_json=base)
 
 
 def test_ingest_subcommand_takes_several_inputs_and_logs_to_mlflow(tmp_path, tiny_dataset, capsys):

@@ -170,7 +170,7 @@ def _compare(home, *args):
 def test_the_default_pipeline_learns_glyphs_that_mirroring_would_confuse(tmp_path):
     # b/d/p/q are mirror images of each other: a default that flipped images could not
     # tell them apart. The default configuration, as a user runs it, on generated glyphs.
-    from visionpipe.sample_data import SampleSpec, generate
+    from pipelines.sample_data import SampleSpec, generate
 
     data, home = tmp_path / "glyphs", tmp_path / "home"
     generate(data, SampleSpec(classes=4, per_class=150, size=32, seed=3, kind="glyphs"))

@@ -138,7 +138,7 @@ def test_a_badly_calibrated_int8_model_fails_the_gate_and_only_the_report_is_wri
 def test_export_edge_command_records_and_refuses_bad_input(learned, tmp_path, capsys):
     import tensorflow as tf
 
-    from visionpipe import tracking
+    from pipelines.adapters import mlflow_tracking as tracking
 
     config, examples, trained = learned
     out = tmp_path / "edge"

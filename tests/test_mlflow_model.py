@@ -13,13 +13,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from components import steps
 from components.predict.batch import BatchInputError
+from pipelines.adapters import mlflow_tracking as tracking
+from pipelines.adapters.mlflow_model import serve_command
 from pipelines.cli import main
+from pipelines.execute import run_step
 from visionpipe import features as F
-from visionpipe import tracking
 from visionpipe.config import load_config
-from visionpipe.mlflow_model import serve_command
 from visionpipe.serving import Classifier, ModelNotFoundError
 
 NAME = "shapes"
@@ -53,7 +53,7 @@ def pushed(trained, tiny_dataset, tmp_path, isolated_home):
     example = next((Path(tiny_dataset) / "triangle").glob("*.jpg"))
     (blessing / F.EXAMPLE_IMAGE_FILE).write_bytes(example.read_bytes())
     config = _config(tmp_path)
-    result = steps.push(trained.model_uri, str(blessing), config)
+    result = run_step("push", config, model=trained.model_uri, blessing=str(blessing)).pushed
     return result, config
 
 
@@ -224,14 +224,28 @@ def test_batch_prediction_refuses_bad_inputs_before_writing(trained, tmp_path, t
     empty.mkdir()
     out = tmp_path / "out"
     with pytest.raises(BatchInputError, match="no files to score"):
-        steps.predict_batch(trained.model_uri, str(empty), str(out), tiny_config)
+        run_step(
+            "predict-batch", tiny_config, model=trained.model_uri, data=str(empty), out=str(out)
+        )
     with pytest.raises(BatchInputError, match="no such folder, prefix or CSV file"):
-        steps.predict_batch(trained.model_uri, str(tmp_path / "nope"), str(out), tiny_config)
+        run_step(
+            "predict-batch",
+            tiny_config,
+            model=trained.model_uri,
+            data=str(tmp_path / "nope"),
+            out=str(out),
+        )
     with pytest.raises(ModelNotFoundError, match="models:/nope@champion"):
-        steps.predict_batch("models:/nope@champion", str(empty), str(out), tiny_config)
+        run_step(
+            "predict-batch",
+            tiny_config,
+            model="models:/nope@champion",
+            data=str(empty),
+            out=str(out),
+        )
     not_ours = tmp_path / "plain"
     (not_ours).mkdir()
     (not_ours / "saved_model.pb").write_bytes(b"")
     with pytest.raises(BatchInputError, match="not a visionpipe model"):
-        steps.predict_batch(str(not_ours), str(empty), str(out), tiny_config)
+        run_step("predict-batch", tiny_config, model=str(not_ours), data=str(empty), out=str(out))
     assert not out.exists()

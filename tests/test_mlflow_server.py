@@ -12,9 +12,9 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from pipelines.adapters.mlflow_server import Postgres, server_command, wait_until_up
 from tests.conftest import TINY_OVERRIDES
 from trainer.launch import free_ports
-from visionpipe.mlflow_server import Postgres, server_command, wait_until_up
 
 pytestmark = pytest.mark.e2e
 
@@ -94,7 +94,7 @@ def test_the_pipeline_logs_runs_metrics_and_the_registry_through_the_server(
         champion.run_id, "model", str(isolated_home / "downloaded")
     )
     # An MLflow Model (MLmodel) around the served SavedModel.
-    from visionpipe.mlflow_model import saved_model_in
+    from pipelines.adapters.mlflow_model import saved_model_in
 
     assert os.path.exists(os.path.join(model_dir, "MLmodel"))
     assert os.path.exists(os.path.join(saved_model_in(model_dir), "saved_model.pb"))

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from components.push.push import version_digest
+from pipelines.adapters import mlflow_tracking as tracking
 from visionpipe import features as F
-from visionpipe import tracking
 from visionpipe.layout import versions
 
 NAME = "shapes"

@@ -3,29 +3,28 @@
 The runs are real runs in a real (SQLite) store, made with the calls the pipeline makes.
 """
 
-import json
-
 import pytest
 
-from components import steps
+from components.data_check.decide import decide, project_version
+from pipelines.adapters import mlflow_tracking as tracking
+from pipelines.adapters.mlflow_tracking import Tracking
 from pipelines.cli import main
 from pipelines.compare import CompareError, compare_runs
-from visionpipe import tracking
-from visionpipe.tracking import Tracking
+from pipelines.execute import run_step
+from visionpipe.record import KIND_TAG, SKIPPED_TAG, RunRecord
 
 
 def _pipeline_run(config, fingerprint, status="FINISHED", skipped=False, **metrics):
     """A finished pipeline run as the pipeline leaves it, trained on ``config``."""
     session = Tracking.open(config)
     run_id = session.start_pipeline(config)
-    tags = {
-        "data_fingerprint": fingerprint,
-        steps.SETTINGS_TAG: json.dumps(config.model_settings()),
-        steps.VERSION_TAG: steps.project_version(),
-    }
-    if skipped:
-        tags[tracking.SKIPPED_TAG] = "true"
-    session.log_outcome(metrics=metrics, tags=tags)
+    session.pipeline().record(
+        data_fingerprint=fingerprint,
+        model_settings=config.model_settings(),
+        visionpipe_version=project_version(),
+        skipped=skipped,
+        test_metrics=metrics,
+    )
     session.client.set_terminated(run_id, status=status)
     return run_id
 
@@ -41,71 +40,75 @@ def _tags(config, run_id):
     return tracking.client(tracking.tracking_uri(config)).get_run(run_id).data.tags
 
 
+def _check(config, fingerprint, only_if_changed=True, session=None):
+    return run_step(
+        "data-check", config, session, fingerprint=fingerprint, only_if_data_changed=only_if_changed
+    )
+
+
 def test_data_check_always_retrains_unless_asked_to_train_on_changed_data_only(tiny_config):
     _pipeline_run(tiny_config, "aa" * 32)
     current = _started(tiny_config)
-    check = steps.check_data("aa" * 32, tiny_config, only_if_changed=False, tracking=current)
+    check = _check(tiny_config, "aa" * 32, only_if_changed=False, session=current)
     assert check.retrain is True
     tags = _tags(tiny_config, current.pipeline_run_id)
-    assert tags[tracking.SKIPPED_TAG] == "false" and "every run" in tags["data_check"]
+    assert tags[SKIPPED_TAG] == "false" and "every run" in tags["data_check"]
 
 
 def test_data_check_skips_when_the_last_successful_run_saw_the_same_data(tiny_config):
     trained = _pipeline_run(tiny_config, "aa" * 32)
     _pipeline_run(tiny_config, "bb" * 32, status="FAILED")  # a failed run does not count
     current = _started(tiny_config)
-    check = steps.check_data("aa" * 32, tiny_config, only_if_changed=True, tracking=current)
+    check = _check(tiny_config, "aa" * 32, session=current)
     assert check.retrain is False and check.previous_run_id == trained
     assert check.reason == (
         f"data unchanged since run {trained} (fingerprint {'a' * 12}), "
         "and so are the config and visionpipe's version"
     )
     tags = _tags(tiny_config, current.pipeline_run_id)
-    assert tags[tracking.SKIPPED_TAG] == "true" and tags["data_check"] == check.reason
-    assert tags[tracking.KIND_TAG] == "pipeline"
+    assert tags[SKIPPED_TAG] == "true" and tags["data_check"] == check.reason
+    assert tags[KIND_TAG] == "pipeline"
 
 
 def test_data_check_retrains_on_new_data_and_when_there_is_no_earlier_run(tiny_config):
-    first = steps.check_data("aa" * 32, tiny_config, only_if_changed=True)
+    first = _check(tiny_config, "aa" * 32)
     assert first.retrain is True and "no earlier successful" in first.reason
     trained = _pipeline_run(tiny_config, "aa" * 32)
     _pipeline_run(tiny_config, "aa" * 32, skipped=True)  # a skipped run trained nothing
-    changed = steps.check_data("cc" * 32, tiny_config, only_if_changed=True)
+    changed = _check(tiny_config, "cc" * 32)
     assert changed.retrain is True and changed.previous_run_id == trained
     assert changed.reason == f"data changed since run {trained} ({'a' * 12} -> {'c' * 12})"
 
 
+def _record(config, fingerprint="aa" * 32, version=None, settings=True) -> RunRecord:
+    return RunRecord(
+        run_id="r1",
+        status="FINISHED",
+        data_fingerprint=fingerprint,
+        model_settings=config.model_settings() if settings else None,
+        visionpipe_version=version or project_version(),
+    )
+
+
 def test_data_check_retrains_when_the_config_or_the_version_changed(tiny_config):
-    trained = _pipeline_run(tiny_config, "aa" * 32)
+    previous = _record(tiny_config)
     more_epochs = tiny_config.with_overrides(["trainer.epochs=30", "evaluate.min_accuracy=0.5"])
-    check = steps.check_data("aa" * 32, more_epochs, only_if_changed=True)
-    assert check.retrain is True and check.previous_run_id == trained
+    check = decide("aa" * 32, more_epochs.model_settings(), project_version(), previous)
+    assert check.retrain is True and check.previous_run_id == "r1"
     assert check.reason == (
-        f"config changed since run {trained}: evaluate.min_accuracy 0.0 -> 0.5, "
-        "trainer.epochs 2 -> 30"
+        "config changed since run r1: evaluate.min_accuracy 0.0 -> 0.5, trainer.epochs 2 -> 30"
     )
     # Settings that change only speed or where things go do not retrain.
     faster = tiny_config.with_overrides(["ingest.threads=1", "beam.direct_num_workers=2"])
-    assert steps.check_data("aa" * 32, faster, only_if_changed=True).retrain is False
+    assert decide("aa" * 32, faster.model_settings(), project_version(), previous).retrain is False
 
 
 def test_data_check_retrains_after_an_upgrade_or_without_a_recorded_config(tiny_config):
-    session = Tracking.open(tiny_config)
-    old = session.start_pipeline(tiny_config)
-    tags = {
-        "data_fingerprint": "aa" * 32,
-        steps.SETTINGS_TAG: json.dumps(tiny_config.model_settings()),
-    }
-    session.log_outcome(tags={**tags, steps.VERSION_TAG: "0.0.1"})
-    session.client.set_terminated(old, "FINISHED")
-    check = steps.check_data("aa" * 32, tiny_config, only_if_changed=True)
-    assert check.retrain and check.reason == (
-        f"visionpipe changed since run {old} (0.0.1 -> {steps.project_version()})"
-    )
-    older = _pipeline_run(tiny_config, "aa" * 32)
-    session.client.delete_tag(older, steps.SETTINGS_TAG)
-    check = steps.check_data("aa" * 32, tiny_config, only_if_changed=True)
-    assert check.retrain and check.reason == f"config of run {older} was not recorded; retraining"
+    settings, now = tiny_config.model_settings(), project_version()
+    check = decide("aa" * 32, settings, now, _record(tiny_config, version="0.0.1"))
+    assert check.retrain and check.reason == f"visionpipe changed since run r1 (0.0.1 -> {now})"
+    check = decide("aa" * 32, settings, now, _record(tiny_config, settings=False))
+    assert check.retrain and check.reason == "config of run r1 was not recorded; retraining"
 
 
 def test_compare_sorts_by_the_metric_and_leaves_skipped_runs_out(tiny_config):

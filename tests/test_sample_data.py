@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from visionpipe.sample_data import SampleSpec, generate
+from pipelines.sample_data import SampleSpec, generate
 
 
 def _digest(root):
@@ -67,7 +67,7 @@ def test_upper_case_glyphs_get_their_own_folder(tmp_path):
 
 def test_a_mirrored_glyph_is_not_an_image_of_its_class(tmp_path):
     # b mirrored left-right is shaped like d: its pixels sit on the other side.
-    from visionpipe.sample_data import render_glyph
+    from pipelines.sample_data import render_glyph
 
     def ink_left_share(image):
         grey = np.asarray(image.convert("L"), dtype=np.float32)

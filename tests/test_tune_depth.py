@@ -22,7 +22,7 @@ def _trial_runs(tracking_uri: str) -> list:
 
 def _store() -> str:
     """This test's MLflow store (the configured one, in the test's home)."""
-    from visionpipe import tracking
+    from pipelines.adapters import mlflow_tracking as tracking
     from visionpipe.config import load_config
 
     return tracking.tracking_uri(load_config())

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import tensorflow as tf
 
+from trainer.roles import is_chief  # noqa: F401 - part of this module's API
 from visionpipe.config import TrainerConfig
 
 
@@ -68,18 +68,6 @@ def choose_strategy(name: str) -> tf.distribute.Strategy:
     if kind == "one_device":
         return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
     return tf.distribute.get_strategy()
-
-
-def is_chief() -> bool:
-    """Whether this process exports and logs: the chief, or worker 0 without a chief."""
-    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
-    task = config.get("task") or {}
-    if not task:
-        return True
-    if task.get("type") == "chief":
-        return True
-    has_chief = bool((config.get("cluster") or {}).get("chief"))
-    return task.get("type") == "worker" and int(task.get("index", 0)) == 0 and not has_chief
 
 
 def use_mixed_precision(trainer: TrainerConfig) -> bool:

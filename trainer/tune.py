@@ -28,6 +28,7 @@ import keras_tuner as kt
 from trainer.callbacks import MetricsLogger, cosine_schedule
 from trainer.data import split_datasets
 from trainer.model import build_model, model_inputs
+from trainer.roles import tuner_role  # noqa: F401 - part of this module's API
 from visionpipe import features as F
 from visionpipe import storage
 from visionpipe.config import Config
@@ -52,14 +53,6 @@ class TuneResult:
     best_hyperparameters: dict
     best_score: float | None
     trials: int
-
-
-def tuner_role() -> str:
-    """``standalone``, ``chief`` (serves the oracle) or ``worker`` (runs trials)."""
-    tuner_id = os.environ.get("KERASTUNER_TUNER_ID", "")
-    if not tuner_id:
-        return "standalone"
-    return "chief" if tuner_id == "chief" else "worker"
 
 
 def _with_tracking(tuner_cls: type, tracker: Tracker) -> type:

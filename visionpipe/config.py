@@ -31,6 +31,7 @@ from visionpipe.sections import (  # noqa: F401 - the sections are part of the c
     IngestConfig,
     MlflowConfig,
     PipelineConfig,
+    PredictConfig,
     PushConfig,
     SignificanceConfig,
     Threshold,
@@ -74,6 +75,7 @@ class Config(_Section):
     mlflow: MlflowConfig = MlflowConfig()
     beam: BeamConfig = BeamConfig()
     edge: EdgeConfig = EdgeConfig()
+    predict: PredictConfig = PredictConfig()
     pipeline: PipelineConfig = PipelineConfig()
 
     def to_json(self) -> str:

@@ -1,183 +1,176 @@
-"""The MLflow model registry: finding the champion, registering a pushed version.
+"""The model registry the steps talk to: a small interface, and an in-memory one for tests.
 
-Every function takes the ``MlflowClient`` of the store (``visionpipe.tracking.client``).
+A registry holds named models, each with integer versions carrying tags, and aliases
+(``champion``, ``previous``) naming one version each. Push, rollback, evaluate (the
+champion) and the edge export use only this interface; the MLflow implementation is
+``pipelines.adapters.mlflow_registry.MlflowRegistry``. What push and rollback do with
+it (the order of the alias moves, retention) is in ``components/push``.
 """
 
 from __future__ import annotations
 
-import logging
+import shutil
+from dataclasses import dataclass, field
 
-from visionpipe import faults
 from visionpipe.errors import UserError
-
-log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 PREVIOUS = "previous"
+MODELS_SCHEME = "models:/"
 
 
-def version_by_alias(client, model_name: str, alias: str):
-    """The registry's ``ModelVersion`` with ``alias``, or None."""
-    from mlflow.exceptions import MlflowException
+@dataclass(frozen=True)
+class ModelVersion:
+    """One registered version: its number (as text), tags and aliases."""
 
-    try:
-        return client.get_model_version_by_alias(model_name, alias)
-    except MlflowException as err:
-        if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            return None
-        raise
-
-
-class RollbackError(UserError, RuntimeError):
-    """There is nothing to roll back to."""
+    name: str
+    version: str
+    tags: dict[str, str] = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
+    run_id: str = ""
 
 
-def rollback_pair(client, model_name: str):
-    """The ``champion`` and ``previous`` versions a rollback swaps.
-
-    Raises:
-        RollbackError: the model has no ``previous`` (or no ``champion``) version.
-    """
-    champion = version_by_alias(client, model_name, CHAMPION)
-    previous = version_by_alias(client, model_name, PREVIOUS)
-    if champion is None or previous is None:
-        raise RollbackError(
-            f"{model_name}: nothing to roll back to (champion: "
-            f"{champion.version if champion else None}, previous: "
-            f"{previous.version if previous else None})"
-        )
-    return champion, previous
+class RegistryError(UserError, LookupError):
+    """A model, version or alias the registry does not have; the message names it."""
 
 
-def swap_champion(client, model_name: str, tags: dict[str, str] | None = None) -> tuple[str, str]:
-    """Makes ``previous`` the champion again and the champion ``previous``.
+class Registry:
+    """The interface. Every method names the model; versions are strings ("3")."""
 
-    Tags first, then ``champion``, then ``previous``: run again after a crash between
-    the two alias moves (both then name the same version), it finishes the swap from
-    the ``rolled_back_from`` tag instead of swapping twice.
+    uri: str = ""
 
-    Returns ``(new champion version, new previous version)``.
+    def version(self, name: str, version: str) -> ModelVersion:
+        """The version; RegistryError if there is none."""
+        raise NotImplementedError
 
-    Raises:
-        RollbackError: the model has no ``previous`` (or no ``champion``) version.
-    """
-    champion, previous = rollback_pair(client, model_name)
-    if str(champion.version) == str(previous.version):  # a swap stopped half-way
-        demoted = champion.tags.get("rolled_back_from", "")
-        if not demoted:
-            raise RollbackError(
-                f"{model_name}: champion and previous are both version {champion.version}"
-            )
-        client.set_registered_model_alias(model_name, PREVIOUS, demoted)
-        return str(champion.version), demoted
-    for key, value in (tags or {}).items():
-        client.set_model_version_tag(model_name, previous.version, key, value)
-    client.set_model_version_tag(
-        model_name, previous.version, "rolled_back_from", str(champion.version)
-    )
-    faults.point("rollback.tagged")
-    client.set_registered_model_alias(model_name, CHAMPION, previous.version)
-    faults.point("rollback.champion_set")
-    client.set_registered_model_alias(model_name, PREVIOUS, champion.version)
-    log.info("registry: %s rolled back to version %s", model_name, previous.version)
-    return str(previous.version), str(champion.version)
+    def version_by_alias(self, name: str, alias: str) -> ModelVersion | None:
+        """The version ``alias`` names, or None (no such model or alias)."""
+        raise NotImplementedError
 
+    def versions(self, name: str) -> list[ModelVersion]:
+        """Every version of the model (none when it is not registered)."""
+        raise NotImplementedError
 
-def download_champion(client, model_name: str, dst_dir: str) -> str | None:
-    """Downloads the champion's SavedModel under ``dst_dir``; returns its directory, or None."""
-    champion = version_by_alias(client, model_name, CHAMPION)
-    if champion is None:
-        return None
-    return download_version(client, model_name, str(champion.version), dst_dir)
+    def create_version(
+        self,
+        name: str,
+        model_dir: str,
+        tags: dict[str, str],
+        run_id: str = "",
+        example: bytes | None = None,
+    ) -> str:
+        """Registers the SavedModel at ``model_dir`` as a new version; returns its number.
 
+        ``run_id`` is the run that records the registration (MLflow logs the model
+        there); ``example`` an input example (encoded image bytes).
+        """
+        raise NotImplementedError
 
-def download_version(client, model_name: str, version: str, dst_dir: str) -> str:
-    """Downloads a registry version under ``dst_dir``; returns its SavedModel's directory.
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        """Points ``alias`` at ``version``."""
+        raise NotImplementedError
 
-    The version's files are found through ``client`` (MLflow's own ``models:/``
-    resolution reads the process-wide registry URI, which this project never sets).
-    """
-    import mlflow
+    def set_tags(self, name: str, version: str, tags: dict[str, str]) -> None:
+        """Sets tags on a version."""
+        raise NotImplementedError
 
-    from visionpipe.mlflow_model import saved_model_in
-
-    source = client.get_model_version_download_uri(model_name, version)
-    local = mlflow.artifacts.download_artifacts(
-        artifact_uri=source, dst_path=dst_dir, tracking_uri=client.tracking_uri
-    )
-    return saved_model_in(local) or local  # an MLflow Model holds the SavedModel
+    def download(self, name: str, version: str, dst_dir: str) -> str:
+        """Copies the version's SavedModel under ``dst_dir``; returns its directory."""
+        raise NotImplementedError
 
 
-def download_models_uri(client, uri: str, dst_dir: str) -> str:
-    """Downloads ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``; returns the directory.
+class InMemoryRegistry(Registry):
+    """A registry in a dict; ``create_version`` keeps the model's path, not a copy."""
 
-    Raises:
-        MlflowException: no such model, alias or version.
-    """
-    name, alias, version = parse_models_uri(uri)
-    if alias:
-        version = str(client.get_model_version_by_alias(name, alias).version)
-    return download_version(client, name, version, dst_dir)
+    uri = "memory:"
+
+    def __init__(self) -> None:
+        self._versions: dict[str, dict[str, dict]] = {}
+        self._aliases: dict[str, dict[str, str]] = {}
+
+    def _entry(self, name: str, version: str) -> dict:
+        try:
+            return self._versions[name][version]
+        except KeyError:
+            raise RegistryError(f"{MODELS_SCHEME}{name}/{version}: no such version") from None
+
+    def _view(self, name: str, version: str) -> ModelVersion:
+        entry = self._entry(name, version)
+        aliases = tuple(a for a, v in self._aliases.get(name, {}).items() if v == version)
+        return ModelVersion(name, version, dict(entry["tags"]), aliases, entry["run_id"])
+
+    def version(self, name: str, version: str) -> ModelVersion:
+        """The version; RegistryError if there is none."""
+        return self._view(name, str(version))
+
+    def version_by_alias(self, name: str, alias: str) -> ModelVersion | None:
+        """The version ``alias`` names, or None."""
+        version = self._aliases.get(name, {}).get(alias)
+        return None if version is None else self._view(name, version)
+
+    def versions(self, name: str) -> list[ModelVersion]:
+        """Every version, oldest first."""
+        return [self._view(name, v) for v in self._versions.get(name, {})]
+
+    def create_version(self, name, model_dir, tags, run_id="", example=None) -> str:
+        """A new version holding ``model_dir``."""
+        versions = self._versions.setdefault(name, {})
+        version = str(len(versions) + 1)
+        versions[version] = {"tags": dict(tags), "run_id": run_id, "path": model_dir}
+        return version
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        """Points ``alias`` at ``version``."""
+        self._entry(name, str(version))
+        self._aliases.setdefault(name, {})[alias] = str(version)
+
+    def set_tags(self, name: str, version: str, tags: dict[str, str]) -> None:
+        """Sets tags on a version."""
+        self._entry(name, str(version))["tags"].update({k: str(v) for k, v in tags.items()})
+
+    def download(self, name: str, version: str, dst_dir: str) -> str:
+        """A copy of the version's model under ``dst_dir``."""
+        path = self._entry(name, str(version))["path"]
+        target = f"{dst_dir.rstrip('/')}/{name}-{version}"
+        shutil.copytree(path, target)
+        return target
 
 
 def parse_models_uri(uri: str) -> tuple[str, str, str]:
     """``(name, alias, version)`` of a ``models:/`` URI; the part not given is empty."""
-    name, _, rest = uri.removeprefix("models:/").partition("/")
+    name, _, rest = uri.removeprefix(MODELS_SCHEME).partition("/")
     name, _, alias = name.partition("@")
     return name, alias, "" if alias else rest.strip("/")
 
 
-def version_by_digest(client, model_name: str, digest: str):
-    """The newest registry version holding the model with content ``digest``, or None."""
-    from mlflow.exceptions import MlflowException
+def resolve_version(registry: Registry, uri: str) -> ModelVersion:
+    """The version a ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` URI names.
 
-    try:
-        found = client.search_model_versions(f"name = '{model_name}'")
-    except MlflowException as err:
-        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return None
-        raise
-    matches = [v for v in found if v.tags.get("model_digest") == digest]
+    Raises:
+        RegistryError: no such model, alias or version.
+    """
+    name, alias, version = parse_models_uri(uri)
+    if alias:
+        found = registry.version_by_alias(name, alias)
+        if found is None:
+            raise RegistryError(f"{uri}: model {name!r} has no version with alias {alias!r}")
+        return found
+    return registry.version(name, version)
+
+
+def download_uri(registry: Registry, uri: str, dst_dir: str) -> str:
+    """Downloads the version a ``models:/`` URI names; returns its SavedModel directory."""
+    found = resolve_version(registry, uri)
+    return registry.download(found.name, found.version, dst_dir)
+
+
+def download_champion(registry: Registry, name: str, dst_dir: str) -> str | None:
+    """The champion's SavedModel under ``dst_dir``, or None when there is no champion."""
+    champion = registry.version_by_alias(name, CHAMPION)
+    return None if champion is None else registry.download(name, champion.version, dst_dir)
+
+
+def version_by_digest(registry: Registry, name: str, digest: str) -> ModelVersion | None:
+    """The newest version holding the model with content ``digest``, or None."""
+    matches = [v for v in registry.versions(name) if v.tags.get("model_digest") == digest]
     return max(matches, key=lambda v: int(v.version), default=None)
-
-
-def register(client, model_name: str, run_id: str, artifact_path: str, tags: dict[str, str]) -> str:
-    """Registers the run's logged model as a new version (tags included); no alias moves.
-
-    Returns the new version. ``promote`` makes it the champion.
-    """
-    from mlflow.exceptions import MlflowException
-
-    try:
-        client.create_registered_model(model_name)
-    except MlflowException as err:
-        if err.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-    version = client.create_model_version(
-        model_name, source=f"runs:/{run_id}/{artifact_path}", run_id=run_id, tags=tags
-    )
-    return str(version.version)
-
-
-def tag_version(client, model_name: str, version: str, tags: dict[str, str]) -> None:
-    """Sets tags on a registry version (edge exports record their outcome so)."""
-    for key, value in tags.items():
-        client.set_model_version_tag(model_name, version, key, str(value))
-
-
-def promote(client, model_name: str, version: str) -> bool:
-    """Makes ``version`` the champion, the former champion ``previous``; idempotent.
-
-    The aliases are the last thing a push changes, ``previous`` before ``champion``:
-    run again after a crash between the two, it ends as an uninterrupted call would.
-    Returns whether anything moved.
-    """
-    former = version_by_alias(client, model_name, CHAMPION)
-    if former is not None and str(former.version) == str(version):
-        return False
-    if former is not None:
-        client.set_registered_model_alias(model_name, PREVIOUS, former.version)
-        faults.point("push.previous_set")
-    client.set_registered_model_alias(model_name, CHAMPION, version)
-    log.info("registry: %s version %s is now %s", model_name, version, CHAMPION)
-    return True

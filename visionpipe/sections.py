@@ -381,6 +381,13 @@ class EdgeConfig(_Section):
     latency_runs: int = Field(50, ge=1, description="Single-image calls timed per format.")
 
 
+class PredictConfig(_Section):
+    """Scoring images with a served model (``predict``, ``predict-batch``)."""
+
+    top_k: int = Field(3, ge=1, description="Classes listed per image in batch predictions.")
+    batch_size: int = Field(64, ge=1, description="Images per model call.")
+
+
 class PipelineConfig(_Section):
     """The KFP pipeline itself."""
 

@@ -13,15 +13,14 @@ from typing import Any
 from visionpipe import features as F
 from visionpipe import layout, storage
 from visionpipe.errors import UserError
-
-MODELS_SCHEME = "models:/"
+from visionpipe.registry import MODELS_SCHEME, Registry, RegistryError, download_uri
 
 
 class ModelNotFoundError(UserError, ValueError):
     """The model location does not hold a SavedModel."""
 
 
-def resolve_model(model: str, dst_dir: str, tracking_uri: str = "") -> str:
+def resolve_model(model: str, dst_dir: str, registry: Registry | None = None) -> str:
     """A SavedModel directory for a model location.
 
     Args:
@@ -30,30 +29,23 @@ def resolve_model(model: str, dst_dir: str, tracking_uri: str = "") -> str:
             (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``), downloaded under
             ``dst_dir`` from the configured tracking store.
         dst_dir: where registry models are downloaded.
-        tracking_uri: the MLflow store that ``models:/`` URIs name versions of
-            (``tracking.tracking_uri``); needed for those only.
+        registry: the registry that ``models:/`` URIs name versions of; needed for
+            those only.
 
     Raises:
         ModelNotFoundError: nothing at ``model`` is a SavedModel.
     """
     if model.startswith(MODELS_SCHEME):
-        if not tracking_uri:
-            raise ValueError(f"{model}: a models:/ URI needs the tracking store's URI")
-        from mlflow.exceptions import MlflowException
-
-        from visionpipe import registry, tracking
-
+        if registry is None:
+            raise ValueError(f"{model}: a models:/ URI needs the model registry")
         try:
-            client = tracking.client(tracking_uri)
-            return registry.download_models_uri(client, model, dst_dir)
-        except MlflowException as err:
-            raise ModelNotFoundError(f"{model}: {err.message}") from None
+            return download_uri(registry, model, dst_dir)
+        except RegistryError as err:
+            raise ModelNotFoundError(str(err)) from None
     model = model.rstrip("/")
     if storage.exists(storage.join(model, "saved_model.pb")):
         return model
-    from visionpipe.mlflow_model import saved_model_in
-
-    inner = saved_model_in(model)  # a downloaded MLflow Model of this project
+    inner = layout.saved_model_in(model)  # a downloaded MLflow Model of this project
     if inner:
         return inner
     versions = layout.versions(model, servable_only=True)

@@ -3,7 +3,8 @@
 Training, tuning and the step wrappers report parameters, metrics, tags and files to
 a ``Tracker`` they are given. They never reach for a tracking system themselves, and
 work with ``NullTracker`` (the default) when nothing should be recorded. The MLflow
-implementation is ``visionpipe.tracking.MlflowTracker``; tests can pass a recording one.
+implementation is ``pipelines.adapters.mlflow_tracking.MlflowTracker``; tests can pass a
+recording one. ``PipelineRun`` is the same for the pipeline run a step belongs to.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ class Tracker:
     """A run that records what one piece of work did.
 
     This base class records nothing (it is also ``NullTracker``, the library code's
-    default); ``visionpipe.tracking.MlflowTracker`` records into MLflow.
+    default); ``pipelines.adapters.mlflow_tracking.MlflowTracker`` records into MLflow.
     """
+
+    run_id: str = ""  # the run's id in its store ("" for one that records nothing)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Records parameters (values are stored as text)."""
@@ -49,3 +52,86 @@ class Tracker:
 
 
 NullTracker = Tracker  # records nothing
+
+
+class PipelineRun:
+    """The pipeline run a step belongs to: its outcome record and the runs before it.
+
+    The base class is "no pipeline run" (a step run on its own): it records nothing
+    and knows no history. The MLflow implementation is in ``pipelines.adapters``;
+    ``InMemoryPipelineRun`` keeps everything in memory for unit tests.
+    """
+
+    run_id: str = ""
+
+    @property
+    def tracker(self) -> Tracker:
+        """A tracker of the pipeline run itself (artifacts and metrics of the whole run)."""
+        return NullTracker()
+
+    def record(self, **outcome: Any) -> None:
+        """Stores ``RunRecord`` fields of this run's outcome (``visionpipe.record``)."""
+
+    def read(self):
+        """The ``RunRecord`` of this run so far (an empty one without a pipeline run)."""
+        from visionpipe.record import RunRecord
+
+        return RunRecord(run_id=self.run_id)
+
+    def last_successful(self):
+        """The newest finished pipeline run that trained, other than this one; or None."""
+        return None
+
+
+class InMemoryPipelineRun(PipelineRun):
+    """A pipeline run held in memory, with earlier runs given as ``RunRecord`` values."""
+
+    def __init__(self, run_id: str = "run", history: list | None = None) -> None:
+        self.run_id = run_id
+        self.history = list(history or [])
+        self.metrics: dict[str, float] = {}
+        self.tags: dict[str, str] = {}
+
+    def record(self, **outcome: Any) -> None:
+        """Stores the fields as the tracking store would (tags and metrics)."""
+        from visionpipe.record import outcome_entries
+
+        metrics, tags = outcome_entries(**outcome)
+        self.metrics.update(metrics)
+        self.tags.update(tags)
+
+    def read(self):
+        """The record as stored so far."""
+        from visionpipe.record import RunRecord
+
+        return RunRecord.from_store(self.run_id, "RUNNING", self.tags, self.metrics)
+
+    def last_successful(self):
+        """The newest of ``history`` that finished and was not skipped."""
+        done = [r for r in self.history if r.status == "FINISHED" and not r.skipped]
+        return max(done, key=lambda r: r.start_time_ms, default=None)
+
+
+def log_stored(tracker: Tracker, uri: str, path: str | None = None) -> None:
+    """Logs the file or folder at ``uri`` as artifacts (under ``path``).
+
+    A local one is logged where it is; one in an object store is copied to a temporary
+    folder first (trackers log local files).
+    """
+    import os
+    import posixpath
+    import tempfile
+
+    from visionpipe import storage
+
+    if "://" not in uri:
+        tracker.log_artifact(uri, path)
+        return
+    with tempfile.TemporaryDirectory(prefix="visionpipe-log-") as tmp:
+        local = os.path.join(tmp, posixpath.basename(uri.rstrip("/")))
+        if storage.isdir(uri):
+            storage.download(uri, local)
+        else:
+            with open(local, "wb") as f:
+                f.write(storage.read_bytes(uri))
+        tracker.log_artifact(local, path)

@@ -7,17 +7,16 @@ written: a bad input is one error naming it, and the output folder is untouched.
 from __future__ import annotations
 
 import posixpath
-import tempfile
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from trainer.explain import METHODS, ExplainError, explain, feature_layer
-from trainer.export import load_classifier, model_record, naming
+from trainer.export import load_classifier, model_record
 from trainer.overlays import Explained, explanation_png
 from visionpipe import storage
 from visionpipe.pixels import decode_one
-from visionpipe.serving import UNDECODABLE, read_file, resolve_model
+from visionpipe.serving import UNDECODABLE, read_file
 
 INDEX_FILE = "explanations.json"
 
@@ -107,18 +106,3 @@ def run_explain(
     index = {"method": method, "layer": used, "images": [asdict(r) for r in results]}
     storage.write_json(storage.join(out_dir, INDEX_FILE), index)
     return results
-
-
-def explain_model(
-    model: str,
-    files: list[str],
-    out_dir: str,
-    method: str = "gradcam",
-    layer: str | None = None,
-    tracking_uri: str = "",
-) -> list[Explanation]:
-    """``run_explain`` on a model location: a SavedModel, a serving-root folder, ``models:/``."""
-    with tempfile.TemporaryDirectory(prefix="visionpipe-model-") as tmp:
-        model_dir = resolve_model(model, tmp, tracking_uri)
-        with naming(model_dir, model):
-            return run_explain(model_dir, files, out_dir, method, layer)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import logging
 import posixpath
 import time
@@ -25,11 +24,9 @@ from dataclasses import dataclass
 from visionpipe import faults, progress, storage
 from visionpipe.blessing import read_blessing
 from visionpipe.errors import UserError
-from visionpipe.layout import READY_FILE, versions
+from visionpipe.layout import PUSH_RECORD, READY_FILE, model_digest, versions
 
 log = logging.getLogger(__name__)
-
-PUSH_RECORD = "assets.extra/visionpipe_push.json"
 
 
 _STAGING_PREFIX = ".tmp-"
@@ -95,19 +92,6 @@ class PushResult:
     path: str
     digest: str
     already_pushed: bool
-
-
-def model_digest(model_uri: str) -> str:
-    """A content hash of a SavedModel directory (file names and bytes)."""
-    h = hashlib.sha256()
-    root = model_uri.rstrip("/")
-    for uri in storage.walk_files(root):
-        rel = uri[len(root) :].lstrip("/")
-        if rel == PUSH_RECORD:
-            continue
-        h.update(rel.encode() + b"\0")
-        h.update(hashlib.sha256(storage.read_bytes(uri)).digest())
-    return h.hexdigest()
 
 
 def run_push(model_uri: str, blessing_uri: str, serving_root: str, model_name: str) -> PushResult:

@@ -5,7 +5,7 @@ the artifact store and the logs live under ``<VISIONPIPE_HOME>/mlflow-server``. 
 listen on 127.0.0.1 only, with trust authentication: a development server, not a
 deployment (``infra/k8s/mlflow`` is that).
 
-Usage: python -m visionpipe.mlflow_server [--port 5001] [--db-port 5433] [--root DIR]
+Usage: python -m pipelines.adapters.mlflow_server [--port 5001] [--db-port 5433] [--root DIR]
 """
 
 from __future__ import annotations

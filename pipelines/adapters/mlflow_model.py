@@ -1,7 +1,7 @@
 """The registered model as an MLflow Model: a pyfunc around the served SavedModel.
 
 Push saves the pushed SavedModel (the very files of the TF Serving version) with
-``visionpipe/pyfunc_model.py`` as an MLflow Model: ``MLmodel`` with a signature, an
+``pipelines/adapters/pyfunc_model.py`` as an MLflow Model: ``MLmodel`` with a signature, an
 input example of real image bytes, the requirements (the locked versions of what the
 wrapper imports) and the labels and preprocessing contract as metadata. So
 ``mlflow.pyfunc.load_model("models:/NAME@champion")``, ``mlflow models serve`` and
@@ -24,11 +24,11 @@ from importlib import metadata as importlib_metadata
 
 from visionpipe import features as F
 from visionpipe import storage
+from visionpipe.layout import SAVED_MODEL_ARTIFACT, saved_model_in  # noqa: F401
 
 log = logging.getLogger(__name__)
 
 WRAPPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pyfunc_model.py")
-SAVED_MODEL_ARTIFACT = "saved_model"  # the wrapper's artifact key (pyfunc_model.SAVED_MODEL)
 # What the wrapper imports at serving time, pinned to the versions installed here (the lock).
 REQUIREMENTS = ("mlflow", "tensorflow", "pandas", "numpy")
 
@@ -122,24 +122,6 @@ def _dropping_warnings(*fragments: str) -> Iterator[None]:
         yield
     finally:
         warnings.showwarning = shown
-
-
-def saved_model_in(model_dir: str) -> str | None:
-    """The SavedModel inside a downloaded MLflow Model directory, or None if it is not one.
-
-    Its place is the wrapper's ``saved_model`` artifact, as ``MLmodel`` records it.
-    """
-    import yaml
-
-    mlmodel = storage.join(model_dir, "MLmodel")
-    if not storage.exists(mlmodel):
-        return None
-    spec = yaml.safe_load(storage.read_text(mlmodel)) or {}
-    artifacts = spec.get("flavors", {}).get("python_function", {}).get("artifacts", {})
-    path = (artifacts.get(SAVED_MODEL_ARTIFACT) or {}).get("path")
-    if not path or not storage.exists(storage.join(model_dir, path, "saved_model.pb")):
-        return None
-    return storage.join(model_dir, path)
 
 
 def serve_command(model_uri: str, tracking_uri: str, port: int, host: str = "127.0.0.1"):

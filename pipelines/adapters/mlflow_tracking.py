@@ -25,15 +25,20 @@ from typing import Any
 from visionpipe.config import Config
 from visionpipe.errors import UserError
 from visionpipe.home import Home
-from visionpipe.tracker import Tracker
+from visionpipe.record import (
+    ERROR_TAG,
+    KIND_TAG,
+    PIPELINE_KIND,
+    SKIPPED_TAG,
+    STEP_TAG,
+    RunRecord,
+    outcome_entries,
+)
+from visionpipe.tracker import NullTracker, PipelineRun, Tracker
 
 log = logging.getLogger(__name__)
 
 PARENT_TAG = "mlflow.parentRunId"
-STEP_TAG = "visionpipe.step"
-KIND_TAG = "visionpipe.kind"
-SKIPPED_TAG = "visionpipe.skipped"
-ERROR_TAG = "visionpipe.error"
 
 
 def tracking_uri(config: Config, explicit: str = "") -> str:
@@ -196,7 +201,7 @@ class Tracking:
     def start_pipeline(self, config: Config, run_name: str | None = None) -> str:
         """Creates the pipeline run (RUNNING) with the config as params; returns its id."""
         run = self.client.create_run(
-            self.experiment_id, run_name=run_name, tags={KIND_TAG: "pipeline"}
+            self.experiment_id, run_name=run_name, tags={KIND_TAG: PIPELINE_KIND}
         )
         self.pipeline_run_id = run.info.run_id
         self.tracker(self.pipeline_run_id).log_params(config.flat())
@@ -228,21 +233,15 @@ class Tracking:
             raise
         tracker.finish(True)
 
-    def log_outcome(
-        self, metrics: Mapping[str, float] | None = None, tags: Mapping[str, Any] | None = None
-    ) -> None:
-        """Logs a step's outcome on the pipeline run too (nothing without a pipeline run)."""
-        if not self.pipeline_run_id:
-            return
-        tracker = self.tracker(self.pipeline_run_id)
-        tracker.log_metrics(metrics or {})
-        tracker.set_tags(tags or {})
+    def pipeline(self) -> MlflowPipelineRun:
+        """The pipeline run of this session (records nothing without one)."""
+        return MlflowPipelineRun(self)
 
-    def pipeline_tag(self, key: str) -> str:
-        """A tag of the pipeline run, or "" without one."""
-        if not self.pipeline_run_id:
-            return ""
-        return self.client.get_run(self.pipeline_run_id).data.tags.get(key, "")
+    def registry(self):
+        """The model registry of this store."""
+        from pipelines.adapters.mlflow_registry import MlflowRegistry
+
+        return MlflowRegistry(self.client)
 
     def pipeline_runs(
         self, finished_only: bool = False, include_skipped: bool = False
@@ -252,7 +251,7 @@ class Tracking:
         Runs that stopped after the data check (``visionpipe.skipped``) are left out
         unless ``include_skipped``.
         """
-        query = f"tags.`{KIND_TAG}` = 'pipeline'"
+        query = f"tags.`{KIND_TAG}` = '{PIPELINE_KIND}'"
         if finished_only:
             query += " and attributes.status = 'FINISHED'"
         token = None
@@ -275,6 +274,44 @@ class Tracking:
         """The newest finished pipeline run that trained, other than this one; or None."""
         runs = self.pipeline_runs(finished_only=True)
         return next((r for r in runs if r.info.run_id != self.pipeline_run_id), None)
+
+
+def record_of(run) -> RunRecord:
+    """The typed record of an MLflow pipeline run."""
+    info, data = run.info, run.data
+    return RunRecord.from_store(info.run_id, info.status, data.tags, data.metrics, info.start_time)
+
+
+class MlflowPipelineRun(PipelineRun):
+    """``PipelineRun`` on the session's pipeline run; nothing without one."""
+
+    def __init__(self, session: Tracking) -> None:
+        self.session = session
+        self.run_id = session.pipeline_run_id
+
+    @property
+    def tracker(self) -> Tracker:
+        """The pipeline run's tracker (a null one without a pipeline run)."""
+        return self.session.tracker(self.run_id) if self.run_id else NullTracker()
+
+    def record(self, **outcome: Any) -> None:
+        """Stores outcome fields as the pipeline run's tags and metrics."""
+        metrics, tags = outcome_entries(**outcome)  # checked with or without a run
+        if self.run_id:
+            tracker = self.tracker
+            tracker.log_metrics(metrics)
+            tracker.set_tags(tags)
+
+    def read(self) -> RunRecord:
+        """The pipeline run's record as stored now."""
+        if not self.run_id:
+            return RunRecord()
+        return record_of(retrying(self.session.client.get_run, self.run_id))
+
+    def last_successful(self) -> RunRecord | None:
+        """The newest finished pipeline run that trained, other than this one."""
+        run = self.session.last_successful_pipeline_run()
+        return None if run is None else record_of(run)
 
 
 def _experiment(mlflow_client, name: str, uri: str) -> str:

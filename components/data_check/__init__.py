@@ -1,0 +1,1 @@
+"""The data check: whether a pipeline run goes on to train, and why."""

@@ -1,0 +1,66 @@
+"""The data-check step: train on this run's data, or stop after ingest (and why)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+from components.data_check.decide import ALWAYS, DataCheck, decide, project_version
+from visionpipe.record import KIND_TAG, PIPELINE_KIND, RunRecord
+from visionpipe.step import Step, StepContext
+
+log = logging.getLogger(__name__)
+
+
+def run(ctx: StepContext, fingerprint: str, only_if_data_changed: bool) -> DataCheck:
+    """Decides whether this pipeline run trains on the data ingest just fingerprinted.
+
+    It always does, unless ``only_if_data_changed`` (what scheduled runs ask for) and
+    what the model depends on is unchanged since the experiment's last successful
+    pipeline run: the data fingerprint, the model settings (``Config.model_settings``)
+    and the visionpipe version. The decision and what it was made on are recorded on
+    the pipeline run (``skipped``, ``data_check``, ``model_settings``,
+    ``visionpipe_version``).
+    """
+    settings, version = ctx.config.model_settings(), project_version()
+    check = ALWAYS
+    if only_if_data_changed:
+        check = decide(fingerprint, settings, version, ctx.pipeline.last_successful())
+    check = replace(check, fingerprint=fingerprint)
+    log.info("data check: %s", check.reason)
+    ctx.pipeline.tracker.set_tags({KIND_TAG: PIPELINE_KIND})  # also on a run KFP's MLflow made
+    ctx.pipeline.record(
+        skipped=not check.retrain,
+        data_check=check.reason,
+        model_settings=settings,
+        visionpipe_version=version,
+    )
+    return check
+
+
+def publish(check: DataCheck, artifacts: dict) -> bool:
+    """The decision as metadata; returns whether to train (the ``dsl.If`` condition)."""
+    artifacts["decision"].metadata.update(check.to_dict())
+    return check.retrain
+
+
+def summary(record: RunRecord) -> list[tuple[str, str]]:
+    """The reason, for a run that stopped here."""
+    return [("reason", record.data_check)] if record.skipped else []
+
+
+STEPS = (
+    Step(
+        name="data-check",
+        run=run,
+        doc="Whether the run goes on to train: False only when the run asks to train on "
+        "changed data alone and the data, model settings and version are unchanged.",
+        params={"fingerprint": str, "only_if_data_changed": bool},
+        outputs={"decision": "Artifact"},
+        returns=bool,
+        publish=publish,
+        figure=lambda c: ("retrain: " if c.retrain else "skip: ") + c.reason,
+        summary=summary,
+        own_run=False,
+    ),
+)

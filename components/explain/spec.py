@@ -1,0 +1,83 @@
+"""The explain verb: heat maps of why a model classified each image as it did."""
+
+from __future__ import annotations
+
+import tempfile
+from typing import TYPE_CHECKING
+
+from visionpipe.serving import resolve_model
+from visionpipe.step import Step, StepContext, Verb
+
+if TYPE_CHECKING:
+    from components.explain.explain import Explanation
+
+METHODS = ("gradcam", "integrated_gradients")  # trainer.explain.METHODS (a test holds it)
+
+
+def run(
+    ctx: StepContext,
+    model: str,
+    images: list[str],
+    out: str,
+    method: str = "gradcam",
+    layer: str | None = None,
+) -> list[Explanation]:
+    """``run_explain`` on a model location: a SavedModel, a serving-root folder, ``models:/``."""
+    from components.explain.explain import run_explain
+    from trainer.export import naming
+
+    with tempfile.TemporaryDirectory(prefix="visionpipe-model-") as tmp:
+        model_dir = resolve_model(model, tmp, ctx.registry)
+        with naming(model_dir, model):
+            explained = run_explain(model_dir, images, out, method, layer)
+    ctx.tracker.log_params({"model": model, "method": method, "layer": layer or "auto"})
+    ctx.tracker.log_metrics({"images": len(explained)})
+    return explained
+
+
+def _arguments(p) -> None:
+    p.add_argument(
+        "--model",
+        required=True,
+        metavar="PATH_OR_MODELS_URI",
+        help="as for predict: a SavedModel, a serving-root model folder, or models:/...",
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (local or URIs)")
+    p.add_argument("--out", required=True, help="folder for one PNG per image and an index")
+    p.add_argument(
+        "--method",
+        choices=METHODS,
+        default="gradcam",
+        help="Grad-CAM on a convolutional layer (default), or integrated gradients on pixels",
+    )
+    p.add_argument(
+        "--layer",
+        help="Grad-CAM's layer (default: the last convolutional block, found by itself)",
+    )
+
+
+def _show(args, explained: list[Explanation]) -> None:
+    for e in explained:
+        print(f"{e.file}\t{e.class_name}\t{e.probability:.4f}\t{e.picture}")
+
+
+STEPS = (
+    Step(
+        name="explain",
+        run=run,
+        figure=lambda explained: f"{len(explained)} images explained",
+        in_pipeline=False,
+        verb=Verb(
+            help="Heat maps of why the model classified each image as it did (PNG).",
+            arguments=_arguments,
+            call=lambda a: {
+                "model": a.model,
+                "images": a.images,
+                "out": a.out,
+                "method": a.method,
+                "layer": a.layer,
+            },
+            show=_show,
+        ),
+    ),
+)

@@ -1,0 +1,1 @@
+"""The tune step: a keras-tuner search over the trainer (``trainer/tune.py``)."""

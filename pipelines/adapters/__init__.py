@@ -1,0 +1,1 @@
+"""Adapters: the MLflow tracking store and registry, the MLflow Model, kfp.local."""

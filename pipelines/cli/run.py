@@ -1,0 +1,175 @@
+"""Verbs around whole runs: ``run`` (the local pipeline), ``compare`` and ``sample-data``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+from pipelines.tasks import ISOLATIONS
+from visionpipe.config import Config, ConfigError
+
+
+def add_sample_data(command) -> None:
+    """``sample-data``: a built-in synthetic dataset."""
+    p = command("sample-data", sample_data, "Generate a built-in synthetic image dataset.")
+    p.add_argument("--out", required=True, help="output folder (folder-per-class + labels.csv)")
+    p.add_argument(
+        "--kind",
+        default="shapes",
+        choices=("shapes", "glyphs", "thumbnails"),
+        help="shapes (the sample), glyphs (letters and digits that mirroring confuses) or "
+        "thumbnails (low-detail layouts upscaled)",
+    )
+    p.add_argument("--classes", type=int, default=5, help="how many classes (default 5)")
+    p.add_argument("--per-class", type=int, default=300, help="images per class (default 300)")
+    p.add_argument("--size", type=int, default=64, help="image side in pixels")
+    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed, the same set")
+
+
+def add_verbs(command) -> None:
+    """``run`` and ``compare``."""
+    p = command("run", run, "Run the whole pipeline locally (kfp.local, no cluster).")
+    p.add_argument("--data", required=True, help="folder of class folders, or CSV of path,label")
+    p.add_argument("--json", action="store_true", help="print only the summary, as one JSON object")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="stream every step's output to the console too (it always goes to the log file)",
+    )
+    p.add_argument(
+        "--isolation",
+        choices=ISOLATIONS,
+        default="process",
+        help="run the components in this process (default; TensorFlow is imported once) "
+        "or each in a Python process of its own",
+    )
+    p.add_argument(
+        "--only-if-data-changed",
+        action="store_true",
+        help="stop after ingest when the data, model settings and version equal the last "
+        "successful run's (as schedules do)",
+    )
+
+    p = command("compare", compare, "Compare pipeline runs from MLflow: a table and a chart.")
+    p.add_argument("--experiment", help="MLflow experiment (default: mlflow.experiment)")
+    p.add_argument("--last", type=int, default=20, help="how many of the latest runs")
+    p.add_argument("--metric", default="test_accuracy", help="sort by this pipeline-run metric")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.add_argument(
+        "--include-skipped",
+        action="store_true",
+        help="also list runs that stopped after ingest because nothing had changed",
+    )
+    p.add_argument(
+        "--chart",
+        help="PNG of the metric across runs and of training curves "
+        "(default: <VISIONPIPE_HOME>/compare.png)",
+    )
+
+
+def sample_data(args, config: Config) -> None:
+    """Writes a generated dataset."""
+    from pipelines.sample_data import SampleSpec, generate
+
+    try:
+        spec = SampleSpec(args.classes, args.per_class, args.size, args.seed, args.kind)
+    except ValueError as err:
+        raise ConfigError(f"sample-data: {err}") from None
+    counts = generate(args.out, spec)
+    print(f"wrote {sum(counts.values())} images in {len(counts)} classes to {args.out}")
+
+
+def run(args, config: Config) -> int:
+    """The whole pipeline under kfp.local: a line per step, a summary, the log in MLflow."""
+    from pipelines.console import OutputCapture, RunDisplay, format_summary
+    from pipelines.local import StepFailed, check_data, run_local, run_name
+    from pipelines.pipeline import pipeline_steps
+    from visionpipe.home import Home
+
+    check_data(args.data, config)  # bad data: one error line, nothing written
+    name = run_name(config)
+    log_path = Home.resolve().root / "logs" / f"{name}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    steps = pipeline_steps(config)
+    capture = OutputCapture(str(log_path), echo=args.verbose, console_fd=2 if args.json else 1)
+    with capture:
+        display = RunDisplay(capture.console, steps, live=False if args.verbose else None)
+        capture.on_event = display.event
+        if not args.json:
+            print(f"visionpipe run {name}  (log: {log_path})", file=capture.console)
+        try:
+            with display:
+                summary = run_local(
+                    args.data,
+                    config,
+                    only_if_data_changed=args.only_if_data_changed,
+                    isolation=args.isolation,
+                    observer=display,
+                    name=name,
+                )
+        except StepFailed as failed:
+            _log_to_mlflow(failed.mlflow_run_id, log_path, config)
+            print(
+                f"\nvisionpipe: step {failed.step} failed: {failed.message}\nfull log: {log_path}",
+                file=capture.console,
+            )
+            return 1
+        except KeyboardInterrupt:
+            step = display.current or "the pipeline"
+            print(
+                f"\nvisionpipe: interrupted during {step}; the finished steps' outputs are "
+                f"kept under {Home.resolve().pipeline_root}, the MLflow run is marked FAILED."
+                f"\nfull log: {log_path}",
+                file=capture.console,
+            )
+            return 130
+    _log_to_mlflow(summary.mlflow_run_id, log_path, config)
+    if args.json:
+        print(json.dumps({**summary.to_dict(), "log": str(log_path)}))
+        return 0
+    home = Home.resolve()
+    ui_hint = (
+        f"make mlflow-ui   (or: mlflow ui --backend-store-uri {summary.tracking_uri} "
+        f"--default-artifact-root {home.mlflow_artifacts})"
+    )
+    print(format_summary(summary, steps, ui_hint))
+    print(f"  log         {log_path}")
+    return 0
+
+
+def _log_to_mlflow(run_id: str, log_path, config: Config) -> None:
+    """The run's log file as an artifact of its MLflow run (best effort after a failure)."""
+    from pipelines.adapters import mlflow_tracking as tracking
+
+    try:
+        tracking.client(tracking.tracking_uri(config)).log_artifact(run_id, str(log_path))
+    except Exception as err:  # noqa: BLE001 - an unreachable store must not hide the error
+        logging.getLogger(__name__).warning("log not stored in MLflow: %s", err)
+
+
+def compare(args, config: Config) -> None:
+    """The table of the last runs, best first, and the chart."""
+    from pipelines.adapters import mlflow_tracking as tracking
+    from pipelines.compare import compare_runs, format_table, plot
+    from visionpipe.home import Home
+
+    if args.last < 1:
+        raise ConfigError(f"--last must be at least 1. Received: {args.last}")
+    rows = compare_runs(
+        tracking.tracking_uri(config),
+        args.experiment or config.mlflow.experiment,
+        args.last,
+        args.metric,
+        args.include_skipped,
+    )
+    chart = args.chart or str(Home.resolve().root / "compare.png")
+    if rows:
+        os.makedirs(os.path.dirname(os.path.abspath(chart)), exist_ok=True)
+        plot(rows, args.metric, chart)
+    if args.json:
+        print(json.dumps({"runs": [r.to_dict() for r in rows], "chart": chart if rows else None}))
+        return
+    print(format_table(rows, args.metric) if rows else "no pipeline runs yet")
+    if rows:
+        print(f"chart: {chart}")

@@ -1,0 +1,80 @@
+"""Running a declared step: its own run in the tracking store, its context, its console line.
+
+``run_step`` is the tracked wrapper every caller shares (the KFP component bodies, the
+CLI verbs, tests and benchmarks): a run of the step's own (nested under the pipeline
+run when there is one), a ``StepContext`` on the MLflow adapters, and the step's key
+figure as a progress line. ``execute_component`` is what a generated KFP body calls:
+it maps the KFP artifacts to paths, runs the step, and fills the output artifacts'
+metadata through the step's ``publish``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from pipelines import catalog
+from pipelines.adapters.mlflow_tracking import Tracking
+from visionpipe import progress
+from visionpipe.config import Config
+from visionpipe.step import Step, StepContext
+from visionpipe.tracker import NullTracker
+
+# The parameters every pipeline component takes besides its own ports.
+COMMON_PARAMETERS = ("config_json", "mlflow_tracking_uri", "mlflow_run_id")
+
+
+def run_step(step: str | Step, config: Config, tracking: Tracking | None = None, **kwargs: Any):
+    """Runs ``step`` with ``kwargs`` (its ports and options), recorded in ``tracking``.
+
+    ``tracking`` defaults to the config's store, with the pipeline run that
+    ``$MLFLOW_RUN_ID`` names, if any. A step with ``own_run`` records a run of its own,
+    FINISHED or FAILED with the error; in a process that does not record (a tuning or
+    training worker) the step runs with no run and prints nothing.
+    """
+    step = catalog.step(step) if isinstance(step, str) else step
+    session = tracking if tracking is not None else Tracking.open(config)
+    if not step.records():
+        ctx = StepContext(config, registry=session.registry(), open_run=session.tracker)
+        return step.run(ctx, **kwargs)
+    pipeline, registry = session.pipeline(), session.registry()
+    if step.own_run:
+        with session.step(step.name) as tracker:
+            ctx = StepContext(config, tracker, pipeline, registry, session.tracker)
+            result = step.run(ctx, **kwargs)
+    else:
+        ctx = StepContext(config, NullTracker(), pipeline, registry, session.tracker)
+        result = step.run(ctx, **kwargs)
+    progress.done(step.name, step.figure(result))
+    return result
+
+
+def component_context(
+    config_json: str, mlflow_tracking_uri: str, mlflow_run_id: str
+) -> tuple[Config, Tracking]:
+    """Inside a KFP component: the run's config, and the session on the run's store.
+
+    Empty values fall back to what KFP's MLflow integration injects
+    (``$MLFLOW_TRACKING_URI``, ``$MLFLOW_RUN_ID``), then to the config's own store.
+    """
+    config = Config.from_json(config_json)
+    return config, Tracking.open(config, mlflow_tracking_uri, mlflow_run_id)
+
+
+def execute_component(name: str, arguments: dict[str, Any]):
+    """The body of step ``name``'s KFP component, given its arguments (``locals()``).
+
+    Artifacts become their ``.path``; the step's ``run`` gets the ports and parameters
+    its signature names; ``publish`` writes the artifacts' metadata and gives the
+    component's return value.
+    """
+    step = catalog.step(name)
+    config, session = component_context(*(arguments[k] for k in COMMON_PARAMETERS))
+    accepted = inspect.signature(step.run).parameters
+    kwargs = {p: arguments[p].path for p in (*step.inputs, *step.outputs) if p in accepted}
+    kwargs.update({p: arguments[p] for p in step.params if p in accepted})
+    result = run_step(step, config, session, **kwargs)
+    if step.publish is None:
+        return None
+    ports = {k: v for k, v in arguments.items() if k not in COMMON_PARAMETERS}
+    return step.publish(result, ports)
