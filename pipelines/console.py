@@ -48,6 +48,7 @@ class RunDisplay:
         self.stream = stream
         self.live = stream.isatty() if live is None else live
         self.steps = {name: StepLine(name) for name in steps}  # pipeline.pipeline_steps
+        self.width = max([11, *(len(name) for name in steps)])
         self.current: str | None = None
         self._lock = threading.Lock()
         self._live = None
@@ -94,7 +95,7 @@ class RunDisplay:
             line.seconds = line.elapsed()
             self.current = None if self.current == step else self.current
         if not self.live:
-            self.stream.write(self.plain(line) + "\n")
+            self.stream.write(self.plain(line, self.width) + "\n")
             self.stream.flush()
 
     def event(self, event: dict) -> None:
@@ -108,10 +109,10 @@ class RunDisplay:
         return self.steps.setdefault(step, StepLine(step))
 
     @staticmethod
-    def plain(line: StepLine) -> str:
-        """One step as a line of text."""
+    def plain(line: StepLine, width: int = 11) -> str:
+        """One step as a line of text, its name padded to ``width``."""
         seconds = f"{line.elapsed():6.1f} s" if line.started else " " * 8
-        return f"{_MARKS[line.state]} {line.name:<11} {seconds}  {line.message}".rstrip()
+        return f"{_MARKS[line.state]} {line.name:<{width}} {seconds}  {line.message}".rstrip()
 
     def __rich__(self):
         from rich.table import Table
