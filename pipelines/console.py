@@ -14,12 +14,14 @@ import os
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
 from visionpipe import progress
 
+_SYNC_PREFIX = "@@visionpipe-sync "
 _MARKS = {"waiting": "·", "running": "▶", "done": "✓", "failed": "✗", "skipped": "–"}
 
 
@@ -44,8 +46,15 @@ class StepLine:
 class RunDisplay:
     """The steps of one run, drawn live on a terminal or as plain lines otherwise."""
 
-    def __init__(self, stream: TextIO, steps: list[str], live: bool | None = None) -> None:
+    def __init__(
+        self,
+        stream: TextIO,
+        steps: list[str],
+        live: bool | None = None,
+        sync: Callable[[], None] = lambda: None,
+    ) -> None:
         self.stream = stream
+        self.sync = sync  # waits until every line written so far has been read
         self.live = stream.isatty() if live is None else live
         self.steps = {name: StepLine(name) for name in steps}  # pipeline.pipeline_steps
         self.width = max([11, *(len(name) for name in steps)])
@@ -89,6 +98,7 @@ class RunDisplay:
 
     def end(self, step: str, ok: bool) -> None:
         """A step ended; in plain mode its line is printed now."""
+        self.sync()  # the step's last progress line first: its figure belongs on its line
         with self._lock:
             line = self._line(step)
             line.state = "done" if ok else "failed"
@@ -153,6 +163,7 @@ class OutputCapture:
         self._console_fd = console_fd
         self._saved: tuple[int, int] | None = None
         self._thread: threading.Thread | None = None
+        self._marks: dict[str, threading.Event] = {}
         self.console: TextIO = sys.stdout
 
     def __enter__(self) -> OutputCapture:
@@ -183,12 +194,34 @@ class OutputCapture:
         if self._echo_to is not None:
             self._echo_to.close()
 
+    def sync(self, timeout: float = 5.0) -> None:
+        """Returns once the pump has read every line written before the call.
+
+        A step's progress line and the runner's "step ended" arrive by different paths
+        (the pipe, a direct call); without this the line could be drawn before the
+        pump had read the step's key figure, and show the step with none.
+        """
+        if self._thread is None or not self._thread.is_alive():
+            return
+        mark = f"{_SYNC_PREFIX}{uuid.uuid4().hex}"
+        seen = self._marks[mark] = threading.Event()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.write(1, f"{mark}\n".encode())
+        seen.wait(timeout)
+        self._marks.pop(mark, None)
+
     def _pump(self, read_end: int) -> None:
         with (
             open(read_end, encoding="utf-8", errors="replace") as pipe,
             open(self.log_path, "a", encoding="utf-8") as log,
         ):
             for line in pipe:
+                if line.startswith(_SYNC_PREFIX):
+                    event = self._marks.get(line.strip())
+                    if event is not None:
+                        event.set()
+                    continue
                 log.write(line)
                 log.flush()
                 try:

@@ -94,7 +94,8 @@ def run(args, config: Config) -> int:
     steps = pipeline_steps(config)
     capture = OutputCapture(str(log_path), echo=args.verbose, console_fd=2 if args.json else 1)
     with capture:
-        display = RunDisplay(capture.console, steps, live=False if args.verbose else None)
+        live = False if args.verbose else None
+        display = RunDisplay(capture.console, steps, live=live, sync=capture.sync)
         capture.on_event = display.event
         if not args.json:
             print(f"visionpipe run {name}  (log: {log_path})", file=capture.console)
