@@ -34,8 +34,9 @@ run: setup $(SAMPLE)/labels.csv
 test: setup postgres
 	$(BIN)/python -m pytest -q -ra
 
+# The unit tier: no whole-pipeline runs and no tests that start visionpipe processes.
 test-fast: setup
-	$(BIN)/python -m pytest -q -ra -m 'not e2e'
+	$(BIN)/python -m pytest -q -ra -m 'not e2e and not processes'
 
 bench: setup $(SAMPLE)/labels.csv
 	$(BIN)/python benchmarks/bench.py --data $(SAMPLE) $(BENCH_ARGS)

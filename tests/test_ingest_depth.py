@@ -167,6 +167,7 @@ def test_shards_roll_over_at_the_size_limit_and_hold_every_record_once(tmp_path,
     assert len(_splits_by_hash(tmp_path / "out")) == result.stats["written"] == 36
 
 
+@pytest.mark.processes
 def test_a_killed_run_leaves_no_committed_output_and_a_rerun_starts_clean(tmp_path):
     data, out = tmp_path / "data", tmp_path / "out"
     generate(data, SampleSpec(classes=2, per_class=400, size=64, seed=4))

@@ -124,6 +124,7 @@ def _post(url, body):
         return err.code, json.loads(err.read() or b"{}")
 
 
+@pytest.mark.processes
 def test_mlflow_models_serve_answers_like_predict_and_refuses_a_bad_image(
     pushed, tiny_dataset, tmp_path
 ):

@@ -24,6 +24,8 @@ from visionpipe.layout import versions
 NAME = "shapes"
 POINTS = ["push.copied", "push.renamed", "push.registered", "push.previous_set"]
 
+pytestmark = pytest.mark.processes  # each test kills a visionpipe process
+
 
 def _models(trained, root: Path):
     """Two distinct models (different digests) and a blessing."""

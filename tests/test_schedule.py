@@ -126,6 +126,7 @@ def test_run_local_refuses_a_malformed_cron_before_starting(tmp_path, capsys):
     assert "malformed cron expression '* * *'" in capsys.readouterr().err
 
 
+@pytest.mark.processes
 def test_a_second_scheduler_on_the_same_home_is_refused_and_sigterm_stops_the_first(tmp_path):
     import signal
 

@@ -222,6 +222,7 @@ def _train_args(transformed, out, *options, **settings):
     return _cli(*args)
 
 
+@pytest.mark.processes
 def test_a_killed_training_resumes_from_its_last_completed_epoch(transformed, tmp_path):
     out = tmp_path / "model"
     args = _train_args(transformed, out, trainer__epochs=40, trainer__early_stopping_patience=100)
@@ -249,6 +250,7 @@ def test_a_killed_training_resumes_from_its_last_completed_epoch(transformed, tm
     assert (out / "saved_model.pb").exists() and not Path(f"{out}.backup").exists()
 
 
+@pytest.mark.processes
 def test_two_local_workers_train_one_model_and_one_mlflow_run(transformed, tmp_path):
     out = tmp_path / "model"
     args = _train_args(
@@ -270,6 +272,7 @@ def test_two_local_workers_train_one_model_and_one_mlflow_run(transformed, tmp_p
     assert {"training_curves.png", "model_summary.txt", "tensorboard"} <= artifacts
 
 
+@pytest.mark.processes
 def test_a_batch_smaller_than_the_replicas_fails_before_training(transformed, tmp_path):
     args = _train_args(transformed, tmp_path / "model", "--workers", "2", trainer__batch_size=1)
     done = subprocess.run(args, env=_env(tmp_path), capture_output=True, text=True, timeout=600)

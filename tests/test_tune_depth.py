@@ -66,6 +66,7 @@ def test_a_rerun_continues_the_search_instead_of_repeating_trials(transformed, t
     assert len(_trial_runs(_store())) == 3
 
 
+@pytest.mark.processes
 def test_tuner_workers_run_trials_in_parallel_processes(transformed, tmp_path):
     home = tmp_path / "home"
     env = {**os.environ, "VISIONPIPE_HOME": str(home), "PYTHONPATH": str(REPO)}
