@@ -15,6 +15,18 @@ from visionpipe import layout, storage
 from visionpipe.errors import UserError
 from visionpipe.registry import MODELS_SCHEME, Registry, RegistryError, download_uri
 
+MODEL_LOCATIONS = (
+    "SavedModel directory, a model folder of a serving root (highest version), "
+    "or models:/NAME@ALIAS or models:/NAME/VERSION from the MLflow registry"
+)
+
+
+def add_model_argument(parser) -> None:
+    """``--model``: any location ``resolve_model`` takes (the verbs that use a model)."""
+    parser.add_argument(
+        "--model", required=True, metavar="PATH_OR_MODELS_URI", help=MODEL_LOCATIONS
+    )
+
 
 class ModelNotFoundError(UserError, ValueError):
     """The model location does not hold a SavedModel."""

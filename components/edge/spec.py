@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from visionpipe import registry
 from visionpipe.layout import model_digest
 from visionpipe.sections import EDGE_FORMATS
-from visionpipe.serving import resolve_model
+from visionpipe.serving import add_model_argument, resolve_model
 from visionpipe.step import Step, StepContext, Verb
 from visionpipe.tracker import log_stored
 
@@ -101,12 +101,7 @@ def figure(report: EdgeReport) -> str:
 
 
 def _arguments(p) -> None:
-    p.add_argument(
-        "--model",
-        required=True,
-        metavar="PATH_OR_MODELS_URI",
-        help="as for predict: a SavedModel, a serving-root model folder, or models:/...",
-    )
+    add_model_argument(p)
     p.add_argument(
         "--examples",
         required=True,

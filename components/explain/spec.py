@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from typing import TYPE_CHECKING
 
-from visionpipe.serving import resolve_model
+from visionpipe.serving import add_model_argument, resolve_model
 from visionpipe.step import Step, StepContext, Verb
 
 if TYPE_CHECKING:
@@ -36,12 +36,7 @@ def run(
 
 
 def _arguments(p) -> None:
-    p.add_argument(
-        "--model",
-        required=True,
-        metavar="PATH_OR_MODELS_URI",
-        help="as for predict: a SavedModel, a serving-root model folder, or models:/...",
-    )
+    add_model_argument(p)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (local or URIs)")
     p.add_argument("--out", required=True, help="folder for one PNG per image and an index")
     p.add_argument(

@@ -7,22 +7,12 @@ import tempfile
 from typing import TYPE_CHECKING
 
 from visionpipe import storage
-from visionpipe.serving import Classifier, Prediction, resolve_model
+from visionpipe.serving import Classifier, Prediction, add_model_argument, resolve_model
 from visionpipe.step import Step, StepContext, Verb
 from visionpipe.tracker import log_stored
 
 if TYPE_CHECKING:
     from components.predict.batch import BatchResult
-
-MODEL_HELP = (
-    "SavedModel directory, a model folder of a serving root (highest version), "
-    "or models:/NAME@ALIAS or models:/NAME/VERSION from the MLflow registry"
-)
-
-
-def model_argument(p) -> None:
-    """``--model``: any model location ``resolve_model`` takes."""
-    p.add_argument("--model", required=True, metavar="PATH_OR_MODELS_URI", help=MODEL_HELP)
 
 
 def batch_size_argument(p) -> None:
@@ -67,7 +57,7 @@ def run_batch(
 
 
 def _batch_arguments(p) -> None:
-    model_argument(p)
+    add_model_argument(p)
     p.add_argument(
         "--data", required=True, help="folder or object-store prefix of images, or a CSV of paths"
     )
@@ -94,7 +84,7 @@ def run_files(ctx: StepContext, model: str, images: list[str]) -> list[Predictio
 
 
 def _predict_arguments(p) -> None:
-    model_argument(p)
+    add_model_argument(p)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (local or URIs)")
     p.add_argument("--json", action="store_true", help="print a JSON list, one object per file")
     batch_size_argument(p)
