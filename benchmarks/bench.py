@@ -30,8 +30,12 @@ Edge: the default model's TFLite float16, TFLite int8 and ONNX exports against t
 SavedModel, each in its own runtime: accuracy, top-1 agreement, size and single-image
 latency, on the sample data and on glyphs (``benchmarks/edge_bench.py``).
 
+Guard: refusing a 16,000 x 16,000 PNG bomb (the served signature, ``visionpipe
+predict``) against decoding it, each case's peak memory in a fresh process, and the
+header check's share of a served call (``benchmarks/guard_bench.py``).
+
 Usage: python benchmarks/bench.py --data data/sample
-       [--only pipeline|ingest|serving|trainer|quality|predict|edge] [--set k=v ...]
+       [--only pipeline|ingest|serving|trainer|quality|predict|edge|guard] [--set k=v ...]
 """
 
 from __future__ import annotations
@@ -111,7 +115,16 @@ def main() -> int:
     parser.add_argument("--set", action="append", default=[])
     parser.add_argument(
         "--only",
-        choices=("pipeline", "ingest", "serving", "trainer", "quality", "predict", "edge"),
+        choices=(
+            "pipeline",
+            "ingest",
+            "serving",
+            "trainer",
+            "quality",
+            "predict",
+            "edge",
+            "guard",
+        ),
     )
     parser.add_argument("--photos", type=int, default=3000)
     args = parser.parse_args()
@@ -144,6 +157,10 @@ def main() -> int:
             from benchmarks.edge_bench import bench_edge
 
             rows += bench_edge(Path(work) / "edge", os.path.abspath(args.data), args.set)
+        if args.only in (None, "guard"):
+            from benchmarks.guard_bench import bench_guard
+
+            rows += bench_guard(Path(work) / "guard", os.path.abspath(args.data), args.set)
         if args.only in (None, "pipeline"):
             rows += bench_pipeline(os.path.abspath(args.data), args.set, work)
     width = max(len(r[0]) for r in rows)

@@ -74,7 +74,7 @@ def bench_transform_and_serving(work: Path, data: str, overrides: list[str]) -> 
         kt.HyperParameters(), **model_inputs(graph), trainer=config.trainer, tuner=config.tuner
     )
     classifier = served_part(model)
-    export_serving_model(classifier, graph, str(work / "served"))
+    export_serving_model(classifier, graph, str(work / "served"), 40_000_000)
     serve = tf.saved_model.load(str(work / "served")).signatures[F.SERVING_SIGNATURE]
     raw = load_raw_split(ingested.output_uri, "test").images
     raw = tf.constant((raw * (BATCH // len(raw) + 1))[:BATCH])

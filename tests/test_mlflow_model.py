@@ -125,7 +125,7 @@ def _post(url, body):
 
 
 @pytest.mark.processes
-def test_mlflow_models_serve_answers_like_predict_and_refuses_a_bad_image(
+def test_mlflow_models_serve_answers_like_predict_and_a_bad_row_with_its_error(
     pushed, tiny_dataset, tmp_path
 ):
     result, config = pushed
@@ -171,8 +171,15 @@ def test_mlflow_models_serve_answers_like_predict_and_refuses_a_bad_image(
                 ]
             },
         )
+        assert status == 200, body  # a bad row is answered with its error; the others too
+        rows = body["predictions"]
+        assert rows[0]["class_name"] == expected[0]["class_name"] and not rows[0].get("error")
+        assert rows[1]["class_id"] == -1
+        assert rows[1]["error"].startswith("not an image the model can decode")
+        too_many = [{"image": b64[0]}] * 257
+        status, body = _post(f"{base}/invocations", {"dataframe_records": too_many})
         assert 400 <= status < 500
-        assert "row 1: not an image the model can decode" in body["message"]
+        assert "request has 257 images; this model answers at most 256" in body["message"]
         status, _ = _post(f"{base}/invocations", {"dataframe_records": [{"image": b64[1]}]})
         assert status == 200 and server.poll() is None  # the server is still up
     finally:
@@ -201,7 +208,7 @@ def test_batch_prediction_scores_a_folder_and_rejects_what_it_cannot_read(
     assert len(rows) == 5 and len(rejects) == 2
     assert {r["reason"] for r in rejects} == {
         "empty file",
-        "not an image the model can decode (JPEG, PNG, GIF or BMP)",
+        "not an image the model can decode (JPEG, PNG, GIF, BMP or WebP)",
     }
     expected = {e["file"]: e for e in _expected(trained.model_uri, sorted(data.glob("**/*.jpg")))}
     for row in rows:

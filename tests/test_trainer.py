@@ -144,7 +144,7 @@ def _untrained_export(transformed, tmp_path):
         kt.HyperParameters(), **model_inputs(graph), trainer=config.trainer, tuner=config.tuner
     )
     classifier = served_part(model)
-    export_serving_model(classifier, graph, str(tmp_path / "export"))
+    export_serving_model(classifier, graph, str(tmp_path / "export"), 40_000_000)
     return graph, model, tf.saved_model.load(str(tmp_path / "export"))
 
 

@@ -3,9 +3,13 @@
 The tf.Transform graph is inside the SavedModel, so serving runs exactly the
 preprocessing that training saw: training and serving cannot skew. Two signatures:
 
-- ``serving_default``: ``image_bytes``, a batch of encoded images (JPEG, PNG, GIF, BMP,
-  WebP is not decoded by TensorFlow), through the transform graph. TF Serving's REST
-  API accepts it as ``{"instances": [{"b64": "..."}]}``.
+- ``serving_default``: ``image_bytes``, a batch of encoded images (JPEG, PNG, GIF, BMP
+  or WebP), through the transform graph. TF Serving's REST API accepts it as
+  ``{"instances": [{"b64": "..."}]}``. Before anything is decoded, every image's header
+  is checked against the pixel bound set at export (``max_pixels``, recorded in the
+  preprocessing contract): a request holding a decompression bomb is refused whole,
+  with an error naming the first image over the bound, so every server of the model
+  (TF Serving, ``mlflow models serve``, the CLI) is protected, not only the CLI.
 - ``serve_pixels``: ``images``, a batch of decoded uint8 ``[batch, h, w, 3]`` images,
   resized by the same function the transform graph uses; for batch jobs that already
   hold pixels.
@@ -25,7 +29,7 @@ import trainer.model  # noqa: F401 - registers the custom layers a saved classif
 from visionpipe import features as F
 from visionpipe import storage
 from visionpipe.errors import UserError
-from visionpipe.pixels import resize_batch
+from visionpipe.pixels import check_declared, resize_batch
 from visionpipe.transform_graph import TransformGraph
 
 PIXELS_SIGNATURE = "serve_pixels"
@@ -35,8 +39,9 @@ PIXELS_INPUT = "images"
 class ServingModule(tf.Module):
     """The exported object: the classifier, the transform layer and the class names."""
 
-    def __init__(self, model: keras.Model, graph: TransformGraph) -> None:
+    def __init__(self, model: keras.Model, graph: TransformGraph, max_pixels: int) -> None:
         super().__init__(name="visionpipe_serving")
+        self._max_pixels = int(max_pixels)
         self.model = model
         self.transform_layer = graph.output.transform_features_layer()
         self.class_names = tf.constant(graph.labels, dtype=tf.string)
@@ -45,8 +50,9 @@ class ServingModule(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=F.SERVING_INPUT)])
     def serve_bytes(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
-        """Classifies a batch of encoded images."""
-        transformed = self.transform_layer({F.IMAGE_ENCODED: image_bytes})
+        """Classifies a batch of encoded images, once no header declares too many pixels."""
+        checked = check_declared(image_bytes, self._max_pixels)
+        transformed = self.transform_layer({F.IMAGE_ENCODED: checked})
         return self._classify(tf.cast(transformed[F.TRANSFORMED_IMAGE], tf.uint8))
 
     @tf.function(
@@ -67,9 +73,14 @@ class ServingModule(tf.Module):
         }
 
 
-def export_serving_model(model: keras.Model, graph: TransformGraph, export_dir: str) -> str:
-    """Writes a TF Serving–ready SavedModel with both signatures."""
-    module = ServingModule(model, graph)
+def export_serving_model(
+    model: keras.Model, graph: TransformGraph, export_dir: str, max_pixels: int
+) -> str:
+    """Writes a TF Serving–ready SavedModel with both signatures.
+
+    ``max_pixels`` bounds what one encoded image may declare (frames of a GIF counted).
+    """
+    module = ServingModule(model, graph, max_pixels)
     tf.saved_model.save(
         module,
         export_dir,
@@ -81,7 +92,9 @@ def export_serving_model(model: keras.Model, graph: TransformGraph, export_dir: 
     return export_dir
 
 
-def preprocessing_contract(graph: TransformGraph) -> dict:
+def preprocessing_contract(
+    graph: TransformGraph, max_pixels: int, request_limits: dict[str, int] | None = None
+) -> dict:
     """What the classifier expects of its input, for anything that feeds it pixels itself.
 
     The served SavedModel does this itself from encoded bytes; edge runtimes and
@@ -94,6 +107,9 @@ def preprocessing_contract(graph: TransformGraph) -> dict:
         "layout": "NHWC",
         "value_range": [0, 255],
         "normalisation": "inside the model (its first layer standardises 0-255 pixels)",
+        "max_pixels": int(max_pixels),  # per encoded image, frames counted; refused above
+        # What one request to the registered MLflow Model may hold (its pyfunc reads it).
+        "request_limits": dict(request_limits or {}),
     }
 
 

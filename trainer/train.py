@@ -126,7 +126,7 @@ def run_train(
         )
         metrics.update({f"test_{k}": float(v) for k, v in test.items()})
         if chief:
-            _export(model, graph, hp.values, metrics, model_uri)
+            _export(model, graph, hp.values, metrics, model_uri, config)
             if artifacts_dir:
                 write_artifacts(model, history, space.tensorboard, artifacts_dir)
             space.completed = True
@@ -159,10 +159,17 @@ def _build(hp, graph: TransformGraph, config: Config, strategy, mixed: bool) -> 
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
-def _export(model, graph: TransformGraph, hyperparameters, metrics, model_uri: str) -> None:
+def _export(
+    model, graph: TransformGraph, hyperparameters, metrics, model_uri: str, config: Config
+) -> None:
     """The serving SavedModel, with the training record (labels, metrics) inside it."""
     classifier = served_part(model)
-    export_serving_model(classifier, graph, model_uri)
+    max_pixels = config.ingest.max_pixels
+    limits = {
+        "max_rows": config.predict.max_request_images,
+        "max_request_bytes": config.predict.max_request_bytes,
+    }
+    export_serving_model(classifier, graph, model_uri, max_pixels)
     save_classifier(classifier, storage.join(model_uri, F.CLASSIFIER_FILE))
     storage.write_json(
         storage.join(model_uri, F.TRAINING_RECORD),
@@ -170,7 +177,7 @@ def _export(model, graph: TransformGraph, hyperparameters, metrics, model_uri: s
             "hyperparameters": hyperparameters,
             "labels": graph.labels,
             "metrics": metrics,
-            "preprocessing": preprocessing_contract(graph),
+            "preprocessing": preprocessing_contract(graph, max_pixels, limits),
         },
     )
     log.info("train: exported %s; metrics %s", model_uri, json.dumps(metrics))

@@ -387,6 +387,12 @@ class PredictConfig(_Section):
 
     top_k: int = Field(3, ge=1, description="Classes listed per image in batch predictions.")
     batch_size: int = Field(64, ge=1, description="Images per model call.")
+    max_request_images: int = Field(
+        256, ge=1, description="Images one request to the served MLflow Model may hold."
+    )
+    max_request_bytes: int = Field(
+        64 * 1024 * 1024, ge=1, description="Encoded bytes one request may hold."
+    )
 
 
 class PipelineConfig(_Section):

@@ -92,6 +92,7 @@ class Classifier:
         import tensorflow as tf
 
         self.model_dir = model_dir
+        self.max_pixels = model_max_pixels(model_dir)
         self._loaded = tf.saved_model.load(model_dir)
         self.signature = self._loaded.signatures[F.SERVING_SIGNATURE]
 
@@ -102,30 +103,63 @@ class Classifier:
         out = self.signature(**{F.SERVING_INPUT: tf.constant(images, dtype=tf.string)})
         return {k: v.numpy() for k, v in out.items()}
 
-    def predict_files(self, paths: list[str], batch_size: int = 64) -> list[Prediction]:
-        """One ``Prediction`` per path, in order; unreadable files get an error, not a raise."""
+    def predict_files(
+        self, paths: list[str], batch_size: int = 64, max_batch_pixels: int = 0
+    ) -> list[Prediction]:
+        """One ``Prediction`` per path, in order; a file the model must not take gets an error.
+
+        Each file is read once and its header checked (unreadable, not an image, a
+        decompression bomb: an error naming it, nothing decoded); the others are decoded
+        once, by the model, in calls of at most ``batch_size`` images and
+        ``max_batch_pixels`` declared pixels (default: the model's own bound). A call that
+        fails on a corrupt image is retried image by image, so only that file fails.
+        """
         results: dict[int, Prediction] = {}
-        good: list[tuple[int, bytes]] = []
+        good: list[tuple[int, bytes, int]] = []
         for index, path in enumerate(paths):
-            data, error = _readable_image(path)
+            data, error = read_file(path)
+            pixels = 0
+            if not error:
+                error, pixels = check_image(data, self.max_pixels)
             if error:
                 results[index] = Prediction(path, error=error)
             else:
-                good.append((index, data))
-        for start in range(0, len(good), batch_size):
-            chunk = good[start : start + batch_size]
-            out = self.classify([data for _, data in chunk])
-            for row, (index, _) in enumerate(chunk):
-                probabilities = [float(p) for p in out["probabilities"][row]]
-                class_id = int(out["class_id"][row])
-                results[index] = Prediction(
-                    paths[index],
-                    class_name=out["class_name"][row].decode(),
-                    class_id=class_id,
-                    probability=probabilities[class_id],
-                    probabilities=probabilities,
-                )
+                good.append((index, data, pixels))
+        limit = max_batch_pixels or self.max_pixels
+        for group in batches([p for _, _, p in good], batch_size, limit):
+            chunk = [good[i] for i in group]
+            for index, out, row in self._classify_chunk([(i, d) for i, d, _ in chunk]):
+                results[index] = self._prediction(paths[index], out, row)
         return [results[i] for i in range(len(paths))]
+
+    def _classify_chunk(self, chunk: list[tuple[int, bytes]]):
+        """``(index, outputs, row)`` per image; a corrupt image yields ``(index, None, 0)``."""
+        import tensorflow as tf
+
+        try:
+            out = self.classify([data for _, data in chunk])
+        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
+            if len(chunk) == 1:
+                yield chunk[0][0], None, 0
+                return
+            for one in chunk:  # find the one that does not decode; score the rest
+                yield from self._classify_chunk([one])
+            return
+        yield from ((index, out, row) for row, (index, _) in enumerate(chunk))
+
+    @staticmethod
+    def _prediction(path: str, out: dict[str, Any] | None, row: int) -> Prediction:
+        if out is None:
+            return Prediction(path, error=UNDECODABLE)
+        probabilities = [float(p) for p in out["probabilities"][row]]
+        class_id = int(out["class_id"][row])
+        return Prediction(
+            path,
+            class_name=out["class_name"][row].decode(),
+            class_id=class_id,
+            probability=probabilities[class_id],
+            probabilities=probabilities,
+        )
 
     def rest_predict(self, payload: dict[str, Any]) -> dict[str, Any]:
         """Answers a TF Serving REST ``:predict`` body in the row format.
@@ -171,7 +205,8 @@ def _instance_bytes(instance: Any, index: int) -> bytes:
         raise ValueError(f"instances[{index}]: invalid base64: {err}") from None
 
 
-UNDECODABLE = "not an image the model can decode (JPEG, PNG, GIF or BMP)"
+UNDECODABLE = "not an image the model can decode (JPEG, PNG, GIF, BMP or WebP)"
+DEFAULT_MAX_PIXELS = 40_000_000  # ingest.max_pixels' default: models exported before the bound
 
 
 def read_file(path: str) -> tuple[bytes, str]:
@@ -185,20 +220,80 @@ def read_file(path: str) -> tuple[bytes, str]:
     return (data, "") if data else (b"", "empty file")
 
 
-def decodes(data: bytes) -> bool:
-    """Whether the served model's decoder takes these bytes."""
+@dataclass(frozen=True)
+class Declared:
+    """What an encoded image's header declares (``visionpipe.pixels.declared_size``)."""
+
+    format: str
+    height: int
+    width: int
+    frames: int
+
+    @property
+    def pixels(self) -> int:
+        """Pixels the decoder would produce: every frame of a GIF counts."""
+        return self.height * self.width * self.frames
+
+
+def declared(data: bytes) -> Declared | None:
+    """The header's format and size; None when the bytes are no image the model takes.
+
+    The same function the served graph runs, called eagerly: nothing is decoded.
+    """
     import tensorflow as tf
 
+    from visionpipe.pixels import FORMAT_NAMES, UNKNOWN, declared_size
+
     try:
-        tf.io.decode_image(data, channels=3, expand_animations=False)
-    except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
-        return False
-    return True
+        fmt, height, width, frames = (int(v) for v in declared_size(tf.constant(data)).numpy())
+    except tf.errors.InvalidArgumentError:  # a JPEG without a frame header
+        return None
+    return None if fmt == UNKNOWN else Declared(FORMAT_NAMES[fmt], height, width, frames)
 
 
-def _readable_image(path: str) -> tuple[bytes, str]:
-    """The file's bytes, or an error saying why the model cannot take it."""
-    data, error = read_file(path)
-    if error:
-        return b"", error
-    return (data, "") if decodes(data) else (b"", UNDECODABLE)
+def check_image(data: bytes, max_pixels: int) -> tuple[str, int]:
+    """``(problem, pixels)``: why the model must not decode ``data`` ("" when it may).
+
+    The problem is that the bytes are no image the model takes, or that the header
+    declares more than ``max_pixels`` (a decompression bomb); ``pixels`` is what the
+    header declares (0 when unknown).
+    """
+    found = declared(data)
+    if found is None:
+        return UNDECODABLE, 0
+    if found.pixels > max_pixels:
+        frames = f" x {found.frames} frames" if found.frames > 1 else ""
+        return (
+            f"{found.format} declares {found.width}x{found.height} pixels{frames}, over the "
+            f"model's bound of {max_pixels} (a decompression bomb, or too large to serve)"
+        ), found.pixels
+    return "", found.pixels
+
+
+def model_max_pixels(model_dir: str) -> int:
+    """The pixel bound the model was exported with (its preprocessing contract)."""
+    record = storage.join(model_dir, F.TRAINING_RECORD)
+    if not storage.exists(record):
+        return DEFAULT_MAX_PIXELS
+    contract = storage.read_json(record).get("preprocessing", {})
+    return int(contract.get("max_pixels", DEFAULT_MAX_PIXELS))
+
+
+def batches(sizes: list[int], max_images: int, max_pixels: int) -> list[list[int]]:
+    """Positions grouped into model calls of at most ``max_images`` and ``max_pixels`` in all.
+
+    An image larger than ``max_pixels`` alone (already checked against the model's own
+    bound) gets a call of its own.
+    """
+    groups: list[list[int]] = []
+    current: list[int] = []
+    total = 0
+    for index, size in enumerate(sizes):
+        if current and (len(current) >= max_images or total + size > max_pixels):
+            groups.append(current)
+            current, total = [], 0
+        current.append(index)
+        total += size
+    if current:
+        groups.append(current)
+    return groups

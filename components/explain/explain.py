@@ -16,7 +16,7 @@ from trainer.export import load_classifier, model_record
 from trainer.overlays import Explained, explanation_png
 from visionpipe import storage
 from visionpipe.pixels import decode_one
-from visionpipe.serving import UNDECODABLE, read_file
+from visionpipe.serving import DEFAULT_MAX_PIXELS, UNDECODABLE, check_image, read_file
 
 INDEX_FILE = "explanations.json"
 
@@ -31,17 +31,25 @@ class Explanation:
     picture: str
 
 
-def read_images(files: list[str], size: int, mode: str) -> np.ndarray:
+def read_images(
+    files: list[str], size: int, mode: str, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
     """The files' pixels, prepared as the model's preprocessing contract says.
 
+    Each header is checked before decoding: an image declaring more than ``max_pixels``
+    (the model's bound) is refused, never decoded.
+
     Raises:
-        ExplainError: a file is missing, empty, unreadable or not a decodable image.
+        ExplainError: a file is missing, empty, unreadable, not a decodable image, or
+            declares more pixels than the model's bound.
     """
     if not files:
         raise ExplainError("no images to explain")
     pixels = []
     for path in files:
         data, error = read_file(path)
+        if not error:
+            error, _ = check_image(data, max_pixels)
         image = decode_one(data, size, mode) if not error else None
         if image is None:
             raise ExplainError(f"{path}: {error or UNDECODABLE}; nothing was written")
@@ -88,7 +96,8 @@ def run_explain(
     labels = list(record["labels"])
     classifier = load_classifier(model_dir)
     used = feature_layer(classifier, layer).name if method == "gradcam" else None
-    pixels = read_images(files, int(contract["image_size"]), str(contract["resize_mode"]))
+    size, mode = int(contract["image_size"]), str(contract["resize_mode"])
+    pixels = read_images(files, size, mode, int(contract.get("max_pixels", DEFAULT_MAX_PIXELS)))
     probabilities = np.asarray(classifier.predict(pixels.astype(np.float32), verbose=0))
     class_ids = probabilities.argmax(axis=1)
     heat = explain(classifier, pixels, class_ids, method, layer)

@@ -28,7 +28,7 @@ from visionpipe import storage
 from visionpipe.beam import pipeline_options
 from visionpipe.config import Config
 from visionpipe.errors import UserError
-from visionpipe.serving import UNDECODABLE, decodes, read_file
+from visionpipe.serving import UNDECODABLE, check_image, model_max_pixels, read_file
 
 log = logging.getLogger(__name__)
 
@@ -171,10 +171,16 @@ def _run_pipeline(predict, paths, staging, config: Config, batch_size: int):
 
 
 class _Predict(beam.DoFn):
-    """Classifies a batch of files; unreadable or undecodable ones go to ``rejects``."""
+    """Classifies a batch of files; unreadable, undecodable or too large ones go to ``rejects``.
+
+    Every file's header is checked against the model's pixel bound before anything is
+    decoded, so a decompression bomb is a reject with its reason, not a worker out of
+    memory; the rest are decoded once, by the model.
+    """
 
     def __init__(self, model_dir: str, labels: list[str], top_k: int) -> None:
         self._model_dir = model_dir
+        self._max_pixels = model_max_pixels(model_dir)
         self._labels = labels
         self._top_k = top_k
         self._predicted = beam.metrics.Metrics.counter("predict", "predicted")
@@ -193,6 +199,8 @@ class _Predict(beam.DoFn):
         good, data = [], []
         for path in paths:
             content, reason = read_file(path)
+            if not reason:
+                reason, _ = check_image(content, self._max_pixels)
             if reason:
                 self._rejected.inc()
                 yield beam.pvalue.TaggedOutput("rejects", {"path": path, "reason": reason})
@@ -200,13 +208,16 @@ class _Predict(beam.DoFn):
                 good.append(path)
                 data.append(content)
         out = self._classify(data) if data else None
-        if out is None and data:  # a file that does not decode: find it, score the rest
-            keep = [i for i, content in enumerate(data) if decodes(content)]
-            for i in sorted(set(range(len(data))) - set(keep)):
-                self._rejected.inc()
-                yield beam.pvalue.TaggedOutput("rejects", {"path": good[i], "reason": UNDECODABLE})
-            good, data = [good[i] for i in keep], [data[i] for i in keep]
-            out = self._classify(data) if data else None
+        if out is None and data:  # a corrupt file: score one by one, reject only it
+            for path, content in zip(good, data, strict=True):
+                one = self._classify([content])
+                if one is None:
+                    self._rejected.inc()
+                    yield beam.pvalue.TaggedOutput("rejects", {"path": path, "reason": UNDECODABLE})
+                else:
+                    self._predicted.inc()
+                    yield self._row(path, one, 0)
+            return
         for row, path in enumerate(good):
             self._predicted.inc()
             yield self._row(path, out, row)

@@ -46,10 +46,10 @@ def model_metadata(saved_model_dir: str, digest: str) -> dict:
         "labels": record["labels"],
         "input": {
             "column": "image",
-            "type": "encoded image bytes (JPEG, PNG, GIF or BMP); base64 strings over REST",
+            "type": "encoded image bytes (JPEG, PNG, GIF, BMP or WebP); base64 strings over REST",
             "preprocessing": "inside the model: decode to RGB, resize, normalise",
         },
-        "outputs": ["class_name", "class_id", "probability", "probabilities"],
+        "outputs": ["class_name", "class_id", "probability", "probabilities", "error"],
     }
 
 
@@ -66,6 +66,7 @@ def signature():
                 ColSpec(DataType.long, "class_id"),
                 ColSpec(DataType.double, "probability"),
                 ColSpec(Array(DataType.double), "probabilities"),
+                ColSpec(DataType.string, "error", required=False),
             ]
         ),
     )

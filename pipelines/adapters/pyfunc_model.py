@@ -5,69 +5,142 @@ alone: it imports MLflow, pandas, NumPy and TensorFlow, nothing of visionpipe, a
 server built from the model (``mlflow models serve``, ``build-docker``, a Spark UDF)
 needs only the model's own requirements.
 
-Input: a DataFrame with an ``image`` column of encoded image bytes (JPEG, PNG, GIF or
-BMP). Over REST the column is sent as base64 strings, which MLflow's scoring server
+Input: a DataFrame with an ``image`` column of encoded image bytes (JPEG, PNG, GIF, BMP
+or WebP). Over REST the column is sent as base64 strings, which MLflow's scoring server
 decodes because the signature types it ``binary``; called in-process, a ``str`` value is
 taken as base64 too. Output: one row per image with ``class_name``, ``class_id``,
-``probability`` (the predicted class's) and ``probabilities`` (every class's, in the
-order of the model metadata's ``labels``). An image that cannot be decoded fails the
-request with an error naming its row (HTTP 400 from the server), never the server.
+``probability`` (the predicted class's), ``probabilities`` (every class's, in the order
+of the model metadata's ``labels``) and ``error`` ("" when answered): a row that is not
+an image, or whose
+header declares more pixels than the model's bound (the served graph checks headers
+before decoding), gets its reason there and ``class_id`` -1, and the other rows are
+answered. A request over the model's limits (``max_rows`` images or
+``max_request_bytes`` of images, recorded when the model was exported) is refused
+whole with HTTP 400, before anything is decoded.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import re
 
 import mlflow.pyfunc
 from mlflow.exceptions import MlflowException
 
 INPUT = "image"
 SAVED_MODEL = "saved_model"  # the artifact: the SavedModel the TF Serving layout holds
+# Request limits of models exported before they were recorded (``request_limits`` in the
+# training record's preprocessing contract: ``predict.max_request_images`` and
+# ``predict.max_request_bytes`` when the model was exported).
+LIMITS = {"max_rows": 256, "max_request_bytes": 64 * 1024 * 1024}
+_BOUND = re.compile(r"image \d+ (declares [^\"\]]*)")
 
 
 class VisionpipeClassifier(mlflow.pyfunc.PythonModel):
     """The served SavedModel's ``serving_default`` signature behind MLflow's pyfunc API."""
 
     def load_context(self, context) -> None:
-        """Loads the SavedModel once per process."""
+        """Loads the SavedModel once per process, and the request limits."""
         import tensorflow as tf
 
         self._tf = tf
         self._loaded = tf.saved_model.load(context.artifacts[SAVED_MODEL])
         self._serve = self._loaded.signatures["serving_default"]
+        self._limits = _limits(context.artifacts[SAVED_MODEL])
 
     def predict(self, context, model_input, params=None):
-        """Classifies each row's image; a row that is not an image fails the request."""
+        """Classifies each row's image; a row that cannot be answered gets its error."""
         import pandas as pd
 
-        images = [_as_bytes(value, row) for row, value in enumerate(_column(model_input))]
+        values = _column(model_input)
+        self._check_limits(values)
+        rows: list[dict] = [{} for _ in values]
+        images: list[tuple[int, bytes]] = []
+        for row, value in enumerate(values):
+            data, error = _as_bytes(value)
+            if error:
+                rows[row] = _failed(error)
+            else:
+                images.append((row, data))
+        for row, answer in self._classify(images):
+            rows[row] = answer
+        columns = ["class_name", "class_id", "probability", "probabilities", "error"]
+        return pd.DataFrame(rows, columns=columns)
+
+    def _check_limits(self, values: list) -> None:
+        limits = self._limits
+        if len(values) > limits["max_rows"]:
+            raise MlflowException.invalid_parameter_value(
+                f"request has {len(values)} images; this model answers at most "
+                f"{limits['max_rows']} per request (max_rows)"
+            )
+        size = sum(len(v) for v in values if isinstance(v, bytes | bytearray | str))
+        if size > limits["max_request_bytes"]:
+            raise MlflowException.invalid_parameter_value(
+                f"request holds {size} bytes of images; this model takes at most "
+                f"{limits['max_request_bytes']} per request (max_request_bytes)"
+            )
+
+    def _classify(self, images: list[tuple[int, bytes]]):
+        """``(row, answer)`` per image: the batch in one call, one by one if that fails."""
         if not images:
-            return pd.DataFrame(columns=["class_name", "class_id", "probability", "probabilities"])
+            return
         tf = self._tf
         try:
-            out = self._serve(image_bytes=tf.constant(images, dtype=tf.string))
-        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
-            raise _bad_row(self._first_undecodable(images)) from None
+            out = self._serve(image_bytes=tf.constant([d for _, d in images], dtype=tf.string))
+        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as err:
+            if len(images) == 1:
+                yield images[0][0], _failed(_reason(err))
+                return
+            for one in images:  # the header check or a decoder refused a row: find it
+                yield from self._classify([one])
+            return
         probabilities = out["probabilities"].numpy().astype(float)
         ids = out["class_id"].numpy()
-        return pd.DataFrame(
-            {
-                "class_name": [v.decode() for v in out["class_name"].numpy()],
-                "class_id": ids.astype("int64"),
-                "probability": [float(p[i]) for p, i in zip(probabilities, ids, strict=True)],
-                "probabilities": [list(p) for p in probabilities],
-            }
-        )
+        names = out["class_name"].numpy()
+        for i, (row, _) in enumerate(images):
+            yield (
+                row,
+                {
+                    "class_name": names[i].decode(),
+                    "class_id": int(ids[i]),
+                    "probability": float(probabilities[i][ids[i]]),
+                    "probabilities": list(probabilities[i]),
+                    "error": "",  # not None: MLflow's JSON would make it NaN
+                },
+            )
 
-    def _first_undecodable(self, images: list[bytes]) -> int:
-        tf = self._tf
-        for row, data in enumerate(images):
-            try:
-                tf.io.decode_image(data, channels=3, expand_animations=False)
-            except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
-                return row
-        return -1
+
+def _limits(saved_model_dir: str) -> dict[str, int]:
+    """The request limits the model was exported with (its training record), else ``LIMITS``."""
+    import json
+    import os
+
+    record = os.path.join(saved_model_dir, "assets.extra", "training.json")
+    serving = {}
+    if os.path.exists(record):
+        with open(record) as f:
+            serving = json.load(f).get("preprocessing", {}).get("request_limits", {})
+    return {k: int(serving.get(k, v)) for k, v in LIMITS.items()}
+
+
+def _failed(error: str) -> dict:
+    return {
+        "class_name": None,
+        "class_id": -1,
+        "probability": None,
+        "probabilities": [],
+        "error": error,
+    }
+
+
+def _reason(err) -> str:
+    """The model's refusal in words: its pixel bound, or that the bytes do not decode."""
+    found = _BOUND.search(str(getattr(err, "message", err)))
+    if found:
+        return found.group(1)
+    return "not an image the model can decode (JPEG, PNG, GIF, BMP or WebP)"
 
 
 def _column(model_input):
@@ -84,26 +157,17 @@ def _column(model_input):
     return list(model_input)
 
 
-def _as_bytes(value, row: int) -> bytes:
+def _as_bytes(value) -> tuple[bytes, str]:
+    """The row's image bytes, or why the row holds none."""
     if isinstance(value, bytes | bytearray):
-        return bytes(value)
+        return (bytes(value), "") if value else (b"", "empty image")
     if isinstance(value, str):
         try:
-            return base64.b64decode(value, validate=True)
+            data = base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
-            raise MlflowException.invalid_parameter_value(
-                f"row {row}: {INPUT!r} is a string that is not base64"
-            ) from None
-    raise MlflowException.invalid_parameter_value(
-        f"row {row}: {INPUT!r} must be encoded image bytes (or base64); got {type(value).__name__}"
-    )
-
-
-def _bad_row(row: int) -> MlflowException:
-    where = f"row {row}" if row >= 0 else "a row"
-    return MlflowException.invalid_parameter_value(
-        f"{where}: not an image the model can decode (JPEG, PNG, GIF or BMP)"
-    )
+            return b"", f"{INPUT!r} is a string that is not base64"
+        return (data, "") if data else (b"", "empty image")
+    return b"", f"{INPUT!r} must be encoded image bytes (or base64); got {type(value).__name__}"
 
 
 mlflow.models.set_model(VisionpipeClassifier())
