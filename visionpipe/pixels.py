@@ -32,67 +32,82 @@ FORMAT_NAMES = ("unknown", "jpeg", "png", "gif", "bmp", "webp")
 _HEADER_BYTES = 32  # every field read below lies in the first 32 bytes (JPEG aside)
 
 
-def declared_size(data: tf.Tensor) -> tf.Tensor:
-    """``[format, height, width, frames]`` (int64) that one encoded image's header declares.
+def declared_sizes(images: tf.Tensor) -> tf.Tensor:
+    """``[batch, 4]``: format, height, width and frames (int64) each image's header declares.
 
-    Reads the header only: JPEG's frame header (``tf.image.extract_jpeg_shape``), PNG's
-    IHDR, GIF's logical screen and its frame count, BMP's info header, and WebP's VP8,
-    VP8L or VP8X chunk. An unknown format gives ``[0, 0, 0, 0]`` (the decoder refuses
-    it). A JPEG too broken to have a frame header fails here, as it would in the decoder.
+    Reads headers only, for the whole batch at once: JPEG's frame header
+    (``tf.image.extract_jpeg_shape``, on the JPEGs alone), PNG's IHDR, GIF's logical
+    screen and its frame count, BMP's info header, and WebP's VP8, VP8L or VP8X chunk. An
+    unknown format gives ``[0, 0, 0, 0]`` (the decoder refuses it). A JPEG too broken to
+    have a frame header fails here, as it would in the decoder.
     """
-    data = tf.convert_to_tensor(data, tf.string)
-    head = tf.strings.substr(
-        tf.strings.join([data, tf.constant(b"\0" * _HEADER_BYTES)]), 0, _HEADER_BYTES
-    )
-    raw = tf.cast(tf.io.decode_raw(head, tf.uint8), tf.int64)
+    images = tf.convert_to_tensor(images, tf.string)
+    head = tf.strings.substr(images + tf.constant(b"\0" * _HEADER_BYTES), 0, _HEADER_BYTES)
+    raw = tf.reshape(tf.cast(tf.io.decode_raw(head, tf.uint8), tf.int64), [-1, _HEADER_BYTES])
 
-    def le(offset: int, count: int) -> tf.Tensor:  # little-endian unsigned
-        return sum(raw[offset + i] * (256**i) for i in range(count))
+    def le(offset: int, count: int) -> tf.Tensor:  # little-endian unsigned, per image
+        return sum(raw[:, offset + i] * (256**i) for i in range(count))
 
-    def be(offset: int, count: int) -> tf.Tensor:  # big-endian unsigned
-        return sum(raw[offset + i] * (256 ** (count - 1 - i)) for i in range(count))
+    def be(offset: int, count: int) -> tf.Tensor:  # big-endian unsigned, per image
+        return sum(raw[:, offset + i] * (256 ** (count - 1 - i)) for i in range(count))
 
     def starts(prefix: bytes, at: int = 0) -> tf.Tensor:
         return tf.equal(tf.strings.substr(head, at, len(prefix)), prefix)
 
-    def out(fmt: int, height, width, frames=1) -> tf.Tensor:
-        return tf.stack([tf.constant(fmt, tf.int64), height, width, tf.cast(frames, tf.int64)])
+    is_jpeg = starts(b"\xff\xd8\xff")
+    is_png = starts(b"\x89PNG\r\n\x1a\n")
+    is_gif = starts(b"GIF8")
+    is_bmp = starts(b"BM")
+    is_webp = tf.logical_and(starts(b"RIFF"), starts(b"WEBP", 8))
+    # JPEG: the frame header can be anywhere after the other segments.
+    where_jpeg = tf.where(is_jpeg)
+    jpeg_shapes = tf.map_fn(
+        tf.image.extract_jpeg_shape,
+        tf.gather_nd(images, where_jpeg),
+        fn_output_signature=tf.TensorSpec([3], tf.int32),
+    )
+    jpeg = tf.scatter_nd(where_jpeg, tf.cast(jpeg_shapes[:, :2], tf.int64), [tf.size(images), 2])
+    # GIF: each frame of an animation has a graphic control extension (21 F9 04).
+    gifs = tf.where(is_gif, images, tf.constant(b""))
+    extensions = tf.strings.split(gifs, sep=b"\x21\xf9\x04").row_lengths() - 1
+    # BMP: the height is signed (negative for top-down rows).
+    bmp_height = tf.where(le(22, 4) >= 2**31, 2**32 - le(22, 4), le(22, 4))
+    # WebP: VP8X (extended), VP8L (lossless) or VP8 (lossy) header.
+    vp8x, vp8l, lossless = starts(b"VP8X", 12), starts(b"VP8L", 12), le(21, 4)
+    webp_height = tf.where(
+        vp8x, le(27, 3) + 1, tf.where(vp8l, (lossless // 2**14) % 2**14 + 1, le(28, 2) % 2**14)
+    )
+    webp_width = tf.where(
+        vp8x, le(24, 3) + 1, tf.where(vp8l, lossless % 2**14 + 1, le(26, 2) % 2**14)
+    )
+    zero = tf.zeros_like(le(0, 1))
 
-    def jpeg() -> tf.Tensor:
-        shape = tf.cast(tf.image.extract_jpeg_shape(data), tf.int64)
-        return out(JPEG, shape[0], shape[1])
-
-    def gif() -> tf.Tensor:
-        # Each frame of an animation has a graphic control extension (21 F9 04).
-        extensions = tf.size(tf.strings.split(data, sep=b"\x21\xf9\x04"), tf.int64) - 1
-        return out(GIF, le(8, 2), le(6, 2), tf.maximum(extensions, 1))
-
-    def bmp() -> tf.Tensor:
-        height = le(22, 4)  # a signed 32-bit value: negative for top-down rows
-        height = tf.where(height >= 2**31, 2**32 - height, height)
-        return out(BMP, height, le(18, 4))
-
-    def webp() -> tf.Tensor:
-        vp8x = out(WEBP, le(27, 3) + 1, le(24, 3) + 1)
-        lossless_bits = le(21, 4)
-        vp8l = out(WEBP, (lossless_bits // 2**14) % 2**14 + 1, lossless_bits % 2**14 + 1)
-        lossy = out(WEBP, le(28, 2) % 2**14, le(26, 2) % 2**14)
-        return tf.case(
-            [(starts(b"VP8X", 12), lambda: vp8x), (starts(b"VP8L", 12), lambda: vp8l)],
-            default=lambda: lossy,
+    def pick(jpeg_v, png_v, gif_v, bmp_v, webp_v, other):
+        return tf.where(
+            is_jpeg,
+            jpeg_v,
+            tf.where(
+                is_png,
+                png_v,
+                tf.where(is_gif, gif_v, tf.where(is_bmp, bmp_v, tf.where(is_webp, webp_v, other))),
+            ),
         )
 
-    zero = tf.constant(0, tf.int64)
-    return tf.case(
+    one = zero + 1
+    return tf.stack(
         [
-            (starts(b"\xff\xd8\xff"), jpeg),
-            (starts(b"\x89PNG\r\n\x1a\n"), lambda: out(PNG, be(20, 4), be(16, 4))),
-            (starts(b"GIF8"), gif),
-            (starts(b"BM"), bmp),
-            (tf.logical_and(starts(b"RIFF"), starts(b"WEBP", 8)), webp),
+            pick(zero + JPEG, zero + PNG, zero + GIF, zero + BMP, zero + WEBP, zero + UNKNOWN),
+            pick(jpeg[:, 0], be(20, 4), le(8, 2), bmp_height, webp_height, zero),
+            pick(jpeg[:, 1], be(16, 4), le(6, 2), le(18, 4), webp_width, zero),
+            pick(one, one, tf.maximum(extensions, 1), one, one, zero),
         ],
-        default=lambda: out(UNKNOWN, zero, zero, 0),
+        axis=1,
     )
+
+
+def declared_size(data: tf.Tensor) -> tf.Tensor:
+    """``[format, height, width, frames]`` of one encoded image (``declared_sizes``)."""
+    return declared_sizes(tf.reshape(tf.convert_to_tensor(data, tf.string), [1]))[0]
 
 
 def check_declared(images: tf.Tensor, max_pixels: int) -> tf.Tensor:
@@ -102,16 +117,20 @@ def check_declared(images: tf.Tensor, max_pixels: int) -> tf.Tensor:
     nothing before the whole batch has passed. The error names the first image over the
     bound, its index in the batch, its declared size and the bound.
     """
-    declared = tf.map_fn(declared_size, images, fn_output_signature=tf.TensorSpec([4], tf.int64))
+    declared = declared_sizes(images)
     pixels = declared[:, 1] * declared[:, 2] * declared[:, 3]
-    over = tf.where(pixels > max_pixels)[:, 0]
-    first = tf.cond(tf.size(over) > 0, lambda: over[0], lambda: tf.constant(0, tf.int64))
-    message = tf.strings.format(
-        "image {} declares {}x{} pixels x {} frame(s), more than the {} pixels this model"
-        " takes (a decompression bomb, or an image too large to serve)",
-        (first, declared[first, 2], declared[first, 1], declared[first, 3], max_pixels),
-    )
-    check = tf.debugging.Assert(tf.equal(tf.size(over), 0), [message], summarize=1)
+    ok = tf.reduce_all(pixels <= max_pixels)
+
+    def refusal() -> tf.Tensor:  # built only when an image is over the bound
+        first = tf.where(pixels > max_pixels)[0, 0]
+        return tf.strings.format(
+            "image {} declares {}x{} pixels x {} frame(s), more than the {} pixels this model"
+            " takes (a decompression bomb, or an image too large to serve)",
+            (first, declared[first, 2], declared[first, 1], declared[first, 3], max_pixels),
+        )
+
+    message = tf.cond(ok, lambda: tf.constant(""), refusal)
+    check = tf.debugging.Assert(ok, [message], summarize=1)
     with tf.control_dependencies([check]):
         return tf.identity(images)
 
