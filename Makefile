@@ -53,13 +53,11 @@ compile: setup
 mlflow-server: setup postgres
 	$(BIN)/python -m pipelines.adapters.mlflow_server --port 5001 --db-port 5433
 
-# The registry's champion behind MLflow's model server, on 127.0.0.1:$(SERVE_PORT).
+# The registry's champion behind MLflow's scoring server (with a body limit), on 127.0.0.1:$(SERVE_PORT).
 SERVE_PORT ?= 5002
 MODEL_NAME ?= visionpipe-classifier
 serve: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" MLFLOW_TRACKING_URI=sqlite:///$(VISIONPIPE_HOME)/mlflow.db \
-		$(BIN)/mlflow models serve -m models:/$(MODEL_NAME)@champion --env-manager local \
-		-h 127.0.0.1 -p $(SERVE_PORT)
+	$(BIN)/visionpipe serve --model models:/$(MODEL_NAME)@champion --port $(SERVE_PORT)
 
 mlflow-ui: setup
 	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 \

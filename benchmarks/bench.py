@@ -34,8 +34,13 @@ Guard: refusing a 16,000 x 16,000 PNG bomb (the served signature, ``visionpipe
 predict``) against decoding it, each case's peak memory in a fresh process, and the
 header check's share of a served call (``benchmarks/guard_bench.py``).
 
+Load: ``visionpipe serve`` under 1 and then 16 concurrent clients on loopback, valid
+requests mixed with bombs, non-images, empty requests, too many rows and too large
+bodies: requests/s, p50/p99, answers by kind, the server's peak memory
+(``benchmarks/load_bench.py``).
+
 Usage: python benchmarks/bench.py --data data/sample
-       [--only pipeline|ingest|serving|trainer|quality|predict|edge|guard] [--set k=v ...]
+       [--only pipeline|ingest|serving|trainer|quality|predict|edge|guard|load] [--set k=v ...]
 """
 
 from __future__ import annotations
@@ -124,6 +129,7 @@ def main() -> int:
             "predict",
             "edge",
             "guard",
+            "load",
         ),
     )
     parser.add_argument("--photos", type=int, default=3000)
@@ -161,6 +167,10 @@ def main() -> int:
             from benchmarks.guard_bench import bench_guard
 
             rows += bench_guard(Path(work) / "guard", os.path.abspath(args.data), args.set)
+        if args.only in (None, "load"):
+            from benchmarks.load_bench import bench_load
+
+            rows += bench_load(Path(work) / "load", os.path.abspath(args.data), args.set)
         if args.only in (None, "pipeline"):
             rows += bench_pipeline(os.path.abspath(args.data), args.set, work)
     width = max(len(r[0]) for r in rows)

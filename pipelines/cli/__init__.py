@@ -2,7 +2,8 @@
 
 - ``steps``: a verb per declared step (``components/<step>/spec.py``), derived;
 - ``run``: the whole local run, ``compare`` and ``sample-data``;
-- ``kfp``: ``compile``, ``submit`` and ``schedule``.
+- ``kfp``: ``compile``, ``submit`` and ``schedule``;
+- ``serve``: a registered model over REST, behind a body limit.
 
 Every verb takes ``--config FILE.yaml`` and repeatable ``--set section.key=value``; the
 configuration is validated before any work starts, and so are the options that stand
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole parser: the shared options, then each family's verbs."""
-    from pipelines.cli import kfp, run, steps
+    from pipelines.cli import kfp, run, serve, steps
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", metavar="FILE.yaml", help="YAML file with config sections")
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_sample_data(command)
     steps.add_verbs(command)
     run.add_verbs(command)
+    serve.add_verbs(command)
     kfp.add_verbs(command, sub)
     return parser
 

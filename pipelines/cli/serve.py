@@ -1,0 +1,60 @@
+"""``visionpipe serve``: a registered model behind MLflow's scoring server, with a body limit."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+
+from visionpipe.config import Config, ConfigError
+
+
+def add_verbs(command) -> None:
+    """``serve``."""
+    p = command(
+        "serve",
+        serve,
+        "Serve a registered model over REST (MLflow's scoring server behind a body limit).",
+    )
+    p.add_argument(
+        "--model",
+        default="",
+        metavar="MODELS_URI_OR_DIR",
+        help="models:/NAME@ALIAS, models:/NAME/VERSION or an MLflow Model directory "
+        "(default: models:/<push.model_name>@champion)",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=5002, help="port (default 5002)")
+    p.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=0,
+        help="refuse request bodies over this size with 413 (default: 96 MiB)",
+    )
+
+
+def serve(args, config: Config) -> int:
+    """Downloads the model, then runs the server in the foreground until Ctrl-C."""
+    from pipelines.adapters import mlflow_tracking as tracking
+    from pipelines.adapters.mlflow_model import guarded_serve_command
+
+    if args.max_body_bytes < 0 or not 0 < args.port < 65536:
+        raise ConfigError(
+            f"--port must be 1-65535 and --max-body-bytes 0 or more. "
+            f"Received: {args.port}, {args.max_body_bytes}"
+        )
+    model = args.model or f"models:/{config.push.model_name}@champion"
+    with tempfile.TemporaryDirectory(prefix="visionpipe-serve-") as tmp:
+        argv, env = guarded_serve_command(
+            model,
+            tracking.tracking_uri(config),
+            args.port,
+            tmp,
+            host=args.host,
+            max_body_bytes=args.max_body_bytes or None,
+        )
+        print(f"serving {model} on http://{args.host}:{args.port}/invocations", file=sys.stderr)
+        try:
+            return subprocess.run(argv, env=env).returncode
+        except KeyboardInterrupt:
+            return 0
