@@ -187,10 +187,24 @@ def test_the_mlflow_model_answers_per_row_and_refuses_a_request_over_its_limits(
     rows = [good, png_bomb(), b"junk", "%%% not base64", good]
     out = model.predict(pd.DataFrame({"image": rows}))
     assert [error == "" for error in out["error"]] == [True, False, False, False, True]
-    assert out["error"][1].startswith("declares 16000x16000 pixels x 1 frame(s), more than")
+    assert out["error"][1].startswith("png declares 16000x16000 pixels, over the model's bound")
     assert "not an image the model can decode" in out["error"][2]
     assert "not base64" in out["error"][3]
     assert list(out["class_id"][1:4]) == [-1, -1, -1]
     assert out["class_name"][0] == out["class_name"][4]
     with pytest.raises(MlflowException, match="request has 257 images; this model answers at"):
         model.predict(pd.DataFrame({"image": [good] * 257}))
+
+
+def test_explain_refuses_a_bomb_naming_it_and_writes_nothing(
+    trained, tiny_dataset, tmp_path, capsys
+):
+    from tests.conftest import fails_in_one_line
+
+    good = str(next((Path(tiny_dataset) / "circle").glob("*.jpg")))
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_bomb())
+    out = tmp_path / "why"
+    args = ["explain", "--model", trained.model_uri, "--out", str(out), good, str(bomb)]
+    err = fails_in_one_line(args, capsys, out)
+    assert f"{bomb}: png declares 16000x16000 pixels, over the model's bound" in err

@@ -13,6 +13,9 @@ preprocessing that training saw: training and serving cannot skew. Two signature
 - ``serve_pixels``: ``images``, a batch of decoded uint8 ``[batch, h, w, 3]`` images,
   resized by the same function the transform graph uses; for batch jobs that already
   hold pixels.
+- ``declared_sizes``: ``image_bytes`` in, what each header declares out (format code,
+  height, width, frames) with the model's bound: for a caller that answers per image
+  and bounds the pixels of each call (the MLflow Model), decoding nothing.
 """
 
 from __future__ import annotations
@@ -29,10 +32,11 @@ import trainer.model  # noqa: F401 - registers the custom layers a saved classif
 from visionpipe import features as F
 from visionpipe import storage
 from visionpipe.errors import UserError
-from visionpipe.pixels import check_declared, resize_batch
+from visionpipe.pixels import FORMAT_NAMES, check_declared, declared_sizes, resize_batch
 from visionpipe.transform_graph import TransformGraph
 
 PIXELS_SIGNATURE = "serve_pixels"
+HEADERS_SIGNATURE = "declared_sizes"  # what each image's header declares; decodes nothing
 PIXELS_INPUT = "images"
 
 
@@ -62,6 +66,18 @@ class ServingModule(tf.Module):
         """Classifies a batch of decoded uint8 images of one size."""
         return self._classify(resize_batch(images, self._size, self._mode))
 
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=F.SERVING_INPUT)])
+    def serve_headers(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Format, height, width and frames each header declares, and the model's bound."""
+        declared = declared_sizes(image_bytes)
+        return {
+            "format": tf.gather(tf.constant(FORMAT_NAMES), declared[:, 0]),
+            "height": declared[:, 1],
+            "width": declared[:, 2],
+            "frames": declared[:, 3],
+            "max_pixels": tf.fill(tf.shape(image_bytes), tf.constant(self._max_pixels, tf.int64)),
+        }
+
     def _classify(self, pixels: tf.Tensor) -> dict[str, tf.Tensor]:
         probabilities = self.model(tf.cast(pixels, tf.float32), training=False)
         probabilities = tf.cast(probabilities, tf.float32)
@@ -87,6 +103,7 @@ def export_serving_model(
         signatures={
             F.SERVING_SIGNATURE: module.serve_bytes,
             PIXELS_SIGNATURE: module.serve_pixels,
+            HEADERS_SIGNATURE: module.serve_headers,
         },
     )
     return export_dir

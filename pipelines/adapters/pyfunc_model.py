@@ -11,12 +11,12 @@ decodes because the signature types it ``binary``; called in-process, a ``str`` 
 taken as base64 too. Output: one row per image with ``class_name``, ``class_id``,
 ``probability`` (the predicted class's), ``probabilities`` (every class's, in the order
 of the model metadata's ``labels``) and ``error`` ("" when answered): a row that is not
-an image, or whose
-header declares more pixels than the model's bound (the served graph checks headers
-before decoding), gets its reason there and ``class_id`` -1, and the other rows are
-answered. A request over the model's limits (``max_rows`` images or
-``max_request_bytes`` of images, recorded when the model was exported) is refused
-whole with HTTP 400, before anything is decoded.
+an image, or whose header declares more pixels than the model's bound, gets its reason
+there and ``class_id`` -1, and the other rows are answered, in model calls of at most
+the model's pixel bound in all (the headers are read first, through the model's
+``declared_sizes`` signature, which decodes nothing). A request over the model's
+limits (``max_rows`` images or ``max_request_bytes`` of images, recorded when the model
+was exported) is refused whole with HTTP 400, before anything is decoded.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ SAVED_MODEL = "saved_model"  # the artifact: the SavedModel the TF Serving layou
 # training record's preprocessing contract: ``predict.max_request_images`` and
 # ``predict.max_request_bytes`` when the model was exported).
 LIMITS = {"max_rows": 256, "max_request_bytes": 64 * 1024 * 1024}
+NOT_AN_IMAGE = "not an image the model can decode (JPEG, PNG, GIF, BMP or WebP)"
 _BOUND = re.compile(r"image \d+ (declares [^\"\]]*)")
 
 
@@ -47,6 +48,9 @@ class VisionpipeClassifier(mlflow.pyfunc.PythonModel):
         self._tf = tf
         self._loaded = tf.saved_model.load(context.artifacts[SAVED_MODEL])
         self._serve = self._loaded.signatures["serving_default"]
+        # Models exported before it lack it: their graph's own check still refuses bombs.
+        self._headers = self._loaded.signatures.get("declared_sizes")
+        self._max_call_pixels = 40_000_000  # replaced by the model's own bound when read
         self._limits = _limits(context.artifacts[SAVED_MODEL])
 
     def predict(self, context, model_input, params=None):
@@ -63,8 +67,9 @@ class VisionpipeClassifier(mlflow.pyfunc.PythonModel):
                 rows[row] = _failed(error)
             else:
                 images.append((row, data))
-        for row, answer in self._classify(images):
-            rows[row] = answer
+        for calls in self._calls(images, rows):
+            for row, answer in self._classify(calls):
+                rows[row] = answer
         columns = ["class_name", "class_id", "probability", "probabilities", "error"]
         return pd.DataFrame(rows, columns=columns)
 
@@ -81,6 +86,59 @@ class VisionpipeClassifier(mlflow.pyfunc.PythonModel):
                 f"request holds {size} bytes of images; this model takes at most "
                 f"{limits['max_request_bytes']} per request (max_request_bytes)"
             )
+
+    def _calls(self, images: list[tuple[int, bytes]], rows: list[dict]):
+        """The images in model calls of at most the model's pixel bound in all.
+
+        Each header is read first (the model's ``declared_sizes`` signature, which decodes
+        nothing); a row that is no image, or declares more than the bound, is answered
+        with its error here and never decoded.
+        """
+        if self._headers is None or not images:
+            if images:
+                yield images
+            return
+        declared = self._declared(images)
+        call, total = [], 0
+        for (row, data), found in zip(images, declared, strict=True):
+            if isinstance(found, str):
+                rows[row] = _failed(found)
+                continue
+            if call and total + found > self._max_call_pixels:
+                yield call
+                call, total = [], 0
+            call.append((row, data))
+            total += found
+        if call:
+            yield call
+
+    def _declared(self, images: list[tuple[int, bytes]]) -> list:
+        """Per image: its declared pixels, or why it must not be decoded."""
+        tf = self._tf
+        try:
+            out = self._headers(image_bytes=tf.constant([d for _, d in images], dtype=tf.string))
+        except tf.errors.InvalidArgumentError:  # a JPEG without a frame header: find it
+            if len(images) == 1:
+                return [NOT_AN_IMAGE]
+            return [found for one in images for found in self._declared([one])]
+        values = {k: v.numpy() for k, v in out.items()}
+        self._max_call_pixels = int(values["max_pixels"][0])
+        found = []
+        for i in range(len(images)):
+            fmt = values["format"][i].decode()
+            height, width = int(values["height"][i]), int(values["width"][i])
+            frames, bound = int(values["frames"][i]), int(values["max_pixels"][i])
+            if fmt == "unknown":
+                found.append(NOT_AN_IMAGE)
+            elif height * width * frames > bound:
+                shown = f" x {frames} frames" if frames > 1 else ""
+                found.append(
+                    f"{fmt} declares {width}x{height} pixels{shown}, over the model's bound of "
+                    f"{bound} (a decompression bomb, or too large to serve)"
+                )
+            else:
+                found.append(height * width * frames)
+        return found
 
     def _classify(self, images: list[tuple[int, bytes]]):
         """``(row, answer)`` per image: the batch in one call, one by one if that fails."""
@@ -138,9 +196,7 @@ def _failed(error: str) -> dict:
 def _reason(err) -> str:
     """The model's refusal in words: its pixel bound, or that the bytes do not decode."""
     found = _BOUND.search(str(getattr(err, "message", err)))
-    if found:
-        return found.group(1)
-    return "not an image the model can decode (JPEG, PNG, GIF, BMP or WebP)"
+    return found.group(1) if found else NOT_AN_IMAGE
 
 
 def _column(model_input):
