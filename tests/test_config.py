@@ -113,6 +113,8 @@ def test_each_list_of_names_has_one_source_and_its_users_cover_it():
 
     from components.edge.convert import FORMATS
     from components.evaluate.metrics import evaluate_model
+    from components.explain.spec import METHODS as EXPLAIN_METHODS
+    from trainer.explain import METHODS
     from trainer.model import _BACKBONES
     from trainer.tune import _TUNERS
     from visionpipe.sections import (
@@ -126,6 +128,7 @@ def test_each_list_of_names_has_one_source_and_its_users_cover_it():
     assert set(_BACKBONES) == set(BACKBONES)
     assert set(_TUNERS) == set(TUNER_ALGORITHMS)
     assert tuple(FORMATS) == EDGE_FORMATS
+    assert EXPLAIN_METHODS == METHODS  # the CLI's choices, without importing TensorFlow
     metrics, _ = evaluate_model(["a", "b"], np.array([[0.9, 0.1], [0.2, 0.8]]), ["a", "b"])
     whole = {k for k in metrics if "/" not in k} - {"examples"}
     assert whole == set(MODEL_METRICS)

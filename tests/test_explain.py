@@ -2,6 +2,7 @@
 writes one picture per image and refuses bad input in one line; evaluate's gallery."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -114,7 +115,7 @@ def test_explain_refuses_bad_input_in_one_line_writing_nothing(
     junk.write_bytes(b"not an image")
     base = ["explain", "--model", trained.model_uri, "--out", str(out)]
 
-    err = fails_in_one_line([*base, good[0], str(junk)], capsys, out)
+    err = fails_in_one_line([*base, str(junk)], capsys, out)  # nothing to explain
     assert str(junk) in err and "not an image the model can decode" in err
     err = fails_in_one_line([*base, good[0], "--layer", "no_such_layer"], capsys, out)
     assert "'no_such_layer' is not in the model" in err
@@ -165,3 +166,26 @@ def test_evaluate_writes_the_mistakes_gallery_linked_from_the_report(
     assert f"{wrong} of {int(blessing.candidate['examples'])} test images misclassified" in page
     assert page.count("<tr>") == 1 + min(wrong, tiny_config.evaluate.gallery_size)
     assert page.count("data:image/png;base64,") == 2 * min(wrong, tiny_config.evaluate.gallery_size)
+
+
+def test_explain_reports_a_file_it_cannot_explain_and_explains_the_others(
+    trained, tiny_dataset, tmp_path, capsys
+):
+    out = tmp_path / "why"
+    good = _images(tiny_dataset)[:2]
+    junk = tmp_path / "junk.jpg"
+    junk.write_bytes(b"not an image")
+    args = ["explain", "--model", trained.model_uri, "--out", str(out), good[0], str(junk), good[1]]
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if line.startswith("visionpipe: error")]
+    assert errors == [
+        f"visionpipe: error: {junk}: not an image the model can decode "
+        "(JPEG, PNG, GIF, BMP or WebP)"
+    ]
+    assert [line.split("\t")[0] for line in captured.out.splitlines()] == good
+    index = json.loads((out / "explanations.json").read_text())
+    assert [bool(i["error"]) for i in index["images"]] == [False, True, False]
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(
+        Path(i["picture"]).name for i in index["images"] if i["picture"]
+    )

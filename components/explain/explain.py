@@ -1,7 +1,10 @@
 """``visionpipe explain``: per image, a PNG of the image with its heat map and prediction.
 
-Every input is read, decoded and checked, and the layer resolved, before anything is
-written: a bad input is one error naming it, and the output folder is untouched.
+Every input is read and its header checked, and the layer resolved, before anything is
+written. A file that cannot be explained (missing, not an image, or declaring more
+pixels than the model takes) is reported with its reason, in the index and on the
+console, and the others are explained; when none can be, that is one error and the
+output folder is untouched.
 """
 
 from __future__ import annotations
@@ -23,38 +26,43 @@ INDEX_FILE = "explanations.json"
 
 @dataclass(frozen=True)
 class Explanation:
-    """One explained image: its prediction and the picture written for it."""
+    """One image: its prediction and the picture written for it, or why there is none."""
 
     file: str
-    class_name: str
-    probability: float
-    picture: str
+    class_name: str = ""
+    probability: float = 0.0
+    picture: str = ""
+    error: str = ""
 
 
 def read_images(
     files: list[str], size: int, mode: str, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> np.ndarray:
-    """The files' pixels, prepared as the model's preprocessing contract says.
+) -> tuple[np.ndarray, dict[int, str]]:
+    """The pixels of the files that can be explained, and why each other one cannot.
 
     Each header is checked before decoding: an image declaring more than ``max_pixels``
-    (the model's bound) is refused, never decoded.
+    (the model's bound) is refused, never decoded. Returns ``(pixels, problems)``:
+    pixels in file order for the good files, problems by file position.
 
     Raises:
-        ExplainError: a file is missing, empty, unreadable, not a decodable image, or
-            declares more pixels than the model's bound.
+        ExplainError: no files, or none of them can be explained (nothing is written).
     """
     if not files:
         raise ExplainError("no images to explain")
-    pixels = []
-    for path in files:
+    pixels, problems = [], {}
+    for index, path in enumerate(files):
         data, error = read_file(path)
         if not error:
             error, _ = check_image(data, max_pixels)
         image = decode_one(data, size, mode) if not error else None
         if image is None:
-            raise ExplainError(f"{path}: {error or UNDECODABLE}; nothing was written")
-        pixels.append(image)
-    return np.stack(pixels)
+            problems[index] = error or UNDECODABLE
+        else:
+            pixels.append(image)
+    if not pixels:
+        first = min(problems)
+        raise ExplainError(f"{files[first]}: {problems[first]}; nothing was written")
+    return np.stack(pixels), problems
 
 
 def picture_names(files: list[str], method: str) -> list[str]:
@@ -85,7 +93,11 @@ def run_explain(
 
     Raises:
         NotAVisionpipeModel: ``model_dir`` lacks the classifier or the training record.
-        ExplainError: an unknown method or layer, or a file that cannot be explained.
+        ExplainError: an unknown method or layer, or no file that can be explained.
+
+    Returns:
+        One ``Explanation`` per file, in order; a file that could not be explained has
+        its ``error`` and no picture.
     """
     if method not in METHODS:
         raise ExplainError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
@@ -97,19 +109,27 @@ def run_explain(
     classifier = load_classifier(model_dir)
     used = feature_layer(classifier, layer).name if method == "gradcam" else None
     size, mode = int(contract["image_size"]), str(contract["resize_mode"])
-    pixels = read_images(files, size, mode, int(contract.get("max_pixels", DEFAULT_MAX_PIXELS)))
+    bound = int(contract.get("max_pixels", DEFAULT_MAX_PIXELS))
+    pixels, problems = read_images(files, size, mode, bound)
+    good = [f for i, f in enumerate(files) if i not in problems]
     probabilities = np.asarray(classifier.predict(pixels.astype(np.float32), verbose=0))
     class_ids = probabilities.argmax(axis=1)
     heat = explain(classifier, pixels, class_ids, method, layer)
-    results, pictures = [], {}
+    names = [n for i, n in enumerate(picture_names(files, method)) if i not in problems]
+    explained, pictures = [], {}
     for path, name, image, row, class_id, h in zip(
-        files, picture_names(files, method), pixels, probabilities, class_ids, heat, strict=True
+        good, names, pixels, probabilities, class_ids, heat, strict=True
     ):
         item = Explained(image, h, labels[class_id], float(row[class_id]), name=path)
         pictures[name] = explanation_png(item, method)
-        results.append(
+        explained.append(
             Explanation(path, item.predicted, item.probability, storage.join(out_dir, name))
         )
+    done = iter(explained)
+    results = [
+        Explanation(path, error=problems[i]) if i in problems else next(done)
+        for i, path in enumerate(files)
+    ]
     for name, png in pictures.items():  # all rendered: now write
         storage.write_bytes(storage.join(out_dir, name), png)
     index = {"method": method, "layer": used, "images": [asdict(r) for r in results]}

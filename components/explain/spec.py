@@ -31,7 +31,8 @@ def run(
         with naming(model_dir, model):
             explained = run_explain(model_dir, images, out, method, layer)
     ctx.tracker.log_params({"model": model, "method": method, "layer": layer or "auto"})
-    ctx.tracker.log_metrics({"images": len(explained)})
+    failed = sum(1 for e in explained if e.error)
+    ctx.tracker.log_metrics({"images": len(explained) - failed, "refused": failed})
     return explained
 
 
@@ -51,16 +52,22 @@ def _arguments(p) -> None:
     )
 
 
-def _show(args, explained: list[Explanation]) -> None:
+def _show(args, explained: list[Explanation]) -> int:
+    import sys
+
     for e in explained:
-        print(f"{e.file}\t{e.class_name}\t{e.probability:.4f}\t{e.picture}")
+        if e.error:
+            print(f"visionpipe: error: {e.file}: {e.error}", file=sys.stderr)
+        else:
+            print(f"{e.file}\t{e.class_name}\t{e.probability:.4f}\t{e.picture}")
+    return 1 if any(e.error for e in explained) else 0
 
 
 STEPS = (
     Step(
         name="explain",
         run=run,
-        figure=lambda explained: f"{len(explained)} images explained",
+        figure=lambda explained: f"{sum(1 for e in explained if not e.error)} images explained",
         in_pipeline=False,
         verb=Verb(
             help="Heat maps of why the model classified each image as it did (PNG).",
