@@ -107,6 +107,7 @@ def test_one_local_scheduler_per_home(tmp_path):
         pass
 
 
+@pytest.mark.processes
 def test_run_local_keeps_going_when_every_run_fails(tmp_path, isolated_home):
     cmd = [sys.executable, "-m", "pipelines.cli", "schedule", "run-local"]
     cmd += ["--cron", "* * * * * *", "--max-runs", "2", "--data", str(tmp_path / "missing")]
