@@ -28,7 +28,7 @@ def step_packages() -> tuple[str, ...]:
 
 @functools.cache
 def all_steps() -> dict[str, Step]:
-    """Every declared step by name.
+    """Every declared step by name, in their ``order`` (pipeline steps as they run).
 
     Raises:
         ValueError: two folders declare a step of the same name.
@@ -39,7 +39,7 @@ def all_steps() -> dict[str, Step]:
             if step.name in steps:
                 raise ValueError(f"step {step.name!r} is declared twice ({package})")
             steps[step.name] = step
-    return steps
+    return dict(sorted(steps.items(), key=lambda item: (item[1].order, item[0])))
 
 
 def step(name: str) -> Step:

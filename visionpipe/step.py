@@ -96,6 +96,8 @@ class Step:
         records: whether this process records (False in a tuning or training worker).
         training: runs on the training image, with the pipeline's accelerators.
         in_pipeline: a KFP component (False: a CLI verb only).
+        order: where the step comes in listings (``visionpipe --help``): the pipeline's
+            steps in the order they run, then the verbs that use a model.
     """
 
     name: str
@@ -113,6 +115,7 @@ class Step:
     records: Callable[[], bool] = lambda: True
     training: bool = False
     in_pipeline: bool = True
+    order: int = 100
 
     def __post_init__(self) -> None:
         for port, kind in {**self.inputs, **self.outputs}.items():

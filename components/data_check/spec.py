@@ -52,6 +52,7 @@ def summary(record: RunRecord) -> list[tuple[str, str]]:
 STEPS = (
     Step(
         name="data-check",
+        order=20,
         run=run,
         doc="Whether the run goes on to train: False only when the run asks to train on "
         "changed data alone and the data, model settings and version are unchanged.",

@@ -126,6 +126,7 @@ def _show(args, report: EdgeReport) -> None:
 STEPS = (
     Step(
         name="edge-export",
+        order=80,
         run=run,
         doc="The pushed model in pipeline.edge_export's formats, each scored; returns the "
         "verdict. pushed_version (push's output) orders it after push.",

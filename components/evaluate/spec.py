@@ -114,6 +114,7 @@ def _show(args, result: Blessing) -> None:
 STEPS = (
     Step(
         name="evaluate",
+        order=60,
         run=run,
         doc="Candidate vs. champion on the same test split; returns whether it is blessed.",
         inputs={"raw_examples": "Dataset", "model": "Model"},

@@ -66,6 +66,7 @@ def _show(args, explained: list[Explanation]) -> int:
 STEPS = (
     Step(
         name="explain",
+        order=97,
         run=run,
         figure=lambda explained: f"{sum(1 for e in explained if not e.error)} images explained",
         in_pipeline=False,

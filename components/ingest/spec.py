@@ -86,6 +86,7 @@ def _show(args, result: IngestResult) -> None:
 STEPS = (
     Step(
         name="ingest",
+        order=10,
         run=run,
         doc="Ingest images into split TFRecords; returns the data fingerprint.",
         params={"data": str},

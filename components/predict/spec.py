@@ -106,6 +106,7 @@ def _show_files(args, predictions: list[Prediction]) -> int:
 STEPS = (
     Step(
         name="predict-batch",
+        order=95,
         run=run_batch,
         doc="Scores ``data`` with ``model`` (default: the registry's champion) into ``out``.",
         params={"model": str, "data": str, "out": str, "overwrite": bool},
@@ -127,6 +128,7 @@ STEPS = (
     ),
     Step(
         name="predict",
+        order=90,
         run=run_files,
         figure=lambda found: f"{len(found)} files, {sum(1 for p in found if p.error)} errors",
         in_pipeline=False,

@@ -97,6 +97,7 @@ def _show_rollback(args, done: dict) -> None:
 STEPS = (
     Step(
         name="push",
+        order=70,
         run=run,
         doc="Publish a blessed model; returns the serving version.",
         inputs={"model": "Model", "blessing": "Artifact"},
@@ -114,6 +115,7 @@ STEPS = (
     ),
     Step(
         name="rollback",
+        order=75,
         run=run_rollback,
         figure=lambda done: f"champion is version {done['champion']} again",
         in_pipeline=False,

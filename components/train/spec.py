@@ -114,6 +114,7 @@ def _show(args, result: TrainResult) -> None:
 STEPS = (
     Step(
         name="train",
+        order=50,
         run=run,
         doc="Train with the best hyperparameters; export the serving SavedModel.",
         inputs={

@@ -56,6 +56,7 @@ def _show(args, result: TransformResult) -> None:
 STEPS = (
     Step(
         name="transform",
+        order=30,
         run=run,
         doc="tf.Transform: transformed examples and the transform graph.",
         inputs={"raw_examples": "Dataset"},

@@ -108,6 +108,7 @@ def _show(args, result: TuneResult) -> None:
 STEPS = (
     Step(
         name="tune",
+        order=40,
         run=run,
         doc="keras-tuner search; the best hyperparameters as an artifact.",
         inputs={"examples": "Dataset", "transform_graph": "Artifact"},
