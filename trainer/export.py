@@ -1,7 +1,7 @@
 """Exporting the served model: raw image bytes in, class names, ids and probabilities out.
 
 The tf.Transform graph is inside the SavedModel, so serving runs exactly the
-preprocessing that training saw: training and serving cannot skew. Two signatures:
+preprocessing that training saw: training and serving cannot skew. Three signatures:
 
 - ``serving_default``: ``image_bytes``, a batch of encoded images (JPEG, PNG, GIF, BMP
   or WebP), through the transform graph. TF Serving's REST API accepts it as
