@@ -7,6 +7,7 @@ module only moves bytes in and results out.
 from __future__ import annotations
 
 import base64
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,7 @@ from visionpipe import features as F
 from visionpipe import layout, storage
 from visionpipe.errors import UserError
 from visionpipe.registry import MODELS_SCHEME, Registry, RegistryError, download_uri
+from visionpipe.sections import IngestConfig
 
 MODEL_LOCATIONS = (
     "SavedModel directory, a model folder of a serving root (highest version), "
@@ -115,14 +117,18 @@ class Classifier:
         fails on a corrupt image is retried image by image, so only that file fails.
         """
         results: dict[int, Prediction] = {}
-        good: list[tuple[int, bytes, int]] = []
+        read: list[tuple[int, bytes]] = []
         for index, path in enumerate(paths):
             data, error = read_file(path)
-            pixels = 0
-            if not error:
-                error, pixels = check_image(data, self.max_pixels)
             if error:
                 results[index] = Prediction(path, error=error)
+            else:
+                read.append((index, data))
+        checked = check_images([data for _, data in read], self.max_pixels)
+        good: list[tuple[int, bytes, int]] = []
+        for (index, data), (error, pixels) in zip(read, checked, strict=True):
+            if error:
+                results[index] = Prediction(paths[index], error=error)
             else:
                 good.append((index, data, pixels))
         limit = max_batch_pixels or self.max_pixels
@@ -206,7 +212,8 @@ def _instance_bytes(instance: Any, index: int) -> bytes:
 
 
 UNDECODABLE = "not an image the model can decode (JPEG, PNG, GIF, BMP or WebP)"
-DEFAULT_MAX_PIXELS = 40_000_000  # ingest.max_pixels' default: models exported before the bound
+# The bound of models exported before it was recorded: ingest.max_pixels' default.
+DEFAULT_MAX_PIXELS: int = IngestConfig.model_fields["max_pixels"].default
 
 
 def read_file(path: str) -> tuple[bytes, str]:
@@ -220,54 +227,64 @@ def read_file(path: str) -> tuple[bytes, str]:
     return (data, "") if data else (b"", "empty file")
 
 
-@dataclass(frozen=True)
-class Declared:
-    """What an encoded image's header declares (``visionpipe.pixels.declared_size``)."""
-
-    format: str
-    height: int
-    width: int
-    frames: int
-
-    @property
-    def pixels(self) -> int:
-        """Pixels the decoder would produce: every frame of a GIF counts."""
-        return self.height * self.width * self.frames
-
-
-def declared(data: bytes) -> Declared | None:
-    """The header's format and size; None when the bytes are no image the model takes.
-
-    The same function the served graph runs, called eagerly: nothing is decoded.
-    """
+@functools.cache
+def _header_reader():
+    """``pixels.declared_sizes`` as one graph, traced once per process."""
     import tensorflow as tf
 
-    from visionpipe.pixels import FORMAT_NAMES, UNKNOWN, declared_size
+    from visionpipe.pixels import declared_sizes
 
-    try:
-        fmt, height, width, frames = (int(v) for v in declared_size(tf.constant(data)).numpy())
-    except tf.errors.InvalidArgumentError:  # a JPEG without a frame header
-        return None
-    return None if fmt == UNKNOWN else Declared(FORMAT_NAMES[fmt], height, width, frames)
+    return tf.function(declared_sizes, input_signature=[tf.TensorSpec([None], tf.string)])
 
 
-def check_image(data: bytes, max_pixels: int) -> tuple[str, int]:
-    """``(problem, pixels)``: why the model must not decode ``data`` ("" when it may).
+def _read_headers(images: list[bytes]):
+    """``[n, 4]`` format, height, width, frames of each image's header."""
+    import tensorflow as tf
+
+    return _header_reader()(tf.constant(images, dtype=tf.string)).numpy()
+
+
+def check_images(images: list[bytes], max_pixels: int) -> list[tuple[str, int]]:
+    """Per image, ``(problem, pixels)``: why the model must not decode it ("" when it may).
 
     The problem is that the bytes are no image the model takes, or that the header
     declares more than ``max_pixels`` (a decompression bomb); ``pixels`` is what the
-    header declares (0 when unknown).
+    header declares (0 when unknown). The headers of the whole list are read in one
+    call of the function the served graph runs, decoding nothing; a JPEG too broken to
+    have a frame header fails that call, and the list is then read image by image.
     """
-    found = declared(data)
-    if found is None:
-        return UNDECODABLE, 0
-    if found.pixels > max_pixels:
-        frames = f" x {found.frames} frames" if found.frames > 1 else ""
-        return (
-            f"{found.format} declares {found.width}x{found.height} pixels{frames}, over the "
-            f"model's bound of {max_pixels} (a decompression bomb, or too large to serve)"
-        ), found.pixels
-    return "", found.pixels
+    import tensorflow as tf
+
+    from visionpipe.pixels import FORMAT_NAMES, UNKNOWN
+
+    if not images:
+        return []
+    try:
+        rows = _read_headers(images)
+    except tf.errors.InvalidArgumentError:
+        if len(images) == 1:
+            return [(UNDECODABLE, 0)]
+        return [found for one in images for found in check_images([one], max_pixels)]
+    found = []
+    for fmt, height, width, frames in rows.tolist():
+        pixels = height * width * frames
+        if fmt == UNKNOWN:
+            found.append((UNDECODABLE, 0))
+        elif pixels > max_pixels:
+            shown = f" x {frames} frames" if frames > 1 else ""
+            problem = (
+                f"{FORMAT_NAMES[fmt]} declares {width}x{height} pixels{shown}, over the "
+                f"model's bound of {max_pixels} (a decompression bomb, or too large to serve)"
+            )
+            found.append((problem, pixels))
+        else:
+            found.append(("", pixels))
+    return found
+
+
+def check_image(data: bytes, max_pixels: int) -> tuple[str, int]:
+    """``check_images`` of one image."""
+    return check_images([data], max_pixels)[0]
 
 
 def model_max_pixels(model_dir: str) -> int:

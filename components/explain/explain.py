@@ -19,7 +19,7 @@ from trainer.export import load_classifier, model_record
 from trainer.overlays import Explained, explanation_png
 from visionpipe import storage
 from visionpipe.pixels import decode_one
-from visionpipe.serving import DEFAULT_MAX_PIXELS, UNDECODABLE, check_image, read_file
+from visionpipe.serving import DEFAULT_MAX_PIXELS, UNDECODABLE, check_images, read_file
 
 INDEX_FILE = "explanations.json"
 
@@ -50,10 +50,11 @@ def read_images(
     if not files:
         raise ExplainError("no images to explain")
     pixels, problems = [], {}
-    for index, path in enumerate(files):
-        data, error = read_file(path)
+    read = [read_file(path) for path in files]
+    checked = iter(check_images([data for data, error in read if not error], max_pixels))
+    for index, (data, error) in enumerate(read):
         if not error:
-            error, _ = check_image(data, max_pixels)
+            error, _ = next(checked)
         image = decode_one(data, size, mode) if not error else None
         if image is None:
             problems[index] = error or UNDECODABLE

@@ -28,7 +28,7 @@ from visionpipe import storage
 from visionpipe.beam import pipeline_options
 from visionpipe.config import Config
 from visionpipe.errors import UserError
-from visionpipe.serving import UNDECODABLE, check_image, model_max_pixels, read_file
+from visionpipe.serving import UNDECODABLE, check_images, model_max_pixels, read_file
 
 log = logging.getLogger(__name__)
 
@@ -196,11 +196,17 @@ class _Predict(beam.DoFn):
 
     def process(self, paths: list[str]):
         """Yields one row per classified file, and a tagged reject per other file."""
-        good, data = [], []
+        read = []
         for path in paths:
             content, reason = read_file(path)
-            if not reason:
-                reason, _ = check_image(content, self._max_pixels)
+            if reason:
+                self._rejected.inc()
+                yield beam.pvalue.TaggedOutput("rejects", {"path": path, "reason": reason})
+            else:
+                read.append((path, content))
+        checked = check_images([content for _, content in read], self._max_pixels)
+        good, data = [], []
+        for (path, content), (reason, _) in zip(read, checked, strict=True):
             if reason:
                 self._rejected.inc()
                 yield beam.pvalue.TaggedOutput("rejects", {"path": path, "reason": reason})
