@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 
 import mlflow.pyfunc
 from mlflow.exceptions import MlflowException
@@ -35,7 +34,6 @@ SAVED_MODEL = "saved_model"  # the artifact: the SavedModel the TF Serving layou
 # ``predict.max_request_bytes`` when the model was exported).
 LIMITS = {"max_rows": 256, "max_request_bytes": 64 * 1024 * 1024}
 NOT_AN_IMAGE = "not an image the model can decode (JPEG, PNG, GIF, BMP or WebP)"
-_BOUND = re.compile(r"image \d+ (declares [^\"\]]*)")
 
 
 class VisionpipeClassifier(mlflow.pyfunc.PythonModel):
@@ -50,7 +48,6 @@ class VisionpipeClassifier(mlflow.pyfunc.PythonModel):
         self._serve = self._loaded.signatures["serving_default"]
         # Models exported before it lack it: their graph's own check still refuses bombs.
         self._headers = self._loaded.signatures.get("declared_sizes")
-        self._max_call_pixels = 40_000_000  # replaced by the model's own bound when read
         self._limits = _limits(context.artifacts[SAVED_MODEL])
 
     def predict(self, context, model_input, params=None):
@@ -98,13 +95,13 @@ class VisionpipeClassifier(mlflow.pyfunc.PythonModel):
             if images:
                 yield images
             return
-        declared = self._declared(images)
+        declared, bound = self._declared(images)
         call, total = [], 0
         for (row, data), found in zip(images, declared, strict=True):
             if isinstance(found, str):
                 rows[row] = _failed(found)
                 continue
-            if call and total + found > self._max_call_pixels:
+            if call and total + found > bound:
                 yield call
                 call, total = [], 0
             call.append((row, data))
@@ -112,17 +109,20 @@ class VisionpipeClassifier(mlflow.pyfunc.PythonModel):
         if call:
             yield call
 
-    def _declared(self, images: list[tuple[int, bytes]]) -> list:
-        """Per image: its declared pixels, or why it must not be decoded."""
+    def _declared(self, images: list[tuple[int, bytes]]) -> tuple[list, int]:
+        """Per image its declared pixels, or why it must not be decoded; and the bound.
+
+        The bound is 0 only when no header could be read (then no image is decoded).
+        """
         tf = self._tf
         try:
             out = self._headers(image_bytes=tf.constant([d for _, d in images], dtype=tf.string))
         except tf.errors.InvalidArgumentError:  # a JPEG without a frame header: find it
             if len(images) == 1:
-                return [NOT_AN_IMAGE]
-            return [found for one in images for found in self._declared([one])]
+                return [NOT_AN_IMAGE], 0
+            each = [self._declared([one]) for one in images]
+            return [found[0] for found, _ in each], max(bound for _, bound in each)
         values = {k: v.numpy() for k, v in out.items()}
-        self._max_call_pixels = int(values["max_pixels"][0])
         found = []
         for i in range(len(images)):
             fmt = values["format"][i].decode()
@@ -138,7 +138,7 @@ class VisionpipeClassifier(mlflow.pyfunc.PythonModel):
                 )
             else:
                 found.append(height * width * frames)
-        return found
+        return found, int(values["max_pixels"][0])
 
     def _classify(self, images: list[tuple[int, bytes]]):
         """``(row, answer)`` per image: the batch in one call, one by one if that fails."""
@@ -147,11 +147,11 @@ class VisionpipeClassifier(mlflow.pyfunc.PythonModel):
         tf = self._tf
         try:
             out = self._serve(image_bytes=tf.constant([d for _, d in images], dtype=tf.string))
-        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as err:
+        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
             if len(images) == 1:
-                yield images[0][0], _failed(_reason(err))
+                yield images[0][0], _failed(NOT_AN_IMAGE)
                 return
-            for one in images:  # the header check or a decoder refused a row: find it
+            for one in images:  # a decoder refused a row: find it
                 yield from self._classify([one])
             return
         probabilities = out["probabilities"].numpy().astype(float)
@@ -191,12 +191,6 @@ def _failed(error: str) -> dict:
         "probabilities": [],
         "error": error,
     }
-
-
-def _reason(err) -> str:
-    """The model's refusal in words: its pixel bound, or that the bytes do not decode."""
-    found = _BOUND.search(str(getattr(err, "message", err)))
-    return found.group(1) if found else NOT_AN_IMAGE
 
 
 def _column(model_input):
