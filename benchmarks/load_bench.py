@@ -164,15 +164,28 @@ def start_server(argv: list[str], env: dict, port: int, log_path: Path) -> subpr
 
 
 def peak_mb(pid: int) -> float:
-    """A process's peak resident memory (VmHWM), in MB."""
+    """The largest peak resident memory (VmHWM, MB) of a process and its descendants.
+
+    ``mlflow models serve`` runs the model in a uvicorn child; ``visionpipe serve``'s
+    server is the process itself.
+    """
+    peak = 0.0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+            peak = int(line.split()[1]) / 1024
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            peak = max(peak, peak_mb(int(child)))
+    return peak
 
 
 def bench_load(work: Path, data: str, overrides: list[str]) -> list[tuple]:
-    """Table rows (name, seconds, note): 1 client, then 16 clients for 30 s each."""
+    """Table rows (name, seconds, note).
+
+    ``visionpipe serve`` with the hostile mix (1 client for 10 s, 16 for 30 s), then with
+    valid requests only (16 clients, 20 s) next to the plain baseline, ``mlflow models
+    serve`` itself, on the same valid requests.
+    """
     from benchmarks.guard_bench import png_of_zeros
     from benchmarks.trainer_bench import prepare
     from pipelines.adapters.mlflow_model import guarded_serve_command
@@ -196,18 +209,17 @@ def bench_load(work: Path, data: str, overrides: list[str]) -> list[tuple]:
     png_of_zeros(work / "bomb.png")
     max_body = 8 * 1024 * 1024
     mix = request_mix(good, (work / "bomb.png").read_bytes(), 256, max_body)
-    port = free_port()
-    from pipelines.adapters import mlflow_tracking as tracking
+    from pipelines.adapters.mlflow_model import serve_command
+    from pipelines.adapters.mlflow_tracking import Tracking
 
+    session = Tracking.open(config)
+    champion = f"models:/{config.push.model_name}@champion"
     rows = []
     with tempfile.TemporaryDirectory(prefix="visionpipe-serve-") as tmp:
-        argv, env = guarded_serve_command(
-            f"models:/{config.push.model_name}@champion",
-            tracking.tracking_uri(config),
-            port,
-            tmp,
-            max_body_bytes=max_body,
-        )
+        version = session.registry().version_by_alias(config.push.model_name, "champion")
+        model_dir = session.registry().download_model(version.name, version.version, tmp)
+        port = free_port()
+        argv, env = guarded_serve_command(model_dir, port, max_body_bytes=max_body)
         server = start_server(argv, env, port, work / "server.log")
         try:
             url = f"http://127.0.0.1:{port}/invocations"
@@ -216,15 +228,31 @@ def bench_load(work: Path, data: str, overrides: list[str]) -> list[tuple]:
                 tally = run_load(url, mix, clients, seconds)
                 wall = time.monotonic() - started
                 rows.append(_row(tally, clients, wall, server))
+            valid = [m for m in mix if m[0] in ("valid", "batch")]
+            rows.append(_row(run_load(url, valid, 16, 20.0), 16, 20.0, server, "valid only"))
         finally:
             alive = server.poll() is None
             server.terminate()
             server.wait(timeout=30)
+    # The plain baseline: `mlflow models serve` itself, on the same valid requests.
+    port = free_port()
+    argv, env = serve_command(champion, session.uri, port)
+    plain = start_server(argv, env, port, work / "plain-server.log")
+    try:
+        url = f"http://127.0.0.1:{port}/invocations"
+        valid = [m for m in mix if m[0] in ("valid", "batch")]
+        tally = run_load(url, valid, 16, 20.0)
+        rows.append(_row(tally, 16, 20.0, plain, "valid only, plain `mlflow models serve`"))
+    finally:
+        plain.terminate()
+        plain.wait(timeout=30)
     rows.append(("load: server still up after both", 0.0, "yes" if alive else "NO"))
     return rows
 
 
-def _row(tally: Tally, clients: int, wall: float, server: subprocess.Popen) -> tuple:
+def _row(
+    tally: Tally, clients: int, wall: float, server: subprocess.Popen, what: str = "mixed"
+) -> tuple:
     lat = sorted(tally.latency_ms)
     p50 = statistics.median(lat) if lat else 0.0
     p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else 0.0
@@ -233,7 +261,7 @@ def _row(tally: Tally, clients: int, wall: float, server: subprocess.Popen) -> t
         for kind, codes in tally.statuses.items()
     )
     return (
-        f"load: {clients} client(s), {wall:.0f} s",
+        f"load: {clients} client(s), {wall:.0f} s, {what}",
         wall,
         f"{tally.total / wall:.1f} requests/s, valid p50 {p50:.0f} ms p99 {p99:.0f} ms, "
         f"{len(tally.wrong)} wrong answers, server peak {peak_mb(server.pid):.0f} MB; {kinds}",

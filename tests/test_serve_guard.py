@@ -75,13 +75,7 @@ def test_the_served_model_survives_a_hostile_load_and_answers_each_request_right
     model = save_mlflow_model(trained.model_uri, str(tmp_path / "mlflow-model"), good, "d")
     png_of_zeros(tmp_path / "bomb.png")
     port, max_body = free_port(), 2 * 1024 * 1024
-    argv, env = guarded_serve_command(
-        model,
-        "sqlite:///" + str(tmp_path / "unused.db"),
-        port,
-        str(tmp_path / "dl"),
-        max_body_bytes=max_body,
-    )
+    argv, env = guarded_serve_command(model, port, max_body_bytes=max_body)
     server = start_server(argv, env, port, tmp_path / "server.log")
     try:
         mix = request_mix(good, (tmp_path / "bomb.png").read_bytes(), 256, max_body)

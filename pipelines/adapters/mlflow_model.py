@@ -145,50 +145,28 @@ SERVE_GUARD = "pipelines.adapters.serve_guard"
 
 
 def guarded_serve_command(
-    model_uri: str,
-    tracking_uri: str,
-    port: int,
-    dst_dir: str,
-    host: str = "127.0.0.1",
-    max_body_bytes: int | None = None,
+    model_dir: str, port: int, host: str = "127.0.0.1", max_body_bytes: int | None = None
 ):
     """The argv and environment of MLflow's scoring server behind a body limit.
 
-    The model (``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or a local MLflow Model
-    directory) is downloaded under ``dst_dir``; the server is uvicorn running
-    ``pipelines.adapters.serve_guard`` (MLflow's own app, unchanged, behind
-    ``BodyLimit``), with MLflow's request timeout.
+    ``model_dir`` is a local MLflow Model (``MlflowRegistry.download_model`` fetches a
+    registry version); the server is uvicorn running ``SERVE_GUARD`` (MLflow's own app,
+    unchanged, behind ``BodyLimit``), with MLflow's request timeout.
     """
     import sys
 
-    import mlflow
     from mlflow.pyfunc.scoring_server import _SERVER_MODEL_PATH
 
     from pipelines.adapters.serve_guard import DEFAULT_MAX_BODY_BYTES, MAX_BODY_ENV
-    from visionpipe.registry import MODELS_SCHEME, parse_models_uri
 
-    source = model_uri
-    if model_uri.startswith(MODELS_SCHEME):
-        client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-        name, alias, version = parse_models_uri(model_uri)
-        if alias:
-            version = str(client.get_model_version_by_alias(name, alias).version)
-        source = client.get_model_version_download_uri(name, version)
-    local = mlflow.artifacts.download_artifacts(
-        artifact_uri=source, dst_path=dst_dir, tracking_uri=tracking_uri
-    )
     bin_dir = os.path.dirname(sys.executable)
-    argv = [
-        os.path.join(bin_dir, "uvicorn"),
-        "--factory",
-        "pipelines.adapters.serve_guard:create_app",
-    ]
+    argv = [os.path.join(bin_dir, "uvicorn"), "--factory", f"{SERVE_GUARD}:create_app"]
     argv += ["--host", host, "--port", str(port), "--log-level", "warning"]
     env = {
         **os.environ,
-        _SERVER_MODEL_PATH: local,
+        _SERVER_MODEL_PATH: model_dir,
         MAX_BODY_ENV: str(max_body_bytes or DEFAULT_MAX_BODY_BYTES),
-        "MLFLOW_TRACKING_URI": tracking_uri,
     }
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up lines
     env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
     return argv, env

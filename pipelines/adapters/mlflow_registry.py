@@ -92,12 +92,16 @@ class MlflowRegistry(Registry):
         for key, value in tags.items():
             self.client.set_model_version_tag(name, str(version), key, str(value))
 
-    def download(self, name: str, version: str, dst_dir: str) -> str:
-        """Downloads the version's files; returns the SavedModel inside them."""
+    def download_model(self, name: str, version: str, dst_dir: str) -> str:
+        """Downloads the version's MLflow Model (what MLflow's scoring server loads)."""
         import mlflow
 
         source = self.client.get_model_version_download_uri(name, str(version))
-        local = mlflow.artifacts.download_artifacts(
+        return mlflow.artifacts.download_artifacts(
             artifact_uri=source, dst_path=dst_dir, tracking_uri=self.client.tracking_uri
         )
+
+    def download(self, name: str, version: str, dst_dir: str) -> str:
+        """Downloads the version's files; returns the SavedModel inside them."""
+        local = self.download_model(name, version, dst_dir)
         return saved_model_in(local) or local  # an MLflow Model holds the SavedModel

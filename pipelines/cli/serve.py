@@ -35,8 +35,9 @@ def add_verbs(command) -> None:
 
 def serve(args, config: Config) -> int:
     """Downloads the model, then runs the server in the foreground until Ctrl-C."""
-    from pipelines.adapters import mlflow_tracking as tracking
     from pipelines.adapters.mlflow_model import guarded_serve_command
+    from pipelines.adapters.mlflow_tracking import Tracking
+    from visionpipe.registry import MODELS_SCHEME, resolve_version
 
     if args.max_body_bytes < 0 or not 0 < args.port < 65536:
         raise ConfigError(
@@ -45,13 +46,13 @@ def serve(args, config: Config) -> int:
         )
     model = args.model or f"models:/{config.push.model_name}@champion"
     with tempfile.TemporaryDirectory(prefix="visionpipe-serve-") as tmp:
+        model_dir = model
+        if model.startswith(MODELS_SCHEME):  # RegistryError (one line) if it is not there
+            registry = Tracking.open(config).registry()
+            found = resolve_version(registry, model)
+            model_dir = registry.download_model(found.name, found.version, tmp)
         argv, env = guarded_serve_command(
-            model,
-            tracking.tracking_uri(config),
-            args.port,
-            tmp,
-            host=args.host,
-            max_body_bytes=args.max_body_bytes or None,
+            model_dir, args.port, host=args.host, max_body_bytes=args.max_body_bytes or None
         )
         print(f"serving {model} on http://{args.host}:{args.port}/invocations", file=sys.stderr)
         try:
