@@ -23,8 +23,9 @@ import numpy as np
 import tensorflow as tf
 
 from visionpipe.errors import UserError
+from visionpipe.sections import EXPLAIN_METHODS
 
-METHODS = ("gradcam", "integrated_gradients")
+METHODS = EXPLAIN_METHODS  # the one list, in visionpipe.sections
 _CONV = (
     keras.layers.Conv2D,
     keras.layers.DepthwiseConv2D,

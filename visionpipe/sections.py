@@ -33,6 +33,8 @@ ModelMetric = Literal[
     "expected_calibration_error",
 ]
 MODEL_METRICS: tuple[str, ...] = get_args(ModelMetric)
+ExplainMethod = Literal["gradcam", "integrated_gradients"]
+EXPLAIN_METHODS: tuple[str, ...] = get_args(ExplainMethod)  # trainer.explain runs each
 ClassMetric = Literal["precision", "recall", "f1"]
 CLASS_METRICS: tuple[str, ...] = get_args(ClassMetric)
 LOWER_IS_BETTER = ("log_loss", "expected_calibration_error")

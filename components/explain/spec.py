@@ -5,13 +5,12 @@ from __future__ import annotations
 import tempfile
 from typing import TYPE_CHECKING
 
+from visionpipe.sections import EXPLAIN_METHODS as METHODS
 from visionpipe.serving import add_model_argument, resolve_model
 from visionpipe.step import Step, StepContext, Verb
 
 if TYPE_CHECKING:
     from components.explain.explain import Explanation
-
-METHODS = ("gradcam", "integrated_gradients")  # trainer.explain.METHODS (a test holds it)
 
 
 def run(

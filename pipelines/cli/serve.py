@@ -6,6 +6,7 @@ import subprocess
 import sys
 import tempfile
 
+from pipelines.adapters.serve_guard import DEFAULT_MAX_BODY_BYTES
 from visionpipe.config import Config, ConfigError
 
 
@@ -29,7 +30,8 @@ def add_verbs(command) -> None:
         "--max-body-bytes",
         type=int,
         default=0,
-        help="refuse request bodies over this size with 413 (default: 96 MiB)",
+        help="refuse request bodies over this size with 413 "
+        f"(default: {DEFAULT_MAX_BODY_BYTES // 2**20} MiB)",
     )
 
 
