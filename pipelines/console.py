@@ -194,12 +194,14 @@ class OutputCapture:
         if self._echo_to is not None:
             self._echo_to.close()
 
-    def sync(self, timeout: float = 5.0) -> None:
+    def sync(self) -> None:
         """Returns once the pump has read every line written before the call.
 
         A step's progress line and the runner's "step ended" arrive by different paths
         (the pipe, a direct call); without this the line could be drawn before the
-        pump had read the step's key figure, and show the step with none.
+        pump had read the step's key figure, and show the step with none. It waits for
+        as long as the pump takes (no deadline a loaded machine could miss), and no
+        longer than the pump lives.
         """
         if self._thread is None or not self._thread.is_alive():
             return
@@ -208,7 +210,8 @@ class OutputCapture:
         sys.stdout.flush()
         sys.stderr.flush()
         os.write(1, f"{mark}\n".encode())
-        seen.wait(timeout)
+        while not seen.wait(0.5) and self._thread.is_alive():
+            pass
         self._marks.pop(mark, None)
 
     def _pump(self, read_end: int) -> None:

@@ -18,7 +18,7 @@ from pipelines.adapters.mlflow_tracking import Tracking
 from visionpipe import progress
 from visionpipe.config import Config
 from visionpipe.step import Step, StepContext
-from visionpipe.tracker import NullTracker
+from visionpipe.tracker import NullTracker, PipelineRun
 
 # The parameters every pipeline component takes besides its own ports.
 COMMON_PARAMETERS = ("config_json", "mlflow_tracking_uri", "mlflow_run_id")
@@ -34,17 +34,18 @@ def run_step(step: str | Step, config: Config, tracking: Tracking | None = None,
     """
     step = catalog.step(step) if isinstance(step, str) else step
     session = tracking if tracking is not None else Tracking.open(config)
-    if not step.records():
-        ctx = StepContext(config, registry=session.registry(), open_run=session.tracker)
+
+    def run(tracker, pipeline) -> Any:
+        ctx = StepContext(config, tracker, pipeline, session.registry(), session.tracker)
         return step.run(ctx, **kwargs)
-    pipeline, registry = session.pipeline(), session.registry()
+
+    if not step.records():  # a worker: its chief records
+        return run(NullTracker(), PipelineRun())
     if step.own_run:
         with session.step(step.name) as tracker:
-            ctx = StepContext(config, tracker, pipeline, registry, session.tracker)
-            result = step.run(ctx, **kwargs)
+            result = run(tracker, session.pipeline())
     else:
-        ctx = StepContext(config, NullTracker(), pipeline, registry, session.tracker)
-        result = step.run(ctx, **kwargs)
+        result = run(NullTracker(), session.pipeline())
     progress.done(step.name, step.figure(result))
     return result
 

@@ -78,8 +78,9 @@ def run_files(ctx: StepContext, model: str, images: list[str]) -> list[Predictio
         found = Classifier(model_dir).predict_files(images, ctx.config.predict.batch_size)
     failed = sum(1 for p in found if p.error)
     ctx.tracker.log_params({"model": model})
-    ctx.tracker.log_metrics({"inputs": len(found), "predicted": len(found) - failed})
-    ctx.tracker.log_metrics({"rejected": failed})
+    ctx.tracker.log_metrics(
+        {"inputs": len(found), "predicted": len(found) - failed, "rejected": failed}
+    )
     return found
 
 
