@@ -92,7 +92,7 @@ def save_mlflow_model(
     # check inputs by the hints, not the signature), and a missing example is logged
     # above. MLflow resets warning filters around these ("once"), so they are dropped
     # where they are shown instead.
-    with _dropping_warnings("type hints to the `predict` method", "input example was not provided"):
+    with dropping_warnings("type hints to the `predict` method", "input example was not provided"):
         from mlflow.pyfunc import save_model
 
         save_model(
@@ -108,7 +108,7 @@ def save_mlflow_model(
 
 
 @contextlib.contextmanager
-def _dropping_warnings(*fragments: str) -> Iterator[None]:
+def dropping_warnings(*fragments: str) -> Iterator[None]:
     """Warnings whose text contains one of ``fragments`` are not shown; others are."""
     import warnings
 

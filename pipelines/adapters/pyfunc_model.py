@@ -184,10 +184,11 @@ def _limits(saved_model_dir: str) -> dict[str, int]:
 
 
 def _failed(error: str) -> dict:
+    # No None: MLflow's JSON would write NaN, which is not JSON.
     return {
-        "class_name": None,
+        "class_name": "",
         "class_id": -1,
-        "probability": None,
+        "probability": 0.0,
         "probabilities": [],
         "error": error,
     }

@@ -97,8 +97,13 @@ def create_app():
     """
     from mlflow.pyfunc import scoring_server
 
-    model = scoring_server.load_model_with_mlflow_config(
-        os.environ[scoring_server._SERVER_MODEL_PATH]
-    )
+    from pipelines.adapters.mlflow_model import dropping_warnings
+
+    # The pyfunc has no type hints on purpose (its signature is explicit): MLflow's
+    # advice about them would be the first thing on the server's console.
+    with dropping_warnings("type hints to the `predict` method"):
+        model = scoring_server.load_model_with_mlflow_config(
+            os.environ[scoring_server._SERVER_MODEL_PATH]
+        )
     limit = int(os.environ.get(MAX_BODY_ENV, DEFAULT_MAX_BODY_BYTES))
     return BodyLimit(scoring_server.init(model), limit)

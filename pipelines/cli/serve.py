@@ -56,8 +56,32 @@ def serve(args, config: Config) -> int:
         argv, env = guarded_serve_command(
             model_dir, args.port, host=args.host, max_body_bytes=args.max_body_bytes or None
         )
-        print(f"serving {model} on http://{args.host}:{args.port}/invocations", file=sys.stderr)
-        try:
-            return subprocess.run(argv, env=env).returncode
-        except KeyboardInterrupt:
+        log_path = _log_path()
+        url = f"http://{args.host}:{args.port}/invocations"
+        print(f"serving {model} on {url}  (log: {log_path})", file=sys.stderr)
+        with open(log_path, "a") as log:  # TensorFlow's and the server's own lines
+            try:
+                code = subprocess.run(argv, env=env, stdout=log, stderr=log).returncode
+            except KeyboardInterrupt:
+                return 0
+        if code < 0:  # stopped from outside (SIGTERM, SIGKILL): not the server's fault
+            print(f"server stopped by signal {-code}", file=sys.stderr)
             return 0
+        if code:
+            lines = [line for line in log_path.read_text().splitlines() if line.strip()]
+            last = lines[-1] if lines else f"exit status {code}"
+            print(
+                f"visionpipe: error: the server stopped: {last}\nfull log: {log_path}",
+                file=sys.stderr,
+            )
+        return code
+
+
+def _log_path():
+    import time
+
+    from visionpipe.home import Home
+
+    logs = Home.resolve().root / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    return logs / f"serve-{time.strftime('%Y%m%d-%H%M%S')}.log"
