@@ -4,8 +4,9 @@ kfp's lightweight components embed their function's source (``inspect.getsource`
 so a component cannot be a closure over a spec. Each step's function is generated as
 source text from its spec (its input artifacts, parameters, the three common
 parameters and its output artifacts, in that order, and its return type) whose whole
-body is one call, ``execute(name, arguments)`` on its arguments; the text is registered with
-``linecache`` so that ``inspect`` (and so kfp) reads it like a file's. The
+body is one call, ``execute(name, arguments)`` (``pipelines.execute.execute_component``);
+the text is registered with ``linecache`` so that ``inspect`` (and so kfp) reads it like
+a file's. The
 ``configure`` component is generated the same way from the pipeline's parameters.
 
 ``make_components(image)`` binds them to the configured base image; nothing is decided
@@ -36,7 +37,8 @@ def step_source(step: Step) -> str:
     args += [f"{n}: Output[{t}]" for n, t in step.outputs.items()]
     returns = f" -> {step.returns.__name__}" if step.returns else ""
     body = f"return execute({step.name!r}, arguments)"
-    return _function(step.function_name, args, returns, step.doc or step.name, body, "execute")
+    entry = "pipelines.execute import execute_component as execute"
+    return _function(step.function_name, args, returns, step.doc or step.name, body, entry)
 
 
 def configure_source(parameters: Mapping[str, type]) -> str:
@@ -46,16 +48,18 @@ def configure_source(parameters: Mapping[str, type]) -> str:
         "The run's config: the compiled-in config with this run's parameters applied. "
         "Fails (before any step) on a bad value."
     )
-    return _function("configure", args, " -> str", doc, "return configure(arguments)", "configure")
+    entry = "pipelines.pipeline import configure"
+    return _function("configure", args, " -> str", doc, "return configure(arguments)", entry)
 
 
 def _function(name: str, args: list[str], returns: str, doc: str, body: str, entry: str) -> str:
+    """``def name(args) -> returns``: the docstring, then ``from ENTRY`` and ``body``."""
     signature = "".join(f"    {a},\n" for a in args)
     return (
         f"def {name}(\n{signature}){returns}:\n"
         f"    {doc!r}\n"
         "    arguments = dict(locals())\n"
-        f"    from pipelines.execute_entry import {entry}\n\n"
+        f"    from {entry}\n\n"
         f"    {body}\n"
     )
 
