@@ -15,7 +15,6 @@ import os
 import time
 from dataclasses import asdict, dataclass
 
-from components.ingest.sources import check_classes, list_sources
 from pipelines.adapters import mlflow_tracking as tracking
 from pipelines.adapters.mlflow_tracking import Tracking
 from pipelines.pipeline import build_pipeline
@@ -24,6 +23,7 @@ from visionpipe import storage
 from visionpipe.config import Config
 from visionpipe.home import Home
 from visionpipe.record import RunRecord
+from visionpipe.sources import check_classes, list_sources
 
 log = logging.getLogger(__name__)
 

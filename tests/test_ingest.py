@@ -9,11 +9,11 @@ from PIL import Image
 
 from components.ingest.images import Rejected, inspect
 from components.ingest.ingest import assign_split, run_ingest
-from components.ingest.sources import DataError, check_classes, list_sources
 from pipelines.sample_data import SampleSpec, generate
 from visionpipe import features as F
 from visionpipe import storage
 from visionpipe.config import load_config
+from visionpipe.sources import DataError, check_classes, list_sources
 
 
 def _encode(mode, fmt, size=(8, 6), **save):

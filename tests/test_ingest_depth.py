@@ -14,11 +14,11 @@ from PIL import Image
 
 from components.ingest.images import Rejected, inspect
 from components.ingest.ingest import TooManyRejectsError, run_ingest
-from components.ingest.sources import list_sources
 from pipelines.sample_data import SampleSpec, generate
 from visionpipe import features as F
 from visionpipe.config import load_config
 from visionpipe.example_codec import encode_example
+from visionpipe.sources import list_sources
 
 
 def _save(image, fmt, **kw):

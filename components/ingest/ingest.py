@@ -26,12 +26,12 @@ from components.ingest.shards import (
     concatenate_parts,
     gzip_record,
 )
-from components.ingest.sources import DataError, check_classes, list_sources
 from visionpipe import features as F
 from visionpipe import storage
 from visionpipe.beam import pipeline_options
 from visionpipe.config import Config, IngestConfig
 from visionpipe.example_codec import encode_example
+from visionpipe.sources import DataError, check_classes, list_sources
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,9 @@
-"""Finding the labelled images of a dataset: a folder-per-class tree or a CSV of path,label."""
+"""Finding images: a dataset's labelled ones (folder-per-class or a CSV of path,label).
+
+Core, not ingest's: ingest reads training data with it, and ``visionpipe monitor``
+reads freshly labelled images (``--labels``) and unlabelled ones (``--data``) the same
+way.
+"""
 
 from __future__ import annotations
 
@@ -115,3 +120,38 @@ def _from_csv(csv_uri: str) -> list[Source]:
             path = posixpath.join(base, path)
         sources.append(Source(path, label))
     return sources
+
+
+def list_images(data: str) -> list[str]:
+    """Unlabelled images to score: every file under a folder or prefix, or a CSV's paths.
+
+    A CSV's first column is the path (a header ``path`` is skipped; other columns are
+    ignored); relative paths are relative to the CSV's folder. Hidden files are skipped.
+
+    Raises:
+        DataError: the input does not exist or holds no files.
+    """
+    if data.lower().endswith(".csv"):
+        if not storage.exists(data):
+            raise DataError(f"{data}: no such CSV file")
+        paths = _csv_paths(data)
+    elif storage.isdir(data):
+        paths = [
+            uri for uri in storage.walk_files(data) if not posixpath.basename(uri).startswith(".")
+        ]
+    else:
+        raise DataError(f"{data}: no such folder, prefix or CSV file")
+    if not paths:
+        raise DataError(f"{data}: no files to score")
+    return sorted(paths)
+
+
+def _csv_paths(csv_uri: str) -> list[str]:
+    base = posixpath.dirname(csv_uri)
+    paths = []
+    for line, row in enumerate(csv.reader(io.StringIO(storage.read_text(csv_uri))), start=1):
+        path = row[0].strip() if row else ""
+        if not path or (line == 1 and path.lower() == "path"):
+            continue
+        paths.append(path if "://" in path or path.startswith("/") else posixpath.join(base, path))
+    return paths
