@@ -1,7 +1,7 @@
 """Exporting the served model: raw image bytes in, class names, ids and probabilities out.
 
 The tf.Transform graph is inside the SavedModel, so serving runs exactly the
-preprocessing that training saw: training and serving cannot skew. Three signatures:
+preprocessing that training saw: training and serving cannot skew. Four signatures:
 
 - ``serving_default``: ``image_bytes``, a batch of encoded images (JPEG, PNG, GIF, BMP
   or WebP), through the transform graph. TF Serving's REST API accepts it as
@@ -16,6 +16,10 @@ preprocessing that training saw: training and serving cannot skew. Three signatu
 - ``declared_sizes``: ``image_bytes`` in, what each header declares out (format code,
   height, width, frames) with the model's bound: for a caller that answers per image
   and bounds the pixels of each call (the MLflow Model), decoding nothing.
+- ``monitor``: ``image_bytes`` in, ``serving_default``'s outputs plus what monitoring
+  compares (``visionpipe.profile``): the embedding, top-1 confidence, the header's
+  format and size, and the pixel properties. The reference profile at evaluation and
+  every logged prediction come from this one graph.
 """
 
 from __future__ import annotations
@@ -33,11 +37,21 @@ from visionpipe import features as F
 from visionpipe import storage
 from visionpipe.errors import UserError
 from visionpipe.pixels import FORMAT_NAMES, check_declared, declared_sizes, resize_batch
+from visionpipe.profile import image_properties, projection
 from visionpipe.transform_graph import TransformGraph
 
 PIXELS_SIGNATURE = "serve_pixels"
 HEADERS_SIGNATURE = "declared_sizes"  # what each image's header declares; decodes nothing
+MONITOR_SIGNATURE = F.MONITOR_SIGNATURE
 PIXELS_INPUT = "images"
+HEAD_LAYER = "probabilities"  # the classifier's last dense layer; its input is the embedding
+
+
+def embedding_model(model: keras.Model) -> keras.Model:
+    """The classifier with two outputs: its penultimate activations and its probabilities."""
+    names = [layer.name for layer in model.layers]
+    head = model.get_layer(HEAD_LAYER) if HEAD_LAYER in names else model.layers[-1]
+    return keras.Model(model.inputs, [head.input, model.output], name="embedding_and_head")
 
 
 class ServingModule(tf.Module):
@@ -51,6 +65,9 @@ class ServingModule(tf.Module):
         self.class_names = tf.constant(graph.labels, dtype=tf.string)
         self._size = int(graph.statistics["image_size"])
         self._mode = str(graph.statistics["resize_mode"])
+        self.embedder = embedding_model(model)
+        matrix = projection(int(self.embedder.outputs[0].shape[-1]))
+        self._projection = None if matrix is None else tf.constant(matrix)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=F.SERVING_INPUT)])
     def serve_bytes(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -78,9 +95,35 @@ class ServingModule(tf.Module):
             "max_pixels": tf.fill(tf.shape(image_bytes), tf.constant(self._max_pixels, tf.int64)),
         }
 
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=F.SERVING_INPUT)])
+    def serve_monitor(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+        """``serve_bytes``'s outputs, the embedding, the confidence and the image properties."""
+        checked = check_declared(image_bytes, self._max_pixels)
+        declared = declared_sizes(checked)
+        transformed = self.transform_layer({F.IMAGE_ENCODED: checked})
+        pixels = tf.cast(transformed[F.TRANSFORMED_IMAGE], tf.uint8)
+        embedding, probabilities = self.embedder(tf.cast(pixels, tf.float32), training=False)
+        embedding = tf.cast(embedding, tf.float32)
+        if self._projection is not None:
+            embedding = tf.matmul(embedding, self._projection)
+        out = self._outputs(tf.cast(probabilities, tf.float32))
+        out.update(image_properties(pixels))
+        out.update(
+            {
+                "embedding": embedding,
+                "confidence": tf.reduce_max(out["probabilities"], axis=-1),
+                "format": tf.gather(tf.constant(FORMAT_NAMES), declared[:, 0]),
+                "height": declared[:, 1],
+                "width": declared[:, 2],
+            }
+        )
+        return out
+
     def _classify(self, pixels: tf.Tensor) -> dict[str, tf.Tensor]:
         probabilities = self.model(tf.cast(pixels, tf.float32), training=False)
-        probabilities = tf.cast(probabilities, tf.float32)
+        return self._outputs(tf.cast(probabilities, tf.float32))
+
+    def _outputs(self, probabilities: tf.Tensor) -> dict[str, tf.Tensor]:
         class_id = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
         return {
             "class_name": tf.gather(self.class_names, class_id),
@@ -92,7 +135,7 @@ class ServingModule(tf.Module):
 def export_serving_model(
     model: keras.Model, graph: TransformGraph, export_dir: str, max_pixels: int
 ) -> str:
-    """Writes a TF Serving–ready SavedModel with both signatures.
+    """Writes a TF Serving–ready SavedModel with its four signatures.
 
     ``max_pixels`` bounds what one encoded image may declare (frames of a GIF counted).
     """
@@ -104,6 +147,7 @@ def export_serving_model(
             F.SERVING_SIGNATURE: module.serve_bytes,
             PIXELS_SIGNATURE: module.serve_pixels,
             HEADERS_SIGNATURE: module.serve_headers,
+            MONITOR_SIGNATURE: module.serve_monitor,
         },
     )
     return export_dir

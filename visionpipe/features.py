@@ -42,3 +42,10 @@ SERVING_INPUT = "image_bytes"
 def split_pattern(examples_uri: str, split: str) -> str:
     """Glob of the shards of one split under an examples directory."""
     return f"{examples_uri.rstrip('/')}/{split}/*{SHARD_SUFFIX}"
+
+
+# Monitoring: the reference profile evaluate makes for a candidate (next to its
+# blessing) and push copies into the served version, beside the training record.
+REFERENCE_PROFILE = "assets.extra/reference_profile.json"
+PROFILE_FILE = "reference_profile.json"  # its name next to the blessing
+MONITOR_SIGNATURE = "monitor"  # the exported model's signature of what monitoring compares

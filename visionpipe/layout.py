@@ -15,6 +15,9 @@ from visionpipe import storage
 READY_FILE = "saved_model.pb"
 # Written into each pushed version: the model's digest and where it came from.
 PUSH_RECORD = "assets.extra/visionpipe_push.json"
+# Added to each pushed version from its evaluation (``visionpipe.features``); like the
+# push record, not part of the model's digest, so a version and its source share one.
+_NOT_DIGESTED = (PUSH_RECORD, "assets.extra/reference_profile.json")
 
 
 # The SavedModel's key among an MLflow Model's artifacts (``pipelines.adapters.pyfunc_model``).
@@ -60,13 +63,31 @@ def versions(model_root: str, servable_only: bool = False) -> dict[int, str]:
 
 
 def model_digest(model_uri: str) -> str:
-    """A content hash of a SavedModel directory (file names and bytes)."""
+    """A content hash of a SavedModel directory (file names and bytes, what push adds aside)."""
     h = hashlib.sha256()
     root = model_uri.rstrip("/")
     for uri in storage.walk_files(root):
         rel = uri[len(root) :].lstrip("/")
-        if rel == PUSH_RECORD:
+        if rel in _NOT_DIGESTED:
             continue
         h.update(rel.encode() + b"\0")
         h.update(hashlib.sha256(storage.read_bytes(uri)).digest())
     return h.hexdigest()
+
+
+def model_identity(model_dir: str) -> dict[str, str]:
+    """``name``, ``version`` and ``digest`` of a SavedModel, as the prediction log records them.
+
+    A pushed version (wherever it was copied since: an MLflow Model holds one) is named
+    and identified by its push record; any other directory by its own digest, with the
+    folder's name and no version.
+    """
+    root = model_dir.rstrip("/")
+    record_uri = storage.join(root, PUSH_RECORD)
+    record = storage.read_json(record_uri) if storage.exists(record_uri) else {}
+    parent, folder = posixpath.split(root)
+    if record.get("digest"):
+        name = record.get("model_name") or posixpath.basename(parent)
+        version = str(record.get("version") or (folder if folder.isdigit() else ""))
+        return {"name": name, "version": version, "digest": record["digest"]}
+    return {"name": folder, "version": "", "digest": model_digest(root)}

@@ -21,6 +21,7 @@ from visionpipe import features as F
 from visionpipe import storage
 from visionpipe.blessing import write_blessing
 from visionpipe.config import Config
+from visionpipe.drift import Observations, make_profile
 from visionpipe.serving import Classifier
 from visionpipe.transform_graph import load_raw_split
 
@@ -37,12 +38,44 @@ def model_labels(model_dir: str) -> list[str]:
 
 def predict_probabilities(model_dir: str, images: list[bytes], batch_size: int) -> np.ndarray:
     """Class probabilities ``[examples, classes]`` of a served model on raw encoded bytes."""
-    classifier = Classifier(model_dir)
-    parts = [
-        classifier.classify(images[start : start + batch_size])["probabilities"]
+    return score(model_dir, images, batch_size)[0]
+
+
+def score(
+    model_dir: str, images: list[bytes], batch_size: int, monitored: bool = False
+) -> tuple[np.ndarray, list[dict]]:
+    """Probabilities of a served model on raw encoded bytes, and its calls' outputs.
+
+    The outputs are the ``monitor`` signature's, when asked and the model has one;
+    else the list is empty.
+    """
+    classifier = Classifier(model_dir, monitored=monitored)
+    outputs = [
+        classifier.classify(images[start : start + batch_size])
         for start in range(0, len(images), batch_size)
     ]
-    return np.concatenate(parts).astype(np.float64) if parts else np.zeros((0, 0))
+    if not outputs:
+        return np.zeros((0, 0)), []
+    probabilities = np.concatenate([o["probabilities"] for o in outputs]).astype(np.float64)
+    return probabilities, outputs if classifier.monitored else []
+
+
+def write_profile(output_uri: str, test, outputs: list[dict], labels, accuracy, config) -> bool:
+    """The candidate's reference profile for monitoring (``visionpipe.drift.make_profile``).
+
+    Returns False, writing nothing, for a model without the ``monitor`` signature.
+    """
+    if not outputs:
+        log.warning("evaluate: the candidate has no monitor signature; no reference profile")
+        return False
+    m = config.monitor
+    obs = Observations.from_outputs(outputs, test.names)
+    obs.labels = np.array(test.labels, dtype=object)
+    profile = make_profile(
+        obs, labels, accuracy, m.reference_sample, m.ood_neighbours, m.ood_false_alarm
+    )
+    storage.write_json(storage.join(output_uri, F.PROFILE_FILE), profile)
+    return True
 
 
 def run_evaluate(
@@ -56,8 +89,9 @@ def run_evaluate(
 
     Writes ``blessing.json`` (decision, checks, metrics, reports), ``report.md``,
     ``confusion_matrix.png``, the gallery of the worst mistakes (``mistakes.png`` and
-    ``mistakes.html``, unless ``evaluate.gallery_size`` is 0) and ``example_image`` (the
-    first test image's bytes: the registered model's input example).
+    ``mistakes.html``, unless ``evaluate.gallery_size`` is 0), ``example_image`` (the
+    first test image's bytes: the registered model's input example) and the candidate's
+    ``reference_profile.json`` (what monitoring compares the served model's inputs with).
 
     Raises:
         ThresholdError: a threshold names a class the test data does not have (before
@@ -69,16 +103,18 @@ def run_evaluate(
     classes = sorted(set(truth))
     check_threshold_classes(cfg, classes)
 
-    def score(model_uri: str):
-        probabilities = predict_probabilities(model_uri, test.images, cfg.batch_size)
+    def scored(model_uri: str, monitored: bool = False):
+        probabilities, outputs = score(model_uri, test.images, cfg.batch_size, monitored)
         labels = model_labels(model_uri)
         metrics, report = evaluate_model(
             truth, probabilities, labels, cfg.top_k, cfg.calibration_bins
         )
-        return metrics, report, probabilities, labels
+        return metrics, report, probabilities, labels, outputs
 
-    candidate, cand_report, cand_probabilities, cand_labels = score(candidate_model_uri)
-    champion, champ_report = score(champion_model_uri)[:2] if champion_model_uri else (None, None)
+    candidate, cand_report, cand_probabilities, cand_labels, outputs = scored(
+        candidate_model_uri, monitored=True
+    )
+    champion, champ_report = scored(champion_model_uri)[:2] if champion_model_uri else (None, None)
     correct = (cand_report["correct"], champ_report["correct"]) if champ_report else None
     decision = gate(candidate, champion, cfg, classes, correct)
     blessing = Blessing(
@@ -91,6 +127,7 @@ def run_evaluate(
         None if champ_report is None else {k: v for k, v in champ_report.items() if k != "correct"},
     )
     write_blessing(output_uri, blessing.to_dict())
+    write_profile(output_uri, test, outputs, cand_labels, candidate["accuracy"], config)
     storage.write_bytes(storage.join(output_uri, F.EXAMPLE_IMAGE_FILE), test.images[0])
     storage.write_bytes(
         storage.join(output_uri, CONFUSION_PNG), confusion_png(blessing.candidate_report)

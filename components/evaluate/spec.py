@@ -52,7 +52,7 @@ def run(
     ctx.tracker.log_dict(result.to_dict(), "blessing.json")
     report = storage.read_bytes(storage.join(blessing, F.REPORT_FILE))  # run_evaluate's
     ctx.tracker.log_text(report.decode(), "evaluation_report.md")
-    for name in (CONFUSION_PNG, GALLERY_PNG, GALLERY_HTML):  # run_evaluate's pictures
+    for name in (CONFUSION_PNG, GALLERY_PNG, GALLERY_HTML, F.PROFILE_FILE):  # run_evaluate's
         if storage.exists(storage.join(blessing, name)):
             log_stored(ctx.tracker, storage.join(blessing, name))
     ctx.tracker.set_tags({"blessing_reason": result.reason})

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from visionpipe import faults, progress, storage
+from visionpipe import features as F
 from visionpipe.blessing import read_blessing
 from visionpipe.errors import UserError
 from visionpipe.layout import PUSH_RECORD, READY_FILE, model_digest, versions
@@ -118,21 +119,43 @@ def run_push(model_uri: str, blessing_uri: str, serving_root: str, model_name: s
         if version_digest(uri) == digest:
             log.info("push: %s is already version %d", model_uri, number)
             return PushResult(number, uri, digest, already_pushed=True)
-    version, final = publish(model_uri, model_root, digest)
+    profile = storage.join(blessing_uri, F.PROFILE_FILE)  # evaluate's, for monitoring
+    extra = {F.REFERENCE_PROFILE: profile} if storage.exists(profile) else {}
+    version, final = publish(model_uri, model_root, digest, extra_files=extra)
     log.info("push: %s -> %s", model_uri, final)
     return PushResult(version, final, digest, already_pushed=False)
 
 
-def publish(model_uri: str, model_root: str, digest: str, **record) -> tuple[int, str]:
-    """Copies a SavedModel to the next integer version under ``model_root``, atomically."""
+def publish(
+    model_uri: str,
+    model_root: str,
+    digest: str,
+    extra_files: dict[str, str] | None = None,
+    **record,
+) -> tuple[int, str]:
+    """Copies a SavedModel to the next integer version under ``model_root``, atomically.
+
+    ``extra_files`` (path in the version -> source) are copied in too; the push record
+    names the model, its version and its digest (what the prediction log records).
+    """
     _remove_stale_staging(model_root)
     version = max(versions(model_root), default=0) + 1
     final = storage.join(model_root, str(version))
     staging = storage.join(model_root, f"{_STAGING_PREFIX}{version}-{uuid.uuid4().hex[:8]}")
     try:
         _copy_model(model_uri, staging)
+        for path, source in (extra_files or {}).items():
+            storage.copy_file(source, storage.join(staging, path))
+        name = posixpath.basename(model_root.rstrip("/"))
         storage.write_json(
-            storage.join(staging, PUSH_RECORD), {"digest": digest, "source": model_uri, **record}
+            storage.join(staging, PUSH_RECORD),
+            {
+                "digest": digest,
+                "source": model_uri,
+                "model_name": name,
+                "version": str(version),
+                **record,
+            },
         )
         faults.point("push.copied")
         storage.rename(staging, final)
