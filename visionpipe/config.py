@@ -30,6 +30,7 @@ from visionpipe.sections import (  # noqa: F401 - the sections are part of the c
     EvaluateConfig,
     IngestConfig,
     MlflowConfig,
+    MonitorConfig,
     PipelineConfig,
     PredictConfig,
     PushConfig,
@@ -76,6 +77,7 @@ class Config(_Section):
     beam: BeamConfig = BeamConfig()
     edge: EdgeConfig = EdgeConfig()
     predict: PredictConfig = PredictConfig()
+    monitor: MonitorConfig = MonitorConfig()
     pipeline: PipelineConfig = PipelineConfig()
 
     def to_json(self) -> str:

@@ -53,3 +53,11 @@ class Home:
     def serving_root_for(self, config: Config) -> str:
         """The configured serving root, or the local default."""
         return config.push.serving_root or str(self.serving_root)
+
+    def prediction_log_for(self, config: Config) -> str:
+        """The configured prediction log (``monitor.log_uri``), or ``<home>/predictions``."""
+        return config.monitor.log_uri or str(self.root / "predictions")
+
+    def monitor_reports(self) -> Path:
+        """Where ``visionpipe monitor`` writes its reports unless told."""
+        return self.root / "monitor"

@@ -397,6 +397,46 @@ class PredictConfig(_Section):
     )
 
 
+class MonitorConfig(_Section):
+    """The prediction log and the drift detectors (``visionpipe monitor``)."""
+
+    log: bool = Field(True, description="Log predictions of predict, predict-batch and serving.")
+    log_uri: str = Field("", description="Folder or prefix of the log; empty: <home>/predictions.")
+    sample_rate: float = Field(
+        1.0, ge=0, le=1, description="Share of images logged, chosen by content hash."
+    )
+    flush_records: int = Field(1000, ge=1, description="Records per log file at most.")
+    flush_seconds: float = Field(
+        30.0, gt=0, description="A served model's buffer is written at least this often."
+    )
+    max_log_mb: float = Field(
+        1024, ge=0, description="Oldest log files of a model are removed above this; 0: no cap."
+    )
+    log_images: bool = Field(False, description="Keep each logged image's bytes too.")
+    reference_sample: int = Field(
+        2000, ge=50, description="Test images whose embeddings the reference profile keeps."
+    )
+    alpha: float = Field(
+        0.05, gt=0, lt=0.5, description="False-alarm rate of all distribution tests together."
+    )
+    min_records: int = Field(50, ge=10, description="Fewer in a window: not enough data.")
+    max_sample: int = Field(
+        1000, ge=50, description="Records of a window the distribution tests read at most."
+    )
+    permutations: int = Field(500, ge=50, description="Permutations of the embedding test.")
+    ood_false_alarm: float = Field(
+        0.05, gt=0, lt=0.5, description="Share of test images the OOD threshold flags."
+    )
+    ood_neighbours: int = Field(5, ge=1, description="k of the k-th nearest neighbour distance.")
+    accuracy_margin: float = Field(
+        0.05, ge=0, le=1, description="Estimated or live accuracy this far below the gate alarms."
+    )
+
+
+RetrainReason = Literal["always", "data_changed", "drift"]
+RETRAIN_REASONS: tuple[str, ...] = get_args(RetrainReason)
+
+
 class PipelineConfig(_Section):
     """The KFP pipeline itself."""
 
@@ -407,6 +447,12 @@ class PipelineConfig(_Section):
     )
     gpus: int = Field(0, ge=0, description="Accelerators per tune and train step on a cluster.")
     accelerator_type: str = Field("nvidia.com/gpu", min_length=1)
+    retrain_when: list[RetrainReason] = Field(
+        default_factory=lambda: ["always"],
+        description="When a run trains: always; data_changed (data, settings or version "
+        "differ from the last trained run); drift (a monitor run found drift or an accuracy "
+        "drop since); several: any of them.",
+    )
     edge_export: list[EdgeFormat] = Field(
         default_factory=list,
         description="Edge formats made after push (tflite_float16, tflite_int8, onnx); "

@@ -88,15 +88,22 @@ class Prediction:
 
 
 class Classifier:
-    """A loaded served model; ``serving_default`` on raw bytes."""
+    """A loaded served model; ``serving_default`` on raw bytes.
 
-    def __init__(self, model_dir: str) -> None:
+    ``monitored``: call the model's ``monitor`` signature instead (the same answers,
+    and the embedding and image properties a prediction log records), when it has one.
+    """
+
+    def __init__(self, model_dir: str, monitored: bool = False) -> None:
         import tensorflow as tf
 
         self.model_dir = model_dir
         self.max_pixels = model_max_pixels(model_dir)
         self._loaded = tf.saved_model.load(model_dir)
-        self.signature = self._loaded.signatures[F.SERVING_SIGNATURE]
+        signatures = self._loaded.signatures
+        self.monitored = monitored and F.MONITOR_SIGNATURE in signatures
+        name = F.MONITOR_SIGNATURE if self.monitored else F.SERVING_SIGNATURE
+        self.signature = signatures[name]
 
     def classify(self, images: list[bytes]) -> dict[str, Any]:
         """The signature's outputs for a batch of encoded images, as numpy arrays."""
@@ -106,7 +113,11 @@ class Classifier:
         return {k: v.numpy() for k, v in out.items()}
 
     def predict_files(
-        self, paths: list[str], batch_size: int = 64, max_batch_pixels: int = 0
+        self,
+        paths: list[str],
+        batch_size: int = 64,
+        max_batch_pixels: int = 0,
+        sink: OutputSink | None = None,
     ) -> list[Prediction]:
         """One ``Prediction`` per path, in order; a file the model must not take gets an error.
 
@@ -115,11 +126,27 @@ class Classifier:
         once, by the model, in calls of at most ``batch_size`` images and
         ``max_batch_pixels`` declared pixels (default: the model's own bound). A call that
         fails on a corrupt image is retried image by image, so only that file fails.
+        Each classified image's outputs also go to ``sink`` (a prediction log, or a
+        collector of observations), with its content hash, path and bytes.
         """
+        found: list[tuple[str, bytes, str]] = [(path, *read_file(path)) for path in paths]
+        return self.predict_contents(found, batch_size, max_batch_pixels, sink)
+
+    def predict_contents(
+        self,
+        contents: list[tuple[str, bytes, str]],
+        batch_size: int = 64,
+        max_batch_pixels: int = 0,
+        sink: OutputSink | None = None,
+    ) -> list[Prediction]:
+        """``predict_files`` of contents already read: ``(name, bytes, error)`` each.
+
+        An entry with an error (why it could not be read) gets it as its prediction.
+        """
+        paths = [name for name, _, _ in contents]
         results: dict[int, Prediction] = {}
         read: list[tuple[int, bytes]] = []
-        for index, path in enumerate(paths):
-            data, error = read_file(path)
+        for index, (path, data, error) in enumerate(contents):
             if error:
                 results[index] = Prediction(path, error=error)
             else:
@@ -134,8 +161,12 @@ class Classifier:
         limit = max_batch_pixels or self.max_pixels
         for group in batches([p for _, _, p in good], batch_size, limit):
             chunk = [good[i] for i in group]
+            data = {i: d for i, d, _ in chunk}
             for index, out, row in self._classify_chunk([(i, d) for i, d, _ in chunk]):
                 results[index] = self._prediction(paths[index], out, row)
+                if sink is not None and out is not None:
+                    content = data[index]
+                    sink.add_outputs(out, [row], [content_hash(content)], [paths[index]], [content])
         return [results[i] for i in range(len(paths))]
 
     def _classify_chunk(self, chunk: list[tuple[int, bytes]]):
@@ -209,6 +240,36 @@ def _instance_bytes(instance: Any, index: int) -> bytes:
         return base64.b64decode(instance["b64"], validate=True)
     except ValueError as err:
         raise ValueError(f"instances[{index}]: invalid base64: {err}") from None
+
+
+class OutputSink:
+    """Where a monitored classifier's outputs go, row by row (``visionpipe.predlog``)."""
+
+    def add_outputs(self, outputs, rows, hashes, files=None, images=None) -> None:
+        """Takes output rows ``rows`` of one call, with each image's hash, path and bytes."""
+
+
+class Collector(OutputSink):
+    """Keeps the rows it is given, for ``visionpipe.drift.Observations.from_outputs``."""
+
+    def __init__(self) -> None:
+        self.outputs: list[dict[str, Any]] = []
+        self.keys: list[str] = []
+        self.images: list[bytes] = []
+
+    def add_outputs(self, outputs, rows, hashes, files=None, images=None) -> None:
+        """Keeps each row as a one-row output dict."""
+        for i, row in enumerate(rows):
+            self.outputs.append({k: v[row : row + 1] for k, v in outputs.items()})
+            self.keys.append(files[i] if files else hashes[i])
+            self.images.append(images[i] if images else b"")
+
+
+def content_hash(data: bytes) -> str:
+    """The SHA-256 of an input's bytes, as ingest and the prediction log record it."""
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
 
 
 UNDECODABLE = "not an image the model can decode (JPEG, PNG, GIF, BMP or WebP)"

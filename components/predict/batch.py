@@ -12,11 +12,8 @@ folder next to it and renames it at the end.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
-import posixpath
 import uuid
 from dataclasses import asdict, dataclass
 
@@ -24,11 +21,17 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 
 from visionpipe import features as F
-from visionpipe import storage
+from visionpipe import sources, storage
 from visionpipe.beam import pipeline_options
 from visionpipe.config import Config
 from visionpipe.errors import UserError
-from visionpipe.serving import UNDECODABLE, check_images, model_max_pixels, read_file
+from visionpipe.serving import (
+    UNDECODABLE,
+    check_images,
+    content_hash,
+    model_max_pixels,
+    read_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,38 +59,15 @@ class BatchResult:
 
 
 def list_images(data: str) -> list[str]:
-    """The files to score: every file under a folder or prefix, or the paths of a CSV.
-
-    A CSV's first column is the path (a header ``path`` is skipped; other columns are
-    ignored); relative paths are relative to the CSV's folder. Hidden files are skipped.
+    """``visionpipe.sources.list_images``, its error as this step's.
 
     Raises:
         BatchInputError: the input does not exist or holds no files.
     """
-    if data.lower().endswith(".csv"):
-        if not storage.exists(data):
-            raise BatchInputError(f"{data}: no such CSV file")
-        paths = _csv_paths(data)
-    elif storage.isdir(data):
-        paths = [
-            uri for uri in storage.walk_files(data) if not posixpath.basename(uri).startswith(".")
-        ]
-    else:
-        raise BatchInputError(f"{data}: no such folder, prefix or CSV file")
-    if not paths:
-        raise BatchInputError(f"{data}: no files to score")
-    return sorted(paths)
-
-
-def _csv_paths(csv_uri: str) -> list[str]:
-    base = posixpath.dirname(csv_uri)
-    paths = []
-    for line, row in enumerate(csv.reader(io.StringIO(storage.read_text(csv_uri))), start=1):
-        path = row[0].strip() if row else ""
-        if not path or (line == 1 and path.lower() == "path"):
-            continue
-        paths.append(path if "://" in path or path.startswith("/") else posixpath.join(base, path))
-    return paths
+    try:
+        return sources.list_images(data)
+    except sources.DataError as err:
+        raise BatchInputError(str(err)) from None
 
 
 def check_model(model_dir: str) -> list[str]:
@@ -124,7 +104,7 @@ def run_batch_predict(
     paths = list_images(data)
     staging = f"{out_uri.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"
     try:
-        predict = _Predict(model_dir, labels, min(top_k, len(labels)))
+        predict = _Predict(model_dir, labels, min(top_k, len(labels)), config)
         counts = _run_pipeline(predict, paths, staging, config, batch_size)
         result = BatchResult(out_uri, len(paths), counts["predicted"], counts["rejected"])
         if result.inputs != result.predicted + result.rejected:
@@ -178,8 +158,9 @@ class _Predict(beam.DoFn):
     memory; the rest are decoded once, by the model.
     """
 
-    def __init__(self, model_dir: str, labels: list[str], top_k: int) -> None:
+    def __init__(self, model_dir: str, labels: list[str], top_k: int, config: Config) -> None:
         self._model_dir = model_dir
+        self._config = config  # its monitor section: the prediction log
         self._max_pixels = model_max_pixels(model_dir)
         self._labels = labels
         self._top_k = top_k
@@ -190,9 +171,26 @@ class _Predict(beam.DoFn):
         """Loads the model once per worker."""
         import tensorflow as tf
 
+        from visionpipe.predlog import open_log
+
         self._tf = tf
         self._loaded = tf.saved_model.load(self._model_dir)
-        self._serve = self._loaded.signatures[F.SERVING_SIGNATURE]
+        signatures = self._loaded.signatures
+        self._log = None
+        if self._config.monitor.log and F.MONITOR_SIGNATURE in signatures:
+            self._log = open_log(self._config, self._model_dir, "predict-batch")
+        name = F.MONITOR_SIGNATURE if self._log is not None else F.SERVING_SIGNATURE
+        self._serve = signatures[name]
+
+    def finish_bundle(self) -> None:
+        """Writes the bundle's log records (a bundle retried by the runner logs again)."""
+        if self._log is not None:
+            self._log.flush()
+
+    def teardown(self) -> None:
+        """Writes any log records left."""
+        if getattr(self, "_log", None) is not None:
+            self._log.close()
 
     def process(self, paths: list[str]):
         """Yields one row per classified file, and a tagged reject per other file."""
@@ -213,10 +211,10 @@ class _Predict(beam.DoFn):
             else:
                 good.append(path)
                 data.append(content)
-        out = self._classify(data) if data else None
+        out = self._classify(data, good) if data else None
         if out is None and data:  # a corrupt file: score one by one, reject only it
             for path, content in zip(good, data, strict=True):
-                one = self._classify([content])
+                one = self._classify([content], [path])
                 if one is None:
                     self._rejected.inc()
                     yield beam.pvalue.TaggedOutput("rejects", {"path": path, "reason": UNDECODABLE})
@@ -228,13 +226,17 @@ class _Predict(beam.DoFn):
             self._predicted.inc()
             yield self._row(path, out, row)
 
-    def _classify(self, data: list[bytes]):
+    def _classify(self, data: list[bytes], paths: list[str]):
         tf = self._tf
         try:
             out = self._serve(**{F.SERVING_INPUT: tf.constant(data, dtype=tf.string)})
         except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
             return None
-        return {k: v.numpy() for k, v in out.items()}
+        out = {k: v.numpy() for k, v in out.items()}
+        if self._log is not None:
+            hashes = [content_hash(d) for d in data]
+            self._log.add_outputs(out, list(range(len(data))), hashes, paths, data)
+        return out
 
     def _row(self, path: str, out: dict, row: int) -> dict:
         probabilities = out["probabilities"][row]

@@ -1,4 +1,8 @@
-"""Scoring with a served model: ``predict`` (files, in process) and ``predict-batch`` (Beam)."""
+"""Scoring with a served model: files in process, a Beam batch job, or files as they arrive.
+
+The verbs ``predict``, ``predict-batch`` and ``predict-stream``; each appends what it
+scores to the prediction log (``visionpipe.predlog``) unless ``monitor.log`` is off.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from visionpipe.tracker import log_stored
 
 if TYPE_CHECKING:
     from components.predict.batch import BatchResult
+    from components.predict.stream import StreamState
 
 
 def batch_size_argument(p) -> None:
@@ -73,9 +78,15 @@ def _batch_figure(result: BatchResult) -> str:
 
 def run_files(ctx: StepContext, model: str, images: list[str]) -> list[Prediction]:
     """Classifies image files; a file that cannot be read gets an error, not a raise."""
+    from visionpipe.predlog import open_log
+
     with tempfile.TemporaryDirectory(prefix="visionpipe-model-") as tmp:
         model_dir = resolve_model(model, tmp, ctx.registry)
-        found = Classifier(model_dir).predict_files(images, ctx.config.predict.batch_size)
+        classifier = Classifier(model_dir, monitored=ctx.config.monitor.log)
+        sink = open_log(ctx.config, model_dir, "predict") if classifier.monitored else None
+        found = classifier.predict_files(images, ctx.config.predict.batch_size, sink=sink)
+        if sink is not None:
+            sink.close()
     failed = sum(1 for p in found if p.error)
     ctx.tracker.log_params({"model": model})
     ctx.tracker.log_metrics(
@@ -104,6 +115,76 @@ def _show_files(args, predictions: list[Prediction]) -> int:
     return 1 if any(p.error for p in predictions) else 0
 
 
+def run_stream(
+    ctx: StepContext,
+    model: str,
+    watch: str,
+    out: str,
+    poll_seconds: float = 1.0,
+    settle_seconds: float = 0.5,
+    idle_stop: float = 0.0,
+) -> StreamState:
+    """Scores new files under ``watch`` into ``out`` until Ctrl-C (or ``idle_stop`` idle)."""
+    from components.predict.batch import check_model
+    from components.predict.stream import FileStream
+    from visionpipe import progress
+    from visionpipe.predlog import open_log
+
+    predict = ctx.config.predict
+    with tempfile.TemporaryDirectory(prefix="visionpipe-model-") as tmp:
+        model_dir = resolve_model(model, tmp, ctx.registry)
+        labels = check_model(model_dir)
+        classifier = Classifier(model_dir, monitored=ctx.config.monitor.log)
+        sink = open_log(ctx.config, model_dir, "stream") if classifier.monitored else None
+        stream = FileStream(
+            classifier, labels, watch, out, predict.batch_size, predict.top_k, settle_seconds, sink
+        )
+        ctx.tracker.log_params({"model": model, "watch": watch, "out": out})
+        print(
+            f"predict-stream: watching {watch} -> {out} (Ctrl-C stops; "
+            f"{stream.state.resumed_hashes} files already scored there)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+        def shown(state) -> None:
+            progress.report(
+                "predict-stream",
+                f"{state.predicted} scored, {state.rejected} rejected, "
+                f"{state.duplicates} duplicates",
+            )
+
+        state = stream.run(poll_seconds, idle_stop, on_batch=shown)
+        if sink is not None:
+            sink.close()
+    ctx.tracker.log_metrics({k: float(v) for k, v in state.to_dict().items()})
+    return state
+
+
+def _stream_arguments(p) -> None:
+    add_model_argument(p)
+    p.add_argument("--watch", required=True, help="folder or object-store prefix to watch")
+    p.add_argument("--out", required=True, help="output folder (resumed when it holds outputs)")
+    p.add_argument("--poll-seconds", type=float, default=1.0, help="how often to look (1 s)")
+    p.add_argument(
+        "--settle-seconds",
+        type=float,
+        default=0.5,
+        help="a file unchanged this long is complete (0.5 s); object stores: 0",
+    )
+    p.add_argument(
+        "--idle-stop", type=float, default=0.0, help="stop after this many idle seconds (0: never)"
+    )
+    batch_size_argument(p)
+
+
+def _stream_figure(state: StreamState) -> str:
+    return (
+        f"{state.predicted} scored, {state.rejected} rejected, {state.duplicates} duplicates "
+        f"in {state.batches} batches"
+    )
+
+
 STEPS = (
     Step(
         name="predict-batch",
@@ -124,6 +205,27 @@ STEPS = (
                 "overwrite": a.overwrite,
             },
             show=lambda a, r: print(f"{_batch_figure(r)} -> {r.out_uri}"),
+            overrides=_overrides,
+        ),
+    ),
+    Step(
+        name="predict-stream",
+        order=96,
+        run=run_stream,
+        figure=_stream_figure,
+        in_pipeline=False,
+        verb=Verb(
+            help="Score new image files as they arrive in a folder or prefix.",
+            arguments=_stream_arguments,
+            call=lambda a: {
+                "model": a.model,
+                "watch": a.watch,
+                "out": a.out,
+                "poll_seconds": a.poll_seconds,
+                "settle_seconds": a.settle_seconds,
+                "idle_stop": a.idle_stop,
+            },
+            show=lambda a, state: print(f"predict-stream: {_stream_figure(state)} -> {a.out}"),
             overrides=_overrides,
         ),
     ),

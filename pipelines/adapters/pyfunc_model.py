@@ -1,9 +1,14 @@
 """The MLflow pyfunc model of a visionpipe classifier ("models from code").
 
 MLflow copies this file into every registered model (``python_model``), so it stands
-alone: it imports MLflow, pandas, NumPy and TensorFlow, nothing of visionpipe, and a
-server built from the model (``mlflow models serve``, ``build-docker``, a Spark UDF)
-needs only the model's own requirements.
+alone: it imports MLflow, pandas, NumPy and TensorFlow, and a server built from the
+model (``mlflow models serve``, ``build-docker``, a Spark UDF) needs only the model's
+own requirements. Where visionpipe is installed too (``visionpipe serve``, or
+``mlflow models serve --env-manager local`` in its environment), every answered image
+is appended to the prediction log (``visionpipe.predlog``) as ``visionpipe predict``
+would, by the config in ``$VISIONPIPE_CONFIG`` (default: the defaults) under
+``$VISIONPIPE_HOME``; without visionpipe it answers the same and logs nothing, and says
+so once.
 
 Input: a DataFrame with an ``image`` column of encoded image bytes (JPEG, PNG, GIF, BMP
 or WebP). Over REST the column is sent as base64 strings, which MLflow's scoring server
@@ -49,6 +54,9 @@ class VisionpipeClassifier(mlflow.pyfunc.PythonModel):
         # Models exported before it lack it: their graph's own check still refuses bombs.
         self._headers = self._loaded.signatures.get("declared_sizes")
         self._limits = _limits(context.artifacts[SAVED_MODEL])
+        self._log = _prediction_log(self._loaded, context.artifacts[SAVED_MODEL])
+        if self._log is not None:  # the same answers, and what the log records
+            self._serve = self._loaded.signatures["monitor"]
 
     def predict(self, context, model_input, params=None):
         """Classifies each row's image; a row that cannot be answered gets its error."""
@@ -154,6 +162,14 @@ class VisionpipeClassifier(mlflow.pyfunc.PythonModel):
             for one in images:  # a decoder refused a row: find it
                 yield from self._classify([one])
             return
+        if self._log is not None:
+            import hashlib
+
+            values = {k: v.numpy() for k, v in out.items()}
+            hashes = [hashlib.sha256(d).hexdigest() for _, d in images]
+            self._log.add_outputs(
+                values, list(range(len(images))), hashes, None, [d for _, d in images]
+            )
         probabilities = out["probabilities"].numpy().astype(float)
         ids = out["class_id"].numpy()
         names = out["class_name"].numpy()
@@ -168,6 +184,25 @@ class VisionpipeClassifier(mlflow.pyfunc.PythonModel):
                     "error": "",  # not None: MLflow's JSON would make it NaN
                 },
             )
+
+
+def _prediction_log(loaded, saved_model_dir: str):
+    """The prediction log of this server, or None (off, or no visionpipe installed here)."""
+    import logging
+    import os
+
+    if "monitor" not in loaded.signatures:
+        return None
+    try:
+        from visionpipe.config import load_config
+        from visionpipe.predlog import open_log
+    except ImportError:
+        logging.getLogger(__name__).warning(
+            "visionpipe is not installed where this model is served: predictions are not logged"
+        )
+        return None
+    config = load_config(os.environ.get("VISIONPIPE_CONFIG") or None)
+    return open_log(config, saved_model_dir, "pyfunc", background=True)
 
 
 def _limits(saved_model_dir: str) -> dict[str, int]:
