@@ -20,6 +20,7 @@ STEP_TAG = "visionpipe.step"
 SKIPPED_TAG = "visionpipe.skipped"
 ERROR_TAG = "visionpipe.error"
 PIPELINE_KIND = "pipeline"
+MONITOR_KIND = "monitor"
 SPLITS = ("train", "valid", "test")
 
 # Fields stored as tags (text), by the tag's name.
@@ -164,3 +165,49 @@ def _text(value: Any) -> str:
     if isinstance(value, dict):
         return json.dumps(value, sort_keys=True)
     return str(value)
+
+
+# A monitor run's verdict, as tags (``visionpipe monitor``; read by the data check).
+MONITOR_MODEL_TAG = "monitor.model_name"
+_MONITOR_TAGS = {
+    "model_name": MONITOR_MODEL_TAG,
+    "model_version": "monitor.model_version",
+    "model_digest": "monitor.model_digest",
+    "drift": "monitor.drift",
+    "reason": "monitor.reason",
+}
+
+
+@dataclass(frozen=True)
+class MonitorRecord:
+    """What one monitor run found for a model: drift (or an accuracy drop) or not, and why."""
+
+    run_id: str = ""
+    start_time_ms: int = 0
+    model_name: str = ""
+    model_version: str = ""
+    model_digest: str = ""
+    drift: bool = False
+    reason: str = ""
+
+    @classmethod
+    def from_store(cls, run_id: str, tags: Mapping[str, str], start_time_ms: int = 0):
+        """Reads the verdict from a monitor run's tags."""
+        values = {f: tags.get(t, "") for f, t in _MONITOR_TAGS.items()}
+        return cls(
+            run_id=run_id,
+            start_time_ms=int(start_time_ms or 0),
+            **{**values, "drift": values["drift"] == "true"},
+        )
+
+
+def monitor_tags(identity: Mapping[str, str], drift: bool, reason: str) -> dict[str, str]:
+    """The tags that store a monitor verdict on its run (``MonitorRecord``)."""
+    values = {
+        "model_name": identity.get("name", ""),
+        "model_version": identity.get("version", ""),
+        "model_digest": identity.get("digest", ""),
+        "drift": _text(bool(drift)),
+        "reason": reason[:4000],
+    }
+    return {_MONITOR_TAGS[k]: v for k, v in values.items()}

@@ -82,13 +82,20 @@ class PipelineRun:
         """The newest finished pipeline run that trained, other than this one; or None."""
         return None
 
+    def latest_monitor(self, model_name: str):
+        """The newest finished monitor run's ``MonitorRecord`` for ``model_name``; or None."""
+        return None
+
 
 class InMemoryPipelineRun(PipelineRun):
     """A pipeline run held in memory, with earlier runs given as ``RunRecord`` values."""
 
-    def __init__(self, run_id: str = "run", history: list | None = None) -> None:
+    def __init__(
+        self, run_id: str = "run", history: list | None = None, monitors: list | None = None
+    ) -> None:
         self.run_id = run_id
         self.history = list(history or [])
+        self.monitors = list(monitors or [])  # MonitorRecord values
         self.metrics: dict[str, float] = {}
         self.tags: dict[str, str] = {}
 
@@ -110,6 +117,11 @@ class InMemoryPipelineRun(PipelineRun):
         """The newest of ``history`` that finished and was not skipped."""
         done = [r for r in self.history if r.status == "FINISHED" and not r.skipped]
         return max(done, key=lambda r: r.start_time_ms, default=None)
+
+    def latest_monitor(self, model_name: str):
+        """The newest of ``monitors`` for ``model_name``."""
+        mine = [m for m in self.monitors if m.model_name == model_name]
+        return max(mine, key=lambda m: m.start_time_ms, default=None)
 
 
 def log_stored(tracker: Tracker, uri: str, path: str | None = None) -> None:

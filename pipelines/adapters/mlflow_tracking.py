@@ -28,9 +28,12 @@ from visionpipe.home import Home
 from visionpipe.record import (
     ERROR_TAG,
     KIND_TAG,
+    MONITOR_KIND,
+    MONITOR_MODEL_TAG,
     PIPELINE_KIND,
     SKIPPED_TAG,
     STEP_TAG,
+    MonitorRecord,
     RunRecord,
     outcome_entries,
 )
@@ -276,6 +279,18 @@ class Tracking:
         return next((r for r in runs if r.info.run_id != self.pipeline_run_id), None)
 
 
+def latest_monitor_run(session: Tracking, model_name: str):
+    """The experiment's newest finished monitor run for ``model_name``, or None."""
+    query = (
+        f"tags.`{KIND_TAG}` = '{MONITOR_KIND}' and tags.`{MONITOR_MODEL_TAG}` = '{model_name}' "
+        "and attributes.status = 'FINISHED'"
+    )
+    runs = session.client.search_runs(
+        [session.experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1
+    )
+    return runs[0] if runs else None
+
+
 def record_of(run) -> RunRecord:
     """The typed record of an MLflow pipeline run."""
     info, data = run.info, run.data
@@ -312,6 +327,13 @@ class MlflowPipelineRun(PipelineRun):
         """The newest finished pipeline run that trained, other than this one."""
         run = self.session.last_successful_pipeline_run()
         return None if run is None else record_of(run)
+
+    def latest_monitor(self, model_name: str) -> MonitorRecord | None:
+        """The newest finished monitor run's verdict for ``model_name``."""
+        run = latest_monitor_run(self.session, model_name)
+        if run is None:
+            return None
+        return MonitorRecord.from_store(run.info.run_id, run.data.tags, run.info.start_time)
 
 
 def _experiment(mlflow_client, name: str, uri: str) -> str:

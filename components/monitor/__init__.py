@@ -1,0 +1,1 @@
+"""The monitor step: what the served model is given, against its reference profile."""
