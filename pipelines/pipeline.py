@@ -48,6 +48,13 @@ PARAMETERS: dict[str, Parameter] = {
         lambda v: "null" if v < 0 else json.dumps(v),  # below 0 turns the threshold off
     ),
     "model_name": Parameter(str, "push.model_name", lambda c: c.push.model_name),
+    # "data_changed,drift": when a run trains (see the data check); a list in the config.
+    "retrain_when": Parameter(
+        str,
+        "pipeline.retrain_when",
+        lambda c: ",".join(c.pipeline.retrain_when),
+        lambda v: json.dumps([r.strip() for r in v.split(",") if r.strip()]),
+    ),
     "serving_root": Parameter(
         str,
         "push.serving_root",
@@ -80,8 +87,9 @@ def build_pipeline(config: Config):
 
     The whole validated config travels as the ``config_json`` parameter, so every step
     sees the same typed configuration; ``PARAMETERS`` are parameters of their own.
-    ``only_if_data_changed`` (what schedules set) skips training when the data, model
-    settings and version equal the last successful run's.
+    ``retrain_when`` (``data_changed``, ``drift``, ``always``, comma-separated) says when
+    a run trains; ``only_if_data_changed`` (what schedules set) stands for
+    ``data_changed`` when ``retrain_when`` is left at ``always``.
     """
     ops = make_components(config.pipeline.image, PARAMETER_TYPES, config.pipeline.training_image)
     compiled = config.with_overrides(['push.serving_root=""'])
@@ -95,6 +103,7 @@ def build_pipeline(config: Config):
         max_trials: int = defaults["max_trials"],
         min_accuracy: float = defaults["min_accuracy"],
         model_name: str = defaults["model_name"],
+        retrain_when: str = defaults["retrain_when"],
         serving_root: str = defaults["serving_root"],
         only_if_data_changed: bool = False,
         config_json: str = compiled.to_json(),

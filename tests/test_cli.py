@@ -157,6 +157,7 @@ def test_compile_writes_a_strict_kfp_pipeline_spec(tmp_path, capsys):
     params = spec.root.input_definitions.parameters
     expected = {"data", "image_size", "epochs", "max_trials", "min_accuracy", "model_name"}
     expected |= {"serving_root", "only_if_data_changed", "config_json", "mlflow_tracking_uri"}
+    expected |= {"retrain_when"}
     assert expected <= set(params)
     assert params["only_if_data_changed"].default_value.bool_value is False
     assert params["epochs"].default_value.number_value == 7
@@ -178,12 +179,16 @@ def test_run_parameters_are_applied_and_validated_by_the_configure_step():
         return configure({**dict(zip(PARAMETERS, values, strict=True)), "config_json": config_json})
 
     base = load_config().to_json()
-    merged = Config.from_json(run(48, 3, 0, -1.0, "cats", "gs://b/serving", config_json=base))
+    values = (48, 3, 0, -1.0, "cats", "data_changed, drift", "gs://b/serving")
+    merged = Config.from_json(run(*values, config_json=base))
     assert merged.transform.image_size == 48 and merged.trainer.epochs == 3
+    assert merged.pipeline.retrain_when == ["data_changed", "drift"]
     assert merged.tuner.max_trials == 0 and merged.evaluate.min_accuracy is None
     assert merged.push.model_name == "cats" and merged.push.serving_root == "gs://b/serving"
     with pytest.raises(ConfigError, match="transform.image_size"):
-        run(3, 3, 0, 0.5, "cats", "", config_json=base)
+        run(3, 3, 0, 0.5, "cats", "always", "", config_json=base)
+    with pytest.raises(ConfigError, match="retrain_when"):
+        run(32, 3, 0, 0.5, "cats", "sometimes", "", config_json=base)
 
 
 def test_ingest_subcommand_takes_several_inputs_and_logs_to_mlflow(tmp_path, tiny_dataset, capsys):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
-from visionpipe.record import RunRecord
+from visionpipe.record import MonitorRecord, RunRecord
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,65 @@ class DataCheck:
         return asdict(self)
 
 
-ALWAYS = DataCheck(True, "retrains on every run (only_if_data_changed is off)")
+ALWAYS = DataCheck(True, "retrains on every run (pipeline.retrain_when: always)")
+
+
+def effective_reasons(retrain_when: list[str], only_if_data_changed: bool) -> list[str]:
+    """What retrains this run: ``retrain_when``, or ``data_changed`` for the old flag.
+
+    ``only_if_data_changed`` (the KFP parameter and ``--only-if-data-changed`` that
+    schedules set) stands for ``retrain_when: [data_changed]`` when ``retrain_when`` is
+    left at its default, ``[always]``; a configured ``retrain_when`` decides alone.
+    """
+    reasons = list(dict.fromkeys(retrain_when)) or ["always"]
+    if only_if_data_changed and reasons == ["always"]:
+        return ["data_changed"]
+    return reasons
+
+
+def decide_retrain(
+    reasons: list[str],
+    fingerprint: str,
+    settings: dict,
+    version: str,
+    previous: RunRecord | None,
+    monitor: MonitorRecord | None,
+) -> DataCheck:
+    """Retrain for the first of ``reasons`` that holds; else skip, saying why none did.
+
+    ``data_changed``: the data, model settings or version differ from ``previous`` (the
+    last run that trained). ``drift``: the newest monitor run of the model, newer than
+    ``previous``, found drift or an accuracy drop (a verdict is acted on once: the run
+    it starts is newer than it).
+    """
+    if "always" in reasons:
+        return ALWAYS
+    why_not = []
+    if "data_changed" in reasons:
+        check = decide(fingerprint, settings, version, previous)
+        if check.retrain:
+            return check
+        why_not.append(check.reason)
+    if "drift" in reasons:
+        check = drift_check(previous, monitor)
+        if check.retrain:
+            return check
+        why_not.append(check.reason)
+    run_id = previous.run_id if previous else ""
+    return DataCheck(False, "; ".join(why_not), run_id)
+
+
+def drift_check(previous: RunRecord | None, monitor: MonitorRecord | None) -> DataCheck:
+    """Retrain when the newest monitor verdict since the last training found drift."""
+    if previous is None:
+        return DataCheck(True, "no earlier successful pipeline run: no model to monitor yet")
+    run_id = previous.run_id
+    if monitor is None or monitor.start_time_ms <= previous.start_time_ms:
+        return DataCheck(False, f"no monitor run since run {run_id} trained", run_id)
+    model = f"{monitor.model_name} v{monitor.model_version or '?'}"
+    if monitor.drift:
+        return DataCheck(True, f"monitor run {monitor.run_id} on {model}: {monitor.reason}", run_id)
+    return DataCheck(False, f"monitor run {monitor.run_id} on {model} found no drift", run_id)
 
 
 def decide(fingerprint: str, settings: dict, version: str, previous: RunRecord | None) -> DataCheck:

@@ -5,7 +5,12 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
-from components.data_check.decide import ALWAYS, DataCheck, decide, project_version
+from components.data_check.decide import (
+    DataCheck,
+    decide_retrain,
+    effective_reasons,
+    project_version,
+)
 from visionpipe.record import KIND_TAG, PIPELINE_KIND, RunRecord
 from visionpipe.step import Step, StepContext
 
@@ -15,17 +20,25 @@ log = logging.getLogger(__name__)
 def run(ctx: StepContext, fingerprint: str, only_if_data_changed: bool) -> DataCheck:
     """Decides whether this pipeline run trains on the data ingest just fingerprinted.
 
-    It always does, unless ``only_if_data_changed`` (what scheduled runs ask for) and
-    what the model depends on is unchanged since the experiment's last successful
-    pipeline run: the data fingerprint, the model settings (``Config.model_settings``)
-    and the visionpipe version. The decision and what it was made on are recorded on
-    the pipeline run (``skipped``, ``data_check``, ``model_settings``,
-    ``visionpipe_version``).
+    By ``pipeline.retrain_when`` (``only_if_data_changed``, what scheduled runs ask
+    for, stands for ``data_changed``): ``always``; ``data_changed``, when what the model
+    depends on differs from the experiment's last successful pipeline run (the data
+    fingerprint, the model settings of ``Config.model_settings``, the visionpipe
+    version); ``drift``, when a monitor run of the model since then found drift or an
+    accuracy drop. The decision and what it was made on are recorded on the pipeline
+    run (``skipped``, ``data_check``, ``model_settings``, ``visionpipe_version``).
     """
-    settings, version = ctx.config.model_settings(), project_version()
-    check = ALWAYS
-    if only_if_data_changed:
-        check = decide(fingerprint, settings, version, ctx.pipeline.last_successful())
+    config = ctx.config
+    settings, version = config.model_settings(), project_version()
+    reasons = effective_reasons(config.pipeline.retrain_when, only_if_data_changed)
+    check = decide_retrain(
+        reasons,
+        fingerprint,
+        settings,
+        version,
+        ctx.pipeline.last_successful() if reasons != ["always"] else None,
+        ctx.pipeline.latest_monitor(config.push.model_name) if "drift" in reasons else None,
+    )
     check = replace(check, fingerprint=fingerprint)
     log.info("data check: %s", check.reason)
     ctx.pipeline.tracker.set_tags({KIND_TAG: PIPELINE_KIND})  # also on a run KFP's MLflow made
@@ -54,8 +67,8 @@ STEPS = (
         name="data-check",
         order=20,
         run=run,
-        doc="Whether the run goes on to train: False only when the run asks to train on "
-        "changed data alone and the data, model settings and version are unchanged.",
+        doc="Whether the run goes on to train (pipeline.retrain_when): always, when the "
+        "data, settings or version changed, or when a monitor run found drift.",
         params={"fingerprint": str, "only_if_data_changed": bool},
         outputs={"decision": "Artifact"},
         returns=bool,
