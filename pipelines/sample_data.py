@@ -53,15 +53,24 @@ class SampleSpec:
     size: int = 64
     seed: int = 0
     kind: str = "shapes"
+    first_class: int = 0  # classes from this one of the kind's list on (unseen ones)
+    shift: str = "none"  # a change of every image (SHIFTS): data a model was not shown
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {', '.join(KINDS)}. Received: {self.kind!r}")
         names = KINDS[self.kind][0]
-        if not 2 <= self.classes <= len(names):
+        if self.shift not in SHIFTS:
+            raise ValueError(f"shift must be one of {', '.join(SHIFTS)}. Received: {self.shift!r}")
+        if not 0 <= self.first_class <= len(names) - 2:
             raise ValueError(
-                f"classes must be between 2 and {len(names)} for {self.kind}. "
-                f"Received: {self.classes}"
+                f"first_class must be between 0 and {len(names) - 2} for {self.kind}. "
+                f"Received: {self.first_class}"
+            )
+        if not 2 <= self.classes <= len(names) - self.first_class:
+            raise ValueError(
+                f"classes must be between 2 and {len(names) - self.first_class} for "
+                f"{self.kind} from class {self.first_class}. Received: {self.classes}"
             )
         if self.per_class < 1:
             raise ValueError(f"per_class must be at least 1. Received: {self.per_class}")
@@ -71,7 +80,7 @@ class SampleSpec:
     @property
     def class_names(self) -> tuple[str, ...]:
         """The generated classes."""
-        return KINDS[self.kind][0][: self.classes]
+        return KINDS[self.kind][0][self.first_class : self.first_class + self.classes]
 
 
 def generate(out_dir: str | Path, spec: SampleSpec | None = None) -> dict[str, int]:
@@ -87,7 +96,8 @@ def generate(out_dir: str | Path, spec: SampleSpec | None = None) -> dict[str, i
         for i in range(spec.per_class):
             rng = np.random.default_rng([spec.seed, class_index, i])
             rel = f"{folder}/{folder}_{i:05d}.jpg"
-            draw(name, spec.size, rng).save(out / rel, format="JPEG", quality=90)
+            image = shifted(draw(name, spec.size, rng), spec.shift)
+            image.save(out / rel, format="JPEG", quality=90)
             rows.append((rel, name))
         counts[name] = spec.per_class
     with open(out / "labels.csv", "w", newline="") as f:
@@ -95,6 +105,25 @@ def generate(out_dir: str | Path, spec: SampleSpec | None = None) -> dict[str, i
         writer.writerow(["path", "label"])
         writer.writerows(rows)
     return counts
+
+
+# Changes of every image, for monitoring's tests and demos: what drift looks like.
+SHIFTS = ("none", "darker", "blurred", "inverted")
+
+
+def shifted(image: Image.Image, shift: str) -> Image.Image:
+    """``image`` under ``shift``, what a camera or a pipeline upstream might do to it.
+
+    ``darker``: pixels x 0.45 (underexposed); ``blurred``: Gaussian, radius 1.5 per 64
+    px (out of focus); ``inverted``: 255 - x (a negative, or the other polarity).
+    """
+    if shift == "darker":
+        return Image.fromarray((np.asarray(image, dtype=np.float32) * 0.45).astype(np.uint8))
+    if shift == "blurred":
+        return image.filter(ImageFilter.GaussianBlur(1.5 * image.width / 64))
+    if shift == "inverted":
+        return Image.fromarray(255 - np.asarray(image, dtype=np.uint8))
+    return image
 
 
 def _folder_name(name: str) -> str:

@@ -12,6 +12,8 @@ from visionpipe.config import Config, ConfigError
 
 def add_sample_data(command) -> None:
     """``sample-data``: a built-in synthetic dataset."""
+    from pipelines.sample_data import SHIFTS
+
     p = command("sample-data", sample_data, "Generate a built-in synthetic image dataset.")
     p.add_argument("--out", required=True, help="output folder (folder-per-class + labels.csv)")
     p.add_argument(
@@ -25,6 +27,18 @@ def add_sample_data(command) -> None:
     p.add_argument("--per-class", type=int, default=300, help="images per class (default 300)")
     p.add_argument("--size", type=int, default=64, help="image side in pixels")
     p.add_argument("--seed", type=int, default=0, help="random seed: the same seed, the same set")
+    p.add_argument(
+        "--first-class",
+        type=int,
+        default=0,
+        help="start at this class of the kind's list (classes a model was not trained on)",
+    )
+    p.add_argument(
+        "--shift",
+        default="none",
+        choices=SHIFTS,
+        help="change every image (darker, blurred, inverted): drift to try monitor on",
+    )
 
 
 def add_verbs(command) -> None:
@@ -73,7 +87,15 @@ def sample_data(args, config: Config) -> None:
     from pipelines.sample_data import SampleSpec, generate
 
     try:
-        spec = SampleSpec(args.classes, args.per_class, args.size, args.seed, args.kind)
+        spec = SampleSpec(
+            args.classes,
+            args.per_class,
+            args.size,
+            args.seed,
+            args.kind,
+            first_class=args.first_class,
+            shift=args.shift,
+        )
     except ValueError as err:
         raise ConfigError(f"sample-data: {err}") from None
     counts = generate(args.out, spec)
