@@ -111,6 +111,52 @@ def test_data_check_retrains_after_an_upgrade_or_without_a_recorded_config(tiny_
     assert check.retrain and check.reason == "config of run r1 was not recorded; retraining"
 
 
+def _monitor_run(config, drift: bool, reason: str, model="visionpipe-classifier"):
+    """A finished monitor run as ``visionpipe monitor`` leaves it."""
+    from visionpipe.record import MONITOR_KIND, monitor_tags
+
+    session = Tracking.open(config)
+    tags = {KIND_TAG: MONITOR_KIND, **monitor_tags({"name": model, "version": "1"}, drift, reason)}
+    run = session.client.create_run(session.experiment_id, tags=tags)
+    session.client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def test_data_check_on_drift_retrains_for_a_verdict_newer_than_the_last_training(tiny_config):
+    config = tiny_config.with_overrides(["pipeline.retrain_when=[data_changed, drift]"])
+    trained = _pipeline_run(config, "aa" * 32)
+    quiet = _check(config, "aa" * 32, only_if_changed=False)
+    assert quiet.retrain is False
+    assert quiet.reason.endswith(f"no monitor run since run {trained} trained")
+    _monitor_run(config, True, "drift: property:brightness (KS D 0.9)", model="another-model")
+    calm = _monitor_run(config, False, "no drift: 13 detectors on 400 records")
+    check = _check(config, "aa" * 32)  # the old flag changes nothing: retrain_when decides
+    assert check.retrain is False
+    assert check.reason.endswith(f"monitor run {calm} on visionpipe-classifier v1 found no drift")
+    alarm = _monitor_run(config, True, "drift: property:brightness (KS D 0.9)")
+    current = _started(config)
+    check = _check(config, "aa" * 32, session=current)
+    assert check.retrain is True
+    assert (
+        check.reason
+        == f"monitor run {alarm} on visionpipe-classifier v1: drift: property:brightness (KS D 0.9)"
+    )
+    assert _tags(config, current.pipeline_run_id)["data_check"] == check.reason
+    current.pipeline().record(data_fingerprint="aa" * 32)  # as its ingest did
+    current.end_pipeline(True)  # that run trained: the verdict is acted on once
+    assert _check(config, "aa" * 32).retrain is False
+    assert _check(config, "cc" * 32).reason.startswith("data changed since run")
+
+
+def test_only_if_data_changed_stands_for_data_changed_when_retrain_when_is_the_default():
+    from components.data_check.decide import effective_reasons
+
+    assert effective_reasons(["always"], False) == ["always"]
+    assert effective_reasons(["always"], True) == ["data_changed"]
+    assert effective_reasons(["drift"], True) == ["drift"]
+    assert effective_reasons(["drift", "drift", "data_changed"], False) == ["drift", "data_changed"]
+
+
 def test_compare_sorts_by_the_metric_and_leaves_skipped_runs_out(tiny_config):
     low = _pipeline_run(tiny_config, "aa" * 32, test_accuracy=0.5, test_log_loss=0.9)
     high = _pipeline_run(tiny_config, "bb" * 32, test_accuracy=0.9, test_log_loss=0.2)
