@@ -36,6 +36,8 @@ class RunRow:
     blessed: str
     pushed_version: str
     curve: list[float] = field(default_factory=list)  # the train step's val_accuracy
+    why: str = ""  # what made it train (the data check's trigger), or "skip"
+    data_check: str = ""  # the data check's whole reason
 
     def to_dict(self) -> dict:
         """JSON-ready form."""
@@ -86,6 +88,8 @@ def _row(client, experiment_id: str, run) -> RunRow:
         run_id=run.info.run_id,
         started=started,
         status="SKIPPED" if record.skipped else record.status,
+        why="skip" if record.skipped else record.retrain_trigger,
+        data_check=record.data_check,
         data_fingerprint=record.data_fingerprint[:12],
         params={k: data.params.get(k, "") for k in KEY_PARAMS},
         metrics=record.test_metrics,
@@ -97,13 +101,14 @@ def _row(client, experiment_id: str, run) -> RunRow:
 
 def format_table(rows: list[RunRow], metric: str) -> str:
     """A fixed-width text table, one line per run."""
-    header = ["run", "started", "status", "data", *(p.split(".")[-1] for p in KEY_PARAMS)]
+    header = ["run", "started", "status", "why", "data", *(p.split(".")[-1] for p in KEY_PARAMS)]
     header += [metric, "blessed", "pushed"]
     lines = [
         [
             r.run_id[:8],
             r.started,
             r.status.lower(),
+            r.why or "-",
             r.data_fingerprint,
             *(r.params[p] for p in KEY_PARAMS),
             f"{r.metrics[metric]:.4f}" if metric in r.metrics else "-",

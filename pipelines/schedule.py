@@ -170,12 +170,27 @@ class PipelineTrigger:
     """One local pipeline run in a process of its own: ``visionpipe run --json``.
 
     The run's output goes to ``<logs>/<time>-<pid>-<n>.log``; its summary (the last line) says
-    whether it trained or stopped after ingest because the data had not changed.
+    whether it trained or stopped after the data check, and why. With ``monitor_log``,
+    ``visionpipe monitor --since last`` first checks the champion on the log's records
+    since its previous monitor run (a run of kind monitor, which the data check reads when
+    ``retrain_when`` has ``drift``); a monitor that cannot run (no champion yet, no log)
+    is noted in the trigger's detail and the pipeline runs all the same.
     """
 
-    def __init__(self, data: str, cli_args: list[str], force: bool, logs: Path):
+    def __init__(
+        self,
+        data: str,
+        cli_args: list[str],
+        force: bool,
+        logs: Path,
+        monitor_log: str | None = None,
+    ):
         self.command = [sys.executable, "-m", "pipelines.cli", "run", "--data", data, "--json"]
         self.command += cli_args + ([] if force else ["--only-if-data-changed"])
+        self.monitor = None
+        if monitor_log is not None:
+            self.monitor = [sys.executable, "-m", "pipelines.cli", "monitor", "--log", monitor_log]
+            self.monitor += ["--since", "last", "--json", *cli_args]
         self.logs = logs
         self.count = 0
 
@@ -185,6 +200,7 @@ class PipelineTrigger:
         self.count += 1
         path = self.logs / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{self.count}.log"
         with open(path, "w") as out:
+            watched = self._monitor(out)
             done = subprocess.run(self.command, stdout=subprocess.PIPE, stderr=out, text=True)
             out.write(done.stdout)
         if done.returncode != 0:
@@ -194,14 +210,33 @@ class PipelineTrigger:
         from pipelines.local import RunSummary
 
         record = RunSummary.from_dict(json.loads(done.stdout.strip().splitlines()[-1])).record
-        run_id = record.run_id
-        if record.skipped:
-            return "skipped", record.data_check, run_id
-        acc = record.test_accuracy
-        pushed = record.pushed_version
-        detail = f"test accuracy {acc:.4f}, " if acc is not None else ""
-        detail += f"pushed version {pushed}" if pushed else "not pushed"
-        return "trained", detail, run_id
+        status, detail = outcome_of(record)
+        return status, watched + detail, record.run_id
+
+    def _monitor(self, out) -> str:
+        """Runs the monitor first, when asked; its verdict in a few words (and ``; ``)."""
+        if self.monitor is None:
+            return ""
+        done = subprocess.run(self.monitor, capture_output=True, text=True)
+        out.write(done.stderr + done.stdout)
+        if done.returncode != 0:
+            errors = [line for line in done.stderr.splitlines() if line.strip()]
+            last = errors[-1].removeprefix("visionpipe: error: ") if errors else "failed"
+            return f"monitor could not run ({last}); "
+        verdict = json.loads(done.stdout.strip().splitlines()[-1])
+        return f"monitor: {verdict['reason']}; "
+
+
+def outcome_of(record) -> tuple[str, str]:
+    """``(status, detail)`` of a pipeline run's record, as a trigger reports it."""
+    if record.skipped:
+        return "skipped", record.data_check
+    acc = record.test_accuracy
+    pushed = record.pushed_version
+    detail = f"trained for {record.retrain_trigger or 'a reason not recorded'}: "
+    detail += f"test accuracy {acc:.4f}, " if acc is not None else ""
+    detail += f"pushed version {pushed}" if pushed else "not pushed"
+    return "trained", detail
 
 
 class HomeLock:

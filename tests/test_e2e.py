@@ -155,9 +155,9 @@ def test_pipeline_runs_end_to_end_then_retrains_against_the_champion(tiny_datase
     assert {r["run_id"]: r["status"] for r in with_skipped}[scheduled["mlflow_run_id"]] == "SKIPPED"
 
 
-def _schedule_once(data, home):
+def _schedule_once(data, home, *options):
     cron = ["--cron", "* * * * * *", "--max-runs", "1"]
-    return _visionpipe(home, "schedule", "run-local", "--data", str(data), *cron)
+    return _visionpipe(home, "schedule", "run-local", "--data", str(data), *cron, *options)
 
 
 def _compare(home, *args):
@@ -267,3 +267,48 @@ def test_two_runs_on_one_home_both_finish_with_distinct_versions(tiny_dataset, i
     assert champion.tags["model_digest"] != previous.tags["model_digest"]
     for s in summaries:
         assert client.get_run(s["mlflow_run_id"]).info.status == "FINISHED"
+
+
+def test_a_scheduled_run_retrains_when_the_monitor_found_drift_and_skips_when_not(
+    tiny_dataset, isolated_home, tmp_path
+):
+    from pipelines.sample_data import SampleSpec, generate
+
+    first = _run(tiny_dataset, isolated_home)
+    assert first["pushed_version"] == 1
+    # The champion is given darker images than it was tested on, through `predict`.
+    dark = tmp_path / "dark"
+    generate(dark, SampleSpec(classes=3, per_class=8, size=32, seed=9, shift="darker"))
+    files = [str(p) for p in sorted(dark.rglob("*.jpg"))]
+    done = _cli(
+        isolated_home, "predict", "--model", "models:/visionpipe-classifier@champion", *files
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    # The data did not change, but the monitor before the run found drift: it retrains.
+    small = ["--set", "monitor.min_records=10"]
+    drifted = _schedule_once(tiny_dataset, isolated_home, "--monitor-log", *small)
+    assert drifted["status"] == "trained", drifted
+    assert "monitor: drift: " in drifted["detail"] and "property:brightness" in drifted["detail"]
+    assert "trained for drift" in drifted["detail"]
+    store = f"sqlite:///{isolated_home / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
+    retrained = client.get_run(drifted["mlflow_run_id"])
+    assert retrained.data.tags["retrain_trigger"] == "drift"
+    assert "property:brightness" in retrained.data.tags["data_check"]
+    [monitor] = client.search_runs(
+        [retrained.info.experiment_id], "tags.`visionpipe.kind` = 'monitor'"
+    )
+    assert monitor.data.tags["monitor.drift"] == "true"
+
+    # Nothing new was logged since that monitor run: no drift found, nothing retrains.
+    calm = _schedule_once(tiny_dataset, isolated_home, "--monitor-log", *small)
+    assert calm["status"] == "skipped", calm
+    assert "monitor: not enough data: 0 records" in calm["detail"]
+    assert calm["detail"].endswith("not enough data: 0 records (the tests need 10)")
+    why = {r["run_id"]: r["why"] for r in _compare(isolated_home, "--include-skipped")["runs"]}
+    assert why == {
+        first["mlflow_run_id"]: "always",
+        drifted["mlflow_run_id"]: "drift",
+        calm["mlflow_run_id"]: "skip",
+    }

@@ -123,18 +123,19 @@ def test_predict_batch_logs_what_it_scores(pushed, tmp_path, isolated_home):
     assert len(records) == 15 and {r["source"] for r in records} == {"predict-batch"}
 
 
-def test_darker_images_are_drift_named_by_brightness_with_a_report_and_a_monitor_run(
-    pushed, tmp_path, capsys
+@pytest.mark.parametrize("shift,detector", [("blurred", "sharpness"), ("darker", "brightness")])
+def test_shifted_images_are_drift_named_by_their_property_with_a_report_and_a_monitor_run(
+    pushed, tmp_path, capsys, shift, detector
 ):
     from pipelines.adapters.mlflow_tracking import Tracking
     from visionpipe.record import KIND_TAG
 
-    dark = tmp_path / "dark"
-    _images(dark, per_class=20, seed=53, shift="darker")
+    dark = tmp_path / shift
+    _images(dark, per_class=20, seed=53, shift=shift)
     out = _monitor(["--model", pushed["version"], "--data", str(dark)], capsys)
-    assert out["drift"] is True and "property:brightness" in out["reason"]
-    brightness = next(d for d in out["detectors"] if d["name"] == "property:brightness")
-    assert brightness["drift"] and brightness["p_value"] < brightness["threshold"]
+    assert out["drift"] is True and f"property:{detector}" in out["reason"]
+    found = next(d for d in out["detectors"] if d["name"] == f"property:{detector}")
+    assert found["drift"] and found["p_value"] < found["threshold"]
     folder = out["report"].rsplit("/", 1)[0]
     for name in ("report.md", "monitor.json", "distributions.png", "ood_gallery.png"):
         assert open(f"{folder}/{name}", "rb").read()
@@ -143,7 +144,9 @@ def test_darker_images_are_drift_named_by_brightness_with_a_report_and_a_monitor
     assert (
         run.data.tags["monitor.drift"] == "true" and run.data.tags["monitor.model_name"] == "shapes"
     )
-    assert run.data.metrics["drift"] == 1.0 and run.data.metrics["property_brightness_drift"] == 1.0
+    assert (
+        run.data.metrics["drift"] == 1.0 and run.data.metrics[f"property_{detector}_drift"] == 1.0
+    )
     artifacts = {a.path for a in session.client.list_artifacts(run.info.run_id)}
     assert {"report.md", "distributions.png"} <= artifacts
 

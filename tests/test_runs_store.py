@@ -132,11 +132,13 @@ def test_data_check_on_drift_retrains_for_a_verdict_newer_than_the_last_training
     calm = _monitor_run(config, False, "no drift: 13 detectors on 400 records")
     check = _check(config, "aa" * 32)  # the old flag changes nothing: retrain_when decides
     assert check.retrain is False
-    assert check.reason.endswith(f"monitor run {calm} on visionpipe-classifier v1 found no drift")
+    assert check.reason.endswith(
+        f"monitor run {calm} on visionpipe-classifier v1: no drift: 13 detectors on 400 records"
+    )
     alarm = _monitor_run(config, True, "drift: property:brightness (KS D 0.9)")
     current = _started(config)
     check = _check(config, "aa" * 32, session=current)
-    assert check.retrain is True
+    assert check.retrain is True and check.trigger == "drift"
     assert (
         check.reason
         == f"monitor run {alarm} on visionpipe-classifier v1: drift: property:brightness (KS D 0.9)"

@@ -103,10 +103,11 @@ class Observations:
         """From prediction-log records (``visionpipe.predlog``)."""
         props = {p: np.array([float(r.get(p, 0.0)) for r in records]) for p in PROPERTIES}
         dims = len(records[0]["embedding"]) if records else 0
+        embedding = np.array([r["embedding"] for r in records], dtype=np.float64)
         return cls(
             np.array([r["class"] for r in records], dtype=object),
             np.array([float(r["confidence"]) for r in records]),
-            np.array([r["embedding"] for r in records], dtype=np.float64).reshape(-1, dims),
+            embedding.reshape(len(records), dims),
             props,
             np.array([r.get("format", "") for r in records], dtype=object),
             None,

@@ -27,6 +27,7 @@ SPLITS = ("train", "valid", "test")
 _TAG_FIELDS = {
     "skipped": SKIPPED_TAG,
     "data_check": "data_check",
+    "retrain_trigger": "retrain_trigger",
     "data_source": "data_source",
     "data_fingerprint": "data_fingerprint",
     "model_settings": "model_settings",
@@ -56,6 +57,7 @@ class RunRecord:
     start_time_ms: int = 0
     skipped: bool = False
     data_check: str = ""
+    retrain_trigger: str = ""  # what made the run train (first run, data changed, drift, ...)
     data_source: str = ""
     data_fingerprint: str = ""
     model_settings: dict[str, Any] | None = None  # None: not recorded
@@ -106,6 +108,7 @@ class RunRecord:
             start_time_ms=int(start_time_ms or 0),
             skipped=tags.get(SKIPPED_TAG) == "true",
             data_check=tags.get("data_check", ""),
+            retrain_trigger=tags.get("retrain_trigger", ""),
             data_source=tags.get("data_source", ""),
             data_fingerprint=tags.get("data_fingerprint", ""),
             model_settings=json.loads(settings) if settings else None,

@@ -16,13 +16,14 @@ class DataCheck:
     reason: str
     previous_run_id: str = ""
     fingerprint: str = ""  # the data's, as ingest computed it
+    trigger: str = ""  # what made it retrain, in a word or two (``compare``'s "why")
 
     def to_dict(self) -> dict:
         """JSON-ready form."""
         return asdict(self)
 
 
-ALWAYS = DataCheck(True, "retrains on every run (pipeline.retrain_when: always)")
+ALWAYS = DataCheck(True, "retrains on every run (pipeline.retrain_when: always)", trigger="always")
 
 
 def effective_reasons(retrain_when: list[str], only_if_data_changed: bool) -> list[str]:
@@ -73,34 +74,53 @@ def decide_retrain(
 def drift_check(previous: RunRecord | None, monitor: MonitorRecord | None) -> DataCheck:
     """Retrain when the newest monitor verdict since the last training found drift."""
     if previous is None:
-        return DataCheck(True, "no earlier successful pipeline run: no model to monitor yet")
+        return DataCheck(
+            True, "no earlier successful pipeline run: no model to monitor yet", trigger="first run"
+        )
     run_id = previous.run_id
     if monitor is None or monitor.start_time_ms <= previous.start_time_ms:
         return DataCheck(False, f"no monitor run since run {run_id} trained", run_id)
     model = f"{monitor.model_name} v{monitor.model_version or '?'}"
     if monitor.drift:
-        return DataCheck(True, f"monitor run {monitor.run_id} on {model}: {monitor.reason}", run_id)
-    return DataCheck(False, f"monitor run {monitor.run_id} on {model} found no drift", run_id)
+        reason = f"monitor run {monitor.run_id} on {model}: {monitor.reason}"
+        return DataCheck(True, reason, run_id, trigger="drift")
+    return DataCheck(False, f"monitor run {monitor.run_id} on {model}: {monitor.reason}", run_id)
 
 
 def decide(fingerprint: str, settings: dict, version: str, previous: RunRecord | None) -> DataCheck:
     """Retrain unless data, model settings and version all equal ``previous`` run's."""
     if previous is None:
-        return DataCheck(True, "no earlier successful pipeline run to compare the data with")
+        return DataCheck(
+            True, "no earlier successful pipeline run to compare the data with", trigger="first run"
+        )
     run_id = previous.run_id
     before = previous.data_fingerprint
     if before != fingerprint:
         change = f"{before[:12] or 'none'} -> {fingerprint[:12]}"
-        return DataCheck(True, f"data changed since run {run_id} ({change})", run_id)
+        return DataCheck(
+            True, f"data changed since run {run_id} ({change})", run_id, trigger="data changed"
+        )
     if previous.model_settings is None:
-        return DataCheck(True, f"config of run {run_id} was not recorded; retraining", run_id)
+        return DataCheck(
+            True,
+            f"config of run {run_id} was not recorded; retraining",
+            run_id,
+            trigger="config changed",
+        )
     now = json.loads(json.dumps(settings))  # compared as recorded: JSON values
     changed = changed_settings(previous.model_settings, now)
     if changed:
-        return DataCheck(True, f"config changed since run {run_id}: {changed}", run_id)
+        return DataCheck(
+            True, f"config changed since run {run_id}: {changed}", run_id, trigger="config changed"
+        )
     if previous.visionpipe_version != version:
         change = f"{previous.visionpipe_version or 'unknown'} -> {version}"
-        return DataCheck(True, f"visionpipe changed since run {run_id} ({change})", run_id)
+        return DataCheck(
+            True,
+            f"visionpipe changed since run {run_id} ({change})",
+            run_id,
+            trigger="version changed",
+        )
     return DataCheck(
         False,
         f"data unchanged since run {run_id} (fingerprint {fingerprint[:12]}), "

@@ -45,6 +45,7 @@ def run(ctx: StepContext, fingerprint: str, only_if_data_changed: bool) -> DataC
     ctx.pipeline.record(
         skipped=not check.retrain,
         data_check=check.reason,
+        retrain_trigger=check.trigger,
         model_settings=settings,
         visionpipe_version=version,
     )

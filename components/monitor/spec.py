@@ -30,18 +30,17 @@ def run(
     """Monitors ``model`` (default: the registry's champion) on a log window or images."""
     from components.monitor.monitor import MonitorInputError, run_monitor
     from visionpipe.layout import model_identity
-    from visionpipe.predlog import parse_since
 
     config = ctx.config
     if log is None and data is None and labels is None:
         raise MonitorInputError("monitor: give --log (the prediction log), --data or --labels")
     if log is not None and data is not None:
         raise MonitorInputError("monitor: --log and --data are two windows; give one")
+    model = model or f"models:/{config.push.model_name}@{CHAMPION}"
     try:
-        moment = parse_since(since) if since else None
+        moment = _since(ctx, since) if since else None
     except ValueError as err:
         raise MonitorInputError(str(err)) from None
-    model = model or f"models:/{config.push.model_name}@{CHAMPION}"
     log_uri = None if log is None else (log or Home.resolve().prediction_log_for(config))
     out = out or str(Home.resolve().monitor_reports() / time.strftime("%Y%m%d-%H%M%S"))
     with tempfile.TemporaryDirectory(prefix="visionpipe-model-") as tmp:
@@ -67,6 +66,20 @@ def run(
     ctx.tracker.log_metrics(metrics_of(result))
     log_stored(ctx.tracker, out)
     return result
+
+
+def _since(ctx: StepContext, since: str):
+    """``--since``'s time; ``last``: the start of the newest monitor run of the model."""
+    import datetime as dt
+
+    from visionpipe.predlog import parse_since
+
+    if since != "last":
+        return parse_since(since)
+    previous = ctx.pipeline.latest_monitor(ctx.config.push.model_name)
+    if previous is None:
+        return None  # the first monitor run: the whole log
+    return dt.datetime.fromtimestamp(previous.start_time_ms / 1000, dt.UTC)
 
 
 def metrics_of(result: MonitorResult) -> dict[str, float]:
@@ -103,7 +116,12 @@ def _arguments(p) -> None:
         metavar="URI",
         help="monitor the prediction log (default URI: monitor.log_uri, or <home>/predictions)",
     )
-    p.add_argument("--since", default="", help="log records from then on (ISO time, or 24h, 7d)")
+    p.add_argument(
+        "--since",
+        default="",
+        help="log records from then on: an ISO time, a span (24h, 7d), or 'last' (since "
+        "the model's previous monitor run)",
+    )
     p.add_argument("--data", metavar="DIR_OR_CSV", help="monitor these images instead of a log")
     p.add_argument(
         "--labels",

@@ -49,6 +49,15 @@ def add_verbs(command, sub) -> None:
     _cron_arguments(p)
     p.add_argument("--data", required=True, help="folder of class folders, or CSV of path,label")
     p.add_argument("--max-runs", type=int, help="stop after this many triggers (default: never)")
+    p.add_argument(
+        "--monitor-log",
+        nargs="?",
+        const="",
+        metavar="URI",
+        help="before each run, monitor the champion on the prediction log since the last "
+        "trigger (default URI: monitor.log_uri); with drift in --retrain-when (its default "
+        "then: data_changed,drift) a drift verdict retrains",
+    )
 
 
 def _kfp_arguments(p: argparse.ArgumentParser) -> None:
@@ -72,6 +81,12 @@ def _cron_arguments(p: argparse.ArgumentParser) -> None:
         help="when: 5 cron fields ('0 3 * * *'), 6 with seconds first, or @daily, @hourly, ...",
     )
     p.add_argument("--force", action="store_true", help="retrain even when nothing has changed")
+    p.add_argument(
+        "--retrain-when",
+        metavar="REASONS",
+        help="data_changed, drift and/or always, comma-separated (default: "
+        "pipeline.retrain_when, or data_changed when that is left at always)",
+    )
 
 
 def compile_(args, config: Config) -> None:
@@ -121,6 +136,18 @@ def submit(args, config: Config) -> int:
     return 0 if state == "SUCCEEDED" else 1
 
 
+def retrain_config(config: Config, reasons: str) -> Config:
+    """``config`` with ``--retrain-when``'s reasons; a bad one is a ConfigError naming it."""
+    return config.with_overrides([retrain_override(reasons)])
+
+
+def retrain_override(reasons: str) -> str:
+    """``pipeline.retrain_when=[...]`` for comma-separated reasons."""
+    from pipelines.pipeline import PARAMETERS
+
+    return PARAMETERS["retrain_when"].as_override(reasons)
+
+
 def schedule_create(args, config: Config) -> None:
     """Creates a KFP recurring run that retrains when something changed."""
     import tempfile
@@ -132,6 +159,9 @@ def schedule_create(args, config: Config) -> None:
     with tempfile.TemporaryDirectory(prefix="visionpipe-schedule-") as tmp:
         package = _package(args, config, tmp)
         defaults = {"only_if_data_changed": not args.force}
+        if args.retrain_when:
+            retrain_config(config, args.retrain_when)  # a bad value: one line, nothing sent
+            defaults["retrain_when"] = args.retrain_when
         arguments = package.arguments(args.param, defaults)
         client = kfp_remote.connect(args.host, args.namespace)
         experiment = args.experiment or config.mlflow.experiment
@@ -186,8 +216,15 @@ def schedule_run_local(args, config: Config) -> int:
         passed_on += ["--config", os.path.abspath(args.config)]
     for item in args.set or []:
         passed_on += ["--set", item]
+    reasons = args.retrain_when or ("data_changed,drift" if args.monitor_log is not None else "")
+    if reasons:
+        retrain_config(config, reasons)  # a bad value: one line, before the schedule starts
+        passed_on += ["--set", retrain_override(reasons)]
+    monitor = None
+    if args.monitor_log is not None:
+        monitor = args.monitor_log or Home.resolve().prediction_log_for(config)
     trigger = PipelineTrigger(
-        storage.absolute(args.data), passed_on, args.force, home / schedule.RUN_LOGS
+        storage.absolute(args.data), passed_on, args.force, home / schedule.RUN_LOGS, monitor
     )
     signal.signal(signal.SIGTERM, interrupt)  # stop like Ctrl-C: the run in progress too
     with HomeLock(home):

@@ -62,7 +62,13 @@ def add_verbs(command) -> None:
         "--only-if-data-changed",
         action="store_true",
         help="stop after ingest when the data, model settings and version equal the last "
-        "successful run's (as schedules do)",
+        "successful run's (as schedules do); stands for --retrain-when data_changed",
+    )
+    p.add_argument(
+        "--retrain-when",
+        metavar="REASONS",
+        help="when to train: data_changed, drift (a monitor run found drift since the last "
+        "training) and/or always, comma-separated (default: pipeline.retrain_when)",
     )
 
     p = command("compare", compare, "Compare pipeline runs from MLflow: a table and a chart.")
@@ -109,6 +115,10 @@ def run(args, config: Config) -> int:
     from pipelines.pipeline import pipeline_steps
     from visionpipe.home import Home
 
+    if args.retrain_when:
+        from pipelines.cli.kfp import retrain_config
+
+        config = retrain_config(config, args.retrain_when)
     check_data(args.data, config)  # bad data: one error line, nothing written
     name = run_name(config)
     log_path = Home.resolve().root / "logs" / f"{name}.log"
