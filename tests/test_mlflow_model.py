@@ -62,7 +62,7 @@ def _expected(model_dir, paths):
 
 
 def test_the_registered_version_loads_with_pyfunc_and_predicts_like_predict(
-    pushed, tiny_dataset, tmp_path, monkeypatch
+    pushed, tiny_dataset, tmp_path, monkeypatch, isolated_home
 ):
     import mlflow
 
@@ -94,6 +94,15 @@ def test_the_registered_version_loads_with_pyfunc_and_predicts_like_predict(
     )
     requirements = Path(local, "requirements.txt").read_text()
     assert "tensorflow==2.21.0" in requirements and "mlflow==" in requirements
+    # What the served model answered is in the prediction log, named by its push.
+    model._model_impl.python_model._log.flush()
+    logged = [
+        json.loads(line)
+        for f in (isolated_home / "predictions" / NAME).rglob("*.jsonl")
+        for line in f.read_text().splitlines()
+    ]
+    assert len(logged) == 3 and {r["source"] for r in logged} == {"pyfunc"}
+    assert {r["digest"] for r in logged} == {result.digest} and "file" not in logged[0]
 
 
 def test_predict_takes_the_registry_uri(pushed, tiny_dataset, tmp_path, capsys):

@@ -266,3 +266,67 @@ def test_predict_stream_scores_files_dropped_in_while_it_runs(pushed, tmp_path, 
         open(_images(tmp_path / "more", per_class=1, seed=58)[0], "rb").read()
     )
     assert again.poll() == 1 and again.state.predicted == 1
+
+
+def _rows(out) -> int:
+    return sum(len(f.read_text().splitlines()) for f in out.glob("predictions-*.jsonl"))
+
+
+@pytest.mark.processes
+def test_predict_stream_stops_cleanly_on_ctrl_c_with_nothing_half_written(
+    pushed, tmp_path, isolated_home
+):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    watch, out = tmp_path / "watch", tmp_path / "out"
+    watch.mkdir()
+    command = [
+        sys.executable,
+        "-m",
+        "pipelines.cli",
+        "predict-stream",
+        "--model",
+        pushed["version"],
+    ]
+    command += [
+        "--watch",
+        str(watch),
+        "--out",
+        str(out),
+        "--poll-seconds",
+        "0.2",
+        "--settle-seconds",
+        "0.2",
+    ]
+    env = {**os.environ, "VISIONPIPE_HOME": str(isolated_home)}
+    stream = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        for i, path in enumerate(_images(tmp_path / "src", per_class=3, seed=59)):
+            (watch / f"img{i}.jpg").write_bytes(open(path, "rb").read())
+        deadline = time.monotonic() + 120
+        while _rows(out) < 9 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        stream.send_signal(signal.SIGINT)
+        stdout, stderr = stream.communicate(timeout=60)
+    finally:
+        stream.kill()
+    assert stream.returncode == 0, stderr[-2000:]
+    assert "predict-stream: 9 scored, 0 rejected, 0 duplicates" in stdout
+    assert not list(out.glob(".*"))  # no hidden, half-written batch left
+    rows = [
+        json.loads(line)
+        for f in out.glob("predictions-*.jsonl")
+        for line in f.read_text().splitlines()
+    ]
+    assert len(rows) == 9
+    logged = [
+        line
+        for f in (isolated_home / "predictions").rglob("*.jsonl")
+        for line in f.read_text().splitlines()
+    ]
+    assert len(logged) == 9  # and the log has each of them, written before it stopped
