@@ -34,13 +34,18 @@ Guard: refusing a 16,000 x 16,000 PNG bomb (the served signature, ``visionpipe
 predict``) against decoding it, each case's peak memory in a fresh process, and the
 header check's share of a served call (``benchmarks/guard_bench.py``).
 
+Monitoring: false alarms, the detectors each shift trips and estimated against real
+accuracy on two kinds of data; the prediction log's cost on predict-batch, monitor
+on 10k and 100k records, streaming latency (``benchmarks/monitor_bench.py``).
+
 Load: ``visionpipe serve`` under 1 and then 16 concurrent clients on loopback, valid
 requests mixed with bombs, non-images, empty requests, too many rows and too large
 bodies: requests/s, p50/p99, answers by kind, the server's peak memory
 (``benchmarks/load_bench.py``).
 
 Usage: python benchmarks/bench.py --data data/sample
-       [--only pipeline|ingest|serving|trainer|quality|predict|edge|guard|load] [--set k=v ...]
+       [--only pipeline|ingest|serving|trainer|quality|predict|edge|guard|load|monitor]
+       [--set k=v ...]
 """
 
 from __future__ import annotations
@@ -130,6 +135,7 @@ def main() -> int:
             "edge",
             "guard",
             "load",
+            "monitor",
         ),
     )
     parser.add_argument("--photos", type=int, default=3000)
@@ -171,6 +177,11 @@ def main() -> int:
             from benchmarks.load_bench import bench_load
 
             rows += bench_load(Path(work) / "load", os.path.abspath(args.data), args.set)
+        if args.only in (None, "monitor"):
+            from benchmarks.monitor_bench import bench_costs, bench_quality
+
+            rows += bench_quality(Path(work) / "monitor-quality", args.set)
+            rows += bench_costs(Path(work) / "monitor-costs", args.set, args.photos)
         if args.only in (None, "pipeline"):
             rows += bench_pipeline(os.path.abspath(args.data), args.set, work)
     width = max(len(r[0]) for r in rows)
