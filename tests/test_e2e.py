@@ -44,7 +44,11 @@ def _count(pattern):
     return sum(1 for _ in tf.data.TFRecordDataset(files, compression_type="GZIP"))
 
 
-def test_pipeline_runs_end_to_end_then_retrains_against_the_champion(tiny_dataset, isolated_home):
+def test_pipeline_runs_end_to_end_then_retrains_for_drift_against_the_champion(
+    tiny_dataset, isolated_home
+):
+    from pipelines.sample_data import SampleSpec, generate
+
     first = _run(tiny_dataset, isolated_home)
 
     # Ingest wrote what the summary says, split by split.
@@ -91,35 +95,37 @@ def test_pipeline_runs_end_to_end_then_retrains_against_the_champion(tiny_datase
     assert champion.tags["serving_version"] == "1"
     assert champion.tags["pipeline_run_id"] == first["mlflow_run_id"]
 
-    # The local scheduler's trigger on the same data stops after ingest, with the reason.
-    scheduled = _schedule_once(tiny_dataset, isolated_home)
-    assert scheduled["status"] == "skipped" and scheduled["trigger"] == 1
-    assert scheduled["detail"].startswith(f"data unchanged since run {first['mlflow_run_id']}")
-    skipped_run = client.get_run(scheduled["mlflow_run_id"])
-    assert skipped_run.info.status == "FINISHED"
-    assert skipped_run.data.tags["visionpipe.skipped"] == "true"
-    assert "test_accuracy" not in skipped_run.data.metrics
-    steps = client.search_runs(
-        [run.info.experiment_id], f"tags.mlflow.parentRunId = '{scheduled['mlflow_run_id']}'"
+    # The champion is given darker images than it was tested on, through `predict`.
+    dark = isolated_home.parent / "dark"
+    generate(dark, SampleSpec(classes=3, per_class=8, size=32, seed=9, shift="darker"))
+    files = [str(p) for p in sorted(dark.rglob("*.jpg"))]
+    done = _cli(
+        isolated_home, "predict", "--model", "models:/visionpipe-classifier@champion", *files
     )
-    assert {c.data.tags["visionpipe.step"] for c in steps} == {"ingest"}
+    assert done.returncode == 0, done.stderr[-3000:]
 
-    # A second run is evaluated against that champion on the same test split. A
-    # different seed makes a different model, and a tolerance of a whole accuracy
-    # point forces the gate's answer: blessed, so it becomes version 2 and champion.
-    second = _run(
-        tiny_dataset,
-        isolated_home,
-        "--set",
-        "trainer.seed=1",
-        "--set",
-        "evaluate.champion_tolerance=1.0",
-        "--set",
-        "pipeline.edge_export=[onnx, tflite_float16]",
+    # The data did not change, but the monitor the scheduler runs first found drift, so the
+    # trigger retrains. It is evaluated against the champion on the same test split: a
+    # different seed makes a different model, and a tolerance of a whole accuracy point
+    # forces the gate's answer: blessed, so it becomes version 2 and champion.
+    settings = ["--set", "trainer.seed=1", "--set", "evaluate.champion_tolerance=1.0"]
+    settings += ["--set", "pipeline.edge_export=[onnx, tflite_float16]"]
+    settings += ["--set", "monitor.min_records=10"]
+    drifted = _schedule_once(
+        tiny_dataset, isolated_home, "--monitor-log", "--retrain-when", "drift", *settings
     )
+    assert drifted["status"] == "trained", drifted
+    assert "monitor: drift: " in drifted["detail"] and "property:brightness" in drifted["detail"]
+    assert "trained for drift" in drifted["detail"] and "pushed version 2" in drifted["detail"]
+    second = {"mlflow_run_id": drifted["mlflow_run_id"]}
     again = client.get_run(second["mlflow_run_id"])
+    assert again.data.tags["retrain_trigger"] == "drift"
+    assert "property:brightness" in again.data.tags["data_check"]
+    [monitor] = client.search_runs([run.info.experiment_id], "tags.`visionpipe.kind` = 'monitor'")
+    assert monitor.data.tags["monitor.drift"] == "true"
+    assert monitor.data.tags["monitor.model_version"] == "1"
     assert "champion_test_accuracy" in again.data.metrics
-    assert second["blessed"] is True and second["pushed_version"] == 2
+    assert again.data.tags["blessed"] == "true" and again.data.tags["pushed_version"] == "2"
     assert "champion comparison passed" in again.data.tags["blessing_reason"]
     registry_aliases = {
         alias: str(client.get_model_version_by_alias("visionpipe-classifier", alias).version)
@@ -139,6 +145,22 @@ def test_pipeline_runs_end_to_end_then_retrains_against_the_champion(tiny_datase
     assert version_two.tags["edge_formats"] == "onnx,tflite_float16"
     assert float(version_two.tags["edge_onnx_agreement"]) == 1.0
 
+    # Nothing was logged since that monitor run, and data and settings equal the run that
+    # trained: the next trigger stops after the data check, saying both.
+    scheduled = _schedule_once(tiny_dataset, isolated_home, "--monitor-log", *settings)
+    assert scheduled["status"] == "skipped" and scheduled["trigger"] == 1
+    assert scheduled["detail"].startswith("monitor: not enough data: 0 records")
+    assert f"data unchanged since run {second['mlflow_run_id']}" in scheduled["detail"]
+    assert scheduled["detail"].endswith("not enough data: 0 records (the tests need 10)")
+    skipped_run = client.get_run(scheduled["mlflow_run_id"])
+    assert skipped_run.info.status == "FINISHED"
+    assert skipped_run.data.tags["visionpipe.skipped"] == "true"
+    assert "test_accuracy" not in skipped_run.data.metrics
+    steps = client.search_runs(
+        [run.info.experiment_id], f"tags.mlflow.parentRunId = '{scheduled['mlflow_run_id']}'"
+    )
+    assert {c.data.tags["visionpipe.step"] for c in steps} == {"ingest"}
+
     # Both runs side by side, from MLflow: best test accuracy first, with their curves.
     table = _compare(isolated_home, "--last", "5")
     rows = table["runs"]
@@ -153,6 +175,11 @@ def test_pipeline_runs_end_to_end_then_retrains_against_the_champion(tiny_datase
     assert len(_compare(isolated_home, "--last", "1")["runs"]) == 1
     with_skipped = _compare(isolated_home, "--include-skipped")["runs"]
     assert {r["run_id"]: r["status"] for r in with_skipped}[scheduled["mlflow_run_id"]] == "SKIPPED"
+    assert {r["run_id"]: r["why"] for r in with_skipped} == {
+        first["mlflow_run_id"]: "always",
+        second["mlflow_run_id"]: "drift",
+        scheduled["mlflow_run_id"]: "skip",
+    }
 
 
 def _schedule_once(data, home, *options):
@@ -267,48 +294,3 @@ def test_two_runs_on_one_home_both_finish_with_distinct_versions(tiny_dataset, i
     assert champion.tags["model_digest"] != previous.tags["model_digest"]
     for s in summaries:
         assert client.get_run(s["mlflow_run_id"]).info.status == "FINISHED"
-
-
-def test_a_scheduled_run_retrains_when_the_monitor_found_drift_and_skips_when_not(
-    tiny_dataset, isolated_home, tmp_path
-):
-    from pipelines.sample_data import SampleSpec, generate
-
-    first = _run(tiny_dataset, isolated_home)
-    assert first["pushed_version"] == 1
-    # The champion is given darker images than it was tested on, through `predict`.
-    dark = tmp_path / "dark"
-    generate(dark, SampleSpec(classes=3, per_class=8, size=32, seed=9, shift="darker"))
-    files = [str(p) for p in sorted(dark.rglob("*.jpg"))]
-    done = _cli(
-        isolated_home, "predict", "--model", "models:/visionpipe-classifier@champion", *files
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-
-    # The data did not change, but the monitor before the run found drift: it retrains.
-    small = ["--set", "monitor.min_records=10"]
-    drifted = _schedule_once(tiny_dataset, isolated_home, "--monitor-log", *small)
-    assert drifted["status"] == "trained", drifted
-    assert "monitor: drift: " in drifted["detail"] and "property:brightness" in drifted["detail"]
-    assert "trained for drift" in drifted["detail"]
-    store = f"sqlite:///{isolated_home / 'mlflow.db'}"
-    client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
-    retrained = client.get_run(drifted["mlflow_run_id"])
-    assert retrained.data.tags["retrain_trigger"] == "drift"
-    assert "property:brightness" in retrained.data.tags["data_check"]
-    [monitor] = client.search_runs(
-        [retrained.info.experiment_id], "tags.`visionpipe.kind` = 'monitor'"
-    )
-    assert monitor.data.tags["monitor.drift"] == "true"
-
-    # Nothing new was logged since that monitor run: no drift found, nothing retrains.
-    calm = _schedule_once(tiny_dataset, isolated_home, "--monitor-log", *small)
-    assert calm["status"] == "skipped", calm
-    assert "monitor: not enough data: 0 records" in calm["detail"]
-    assert calm["detail"].endswith("not enough data: 0 records (the tests need 10)")
-    why = {r["run_id"]: r["why"] for r in _compare(isolated_home, "--include-skipped")["runs"]}
-    assert why == {
-        first["mlflow_run_id"]: "always",
-        drifted["mlflow_run_id"]: "drift",
-        calm["mlflow_run_id"]: "skip",
-    }
