@@ -48,6 +48,11 @@ class StepContext:
     open_run: Callable[[str], Tracker] = lambda run_id: NullTracker()
 
 
+def named(*names: str) -> Callable[[argparse.Namespace], dict[str, Any]]:
+    """A ``Verb.call`` passing the parsed options of these names to ``run`` as they are."""
+    return lambda args: {name: getattr(args, name) for name in names}
+
+
 @dataclass(frozen=True)
 class Verb:
     """A step's CLI verb: its arguments, how they become the step's call, what it prints.

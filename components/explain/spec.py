@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from visionpipe.sections import EXPLAIN_METHODS as METHODS
 from visionpipe.serving import add_model_argument, resolve_model
-from visionpipe.step import Step, StepContext, Verb
+from visionpipe.step import Step, StepContext, Verb, named
 
 if TYPE_CHECKING:
     from components.explain.explain import Explanation
@@ -72,13 +72,7 @@ STEPS = (
         verb=Verb(
             help="Heat maps of why the model classified each image as it did (PNG).",
             arguments=_arguments,
-            call=lambda a: {
-                "model": a.model,
-                "images": a.images,
-                "out": a.out,
-                "method": a.method,
-                "layer": a.layer,
-            },
+            call=named("model", "images", "out", "method", "layer"),
             show=_show,
         ),
     ),

@@ -11,7 +11,7 @@ from visionpipe.home import Home
 from visionpipe.record import KIND_TAG, MONITOR_KIND, monitor_tags
 from visionpipe.registry import CHAMPION
 from visionpipe.serving import MODEL_LOCATIONS, resolve_model
-from visionpipe.step import Step, StepContext, Verb
+from visionpipe.step import Step, StepContext, Verb, named
 from visionpipe.tracker import log_stored
 
 if TYPE_CHECKING:
@@ -166,14 +166,7 @@ STEPS = (
         verb=Verb(
             help="Drift, estimated and live accuracy of a served model (log or images).",
             arguments=_arguments,
-            call=lambda a: {
-                "model": a.model,
-                "log": a.log,
-                "since": a.since,
-                "data": a.data,
-                "labels": a.labels,
-                "out": a.out,
-            },
+            call=named("model", "log", "since", "data", "labels", "out"),
             show=_show,
         ),
     ),

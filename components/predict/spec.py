@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from visionpipe import storage
 from visionpipe.serving import Classifier, Prediction, add_model_argument, resolve_model
-from visionpipe.step import Step, StepContext, Verb
+from visionpipe.step import Step, StepContext, Verb, named
 from visionpipe.tracker import log_stored
 
 if TYPE_CHECKING:
@@ -198,12 +198,7 @@ STEPS = (
         verb=Verb(
             help="Score a folder, CSV or prefix of images with Beam.",
             arguments=_batch_arguments,
-            call=lambda a: {
-                "model": a.model,
-                "data": a.data,
-                "out": a.out,
-                "overwrite": a.overwrite,
-            },
+            call=named("model", "data", "out", "overwrite"),
             show=lambda a, r: print(f"{_batch_figure(r)} -> {r.out_uri}"),
             overrides=_overrides,
         ),
@@ -217,14 +212,7 @@ STEPS = (
         verb=Verb(
             help="Score new image files as they arrive in a folder or prefix.",
             arguments=_stream_arguments,
-            call=lambda a: {
-                "model": a.model,
-                "watch": a.watch,
-                "out": a.out,
-                "poll_seconds": a.poll_seconds,
-                "settle_seconds": a.settle_seconds,
-                "idle_stop": a.idle_stop,
-            },
+            call=named("model", "watch", "out", "poll_seconds", "settle_seconds", "idle_stop"),
             show=lambda a, state: print(f"predict-stream: {_stream_figure(state)} -> {a.out}"),
             overrides=_overrides,
         ),
@@ -238,7 +226,7 @@ STEPS = (
         verb=Verb(
             help="Classify image files with a served model.",
             arguments=_predict_arguments,
-            call=lambda a: {"model": a.model, "images": a.images},
+            call=named("model", "images"),
             show=_show_files,
             overrides=_overrides,
         ),

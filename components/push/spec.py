@@ -6,7 +6,7 @@ from components.push.release import Released, release
 from components.push.release import rollback as rollback_release
 from visionpipe.home import Home
 from visionpipe.record import RunRecord
-from visionpipe.step import Step, StepContext, Verb
+from visionpipe.step import Step, StepContext, Verb, named
 
 
 def run(ctx: StepContext, model: str, blessing: str) -> Released:
@@ -109,7 +109,7 @@ STEPS = (
         verb=Verb(
             help="Publish a blessed model to the serving root and the registry.",
             arguments=_push_arguments,
-            call=lambda a: {"model": a.model, "blessing": a.blessing},
+            call=named("model", "blessing"),
             show=_show_push,
         ),
     ),
@@ -124,7 +124,7 @@ STEPS = (
             arguments=lambda p: p.add_argument(
                 "--model-name", help="registered model name (default: push.model_name)"
             ),
-            call=lambda a: {"model_name": a.model_name},
+            call=named("model_name"),
             show=_show_rollback,
         ),
     ),
