@@ -24,7 +24,7 @@ from components.ingest.shards import (
     RollingFileWriteFn,
     commit_shards,
     concatenate_parts,
-    gzip_record,
+    tfrecord,
 )
 from visionpipe import features as F
 from visionpipe import storage
@@ -164,7 +164,7 @@ def worker_threads(config: IngestConfig) -> int:
 def IngestImages(batches, staging: str, config: IngestConfig):  # noqa: N802
     """Reads, validates, de-duplicates, splits and writes batches of ``(uri, label)``.
 
-    The per-image work (reading, hashing, decoding, building and gzipping the record)
+    The per-image work (reading, hashing, decoding, and building the record)
     runs on a thread pool in each Beam worker: it is almost all in C code that releases
     the GIL, so one process uses every core without the start-up of worker processes.
     """
@@ -193,7 +193,8 @@ def IngestImages(batches, staging: str, config: IngestConfig):  # noqa: N802
     shard_files = (
         written
         | "Records" >> beam.Map(lambda w: (w.split, w.record))
-        | "WriteShards" >> beam.ParDo(RollingFileWriteFn(staging, max_bytes))
+        | "WriteShards"
+        >> beam.ParDo(RollingFileWriteFn(staging, max_bytes, gzip_level=config.gzip_level))
     )
     reject_files = (
         rejected
@@ -297,7 +298,7 @@ def _encode(rec: dict[str, Any], config: IngestConfig) -> _Written | dict[str, s
             "detail": str(err),
         }
     split = assign_split(rec["sha256"], config)
-    record = gzip_record(_to_example({**rec, "encoded": encoded}), config.gzip_level)
+    record = tfrecord(_to_example({**rec, "encoded": encoded}))  # the writer compresses
     return _Written(split, rec["label"], rec["sha256"], record)
 
 

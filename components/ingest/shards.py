@@ -1,4 +1,4 @@
-"""TFRecord shards of a target size, compressed in parallel, written without grouping.
+"""TFRecord shards of a target size, written without grouping.
 
 Beam's file sinks with a fixed shard count group every record by shard (a shuffle of
 the whole dataset, held in memory by the local runner). Here each bundle streams its
@@ -6,11 +6,17 @@ records into files that roll over at a size limit, and reports the files it comp
 only files reported by committed bundles are renamed into place
 (``data-00000-of-00004.tfrecord.gz``), so a retried bundle cannot duplicate records.
 
-Each record is framed and gzipped on its own (``gzip_record``), by whichever thread
-built it, and the writer only appends: a file of concatenated gzip members is a valid
-gzip file (RFC 1952), which ``tf.data.TFRecordDataset(compression_type="GZIP")`` and
-Python's ``gzip`` read as one stream. Compression is then spread over every core
-instead of running in the single writer; a member costs about 20 bytes of header.
+Each file is one gzip stream, compressed by its writer. Shards were once a
+concatenation of one gzip member per record, compressed by whichever thread built it:
+valid gzip (RFC 1952), and Python's ``gzip`` reads every record, but TensorFlow 2.21's
+GZIP reader (``tf.data.TFRecordDataset``, ``ZlibInputStream``) silently stops at a
+member whose 8-byte trailer straddles its 256 KiB input buffer. Where the boundaries
+fall depends on every record's size and their order, so it dropped records now and
+then: 56 of a 145-image test split when the paths were long enough, and, with thread
+order changing the order, the "1 run in 7" loss once blamed on Beam's multi-threaded
+runner. ``tests/test_ingest_depth.py`` keeps both the reader's behaviour and the fix
+checked. At ``ingest.gzip_level`` 0 (stored blocks, the default) compressing in the
+writer costs a copy and a CRC.
 """
 
 from __future__ import annotations
@@ -47,27 +53,48 @@ def tfrecord(data: bytes) -> bytes:
 
 
 def gzip_record(data: bytes, level: int) -> bytes:
-    """One TFRecord as a complete gzip member, ready to append to a ``.tfrecord.gz``.
+    """One TFRecord as a complete gzip member (what shards were made of; see the module).
 
-    ``level`` 0 stores the data in uncompressed deflate blocks: still a valid gzip
-    file, at a fifteenth of level 1's cost, for payloads (JPEG, PNG) that level 1
-    shrinks by about 1%.
+    Kept for the test that shows why shards are no longer made of them.
     """
     compressor = zlib.compressobj(level, zlib.DEFLATED, _GZIP_WBITS)
     return compressor.compress(tfrecord(data)) + compressor.flush()
 
 
+class _GzipFile:
+    """A file written as one gzip stream at ``level`` (0: stored blocks, a copy and a CRC)."""
+
+    def __init__(self, handle, level: int) -> None:
+        self._handle = handle
+        self._compressor = zlib.compressobj(level, zlib.DEFLATED, _GZIP_WBITS)
+
+    def write(self, data: bytes) -> None:
+        self._handle.write(self._compressor.compress(data))
+
+    def close(self) -> None:
+        self._handle.write(self._compressor.flush())
+        self._handle.close()
+
+
 class RollingFileWriteFn(beam.DoFn):
     """Appends ``(group, bytes)`` to ``<root>/<group>/.parts/<random><suffix>`` files.
 
-    One open file per group and bundle; a file rolls over once it holds ``max_bytes``.
-    Ingest's groups are the splits (the bytes gzipped records) and the rejects.
+    One open file per group and bundle; a file rolls over once ``max_bytes`` were
+    written to it. Ingest's groups are the splits (framed TFRecords, each file one gzip
+    stream at ``gzip_level``) and the rejects (JSON lines; ``gzip_level`` None: plain).
     """
 
-    def __init__(self, root: str, max_bytes: int, suffix: str = F.SHARD_SUFFIX) -> None:
+    def __init__(
+        self,
+        root: str,
+        max_bytes: int,
+        suffix: str = F.SHARD_SUFFIX,
+        gzip_level: int | None = None,
+    ) -> None:
         self._root = root
         self._max_bytes = max_bytes
         self._suffix = suffix
+        self._gzip_level = gzip_level
 
     def start_bundle(self) -> None:
         """Each bundle writes files of its own."""
@@ -86,10 +113,10 @@ class RollingFileWriteFn(beam.DoFn):
     def _roll(self, group: str) -> list:
         self._close(group)
         path = posixpath.join(self._root, group, PARTS_DIR, f"{uuid.uuid4().hex}{self._suffix}")
-        self._open[group] = [
-            FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED),
-            0,
-        ]
+        handle = FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED)
+        if self._gzip_level is not None:
+            handle = _GzipFile(handle, self._gzip_level)
+        self._open[group] = [handle, 0]
         self._paths.append(path)
         return self._open[group]
 
