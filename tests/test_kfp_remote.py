@@ -121,6 +121,14 @@ def test_schedules_are_created_listed_paused_resumed_and_deleted(capsys):
         assert forced["runtime_config"]["parameters"]["only_if_data_changed"] is False
         assert forced["display_name"] == "visionpipe-retrain"
 
+        reasons = ["--retrain-when", "data_changed,drift"]
+        assert _cli(capsys, "schedule", "create", *host, *cron, *reasons)[0] == 0
+        drift = stub.last("POST", f"{API}/recurringruns").body["runtime_config"]["parameters"]
+        assert drift["retrain_when"] == "data_changed,drift"
+        posts = len(stub.calls("POST"))
+        code, _, err = _cli(capsys, "schedule", "create", *host, *cron, "--retrain-when", "often")
+        assert code == 2 and "pipeline.retrain_when" in err[0] and len(stub.calls("POST")) == posts
+
         code, out, _ = _cli(capsys, "schedule", "list", *host, "--json")
         assert code == 0 and [s["id"] for s in json.loads(out)] == sorted(stub.recurring)
         code, out, _ = _cli(capsys, "schedule", "list", *host, "--experiment", "visionpipe")
