@@ -274,3 +274,28 @@ def test_thread_count_and_batch_size_do_not_change_the_output(tmp_path, tiny_dat
     for key in ("inputs", "written", "per_split", "fingerprint"):
         assert one.stats[key] == many.stats[key], key
     assert one.stats["written"] == 36
+
+
+def test_shards_that_hold_fewer_records_than_were_written_fail_and_commit_nothing(
+    tmp_path, tiny_dataset, monkeypatch
+):
+    from components.ingest import shards
+    from components.ingest.ingest import ShardLossError
+
+    real = shards.RollingFileWriteFn.process
+    seen = []
+
+    def losing(self, element):  # a writer that drops one record of the train split
+        if element[0] == "train":
+            seen.append(1)
+            if len(seen) == 3:
+                return
+        real(self, element)
+
+    monkeypatch.setattr(shards.RollingFileWriteFn, "process", losing)
+    out = tmp_path / "examples"
+    with pytest.raises(
+        ShardLossError, match=r"the train shards hold \d+ records but \d+ were written"
+    ):
+        run_ingest(str(tiny_dataset), str(out), _config())
+    assert not out.exists() and not list(tmp_path.glob("examples.staging-*"))

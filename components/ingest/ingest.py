@@ -24,6 +24,7 @@ from components.ingest.shards import (
     RollingFileWriteFn,
     commit_shards,
     concatenate_parts,
+    count_records,
     tfrecord,
 )
 from visionpipe import features as F
@@ -98,6 +99,7 @@ def run_ingest(data_uri: str, output_uri: str, config: Config) -> IngestResult:
         storage.remove(storage.join(staging, _COUNTS_FILE))
         stats = _finish_stats(data_uri, raw, config.ingest)
         stats["shards"] = _commit_all_shards(staging, raw["files"])
+        _verify_shards(staging, stats)  # before anything is committed: a loss fails here
         concatenate_parts(
             storage.join(staging, _REJECTS_PARTS),
             [f for f in raw["files"] if f.startswith(storage.join(staging, _REJECTS_PARTS, ""))],
@@ -135,6 +137,28 @@ def _commit_all_shards(staging: str, files: list[str]) -> dict[str, int]:
             storage.join(staging, split), [f for f in files if f.startswith(prefix)]
         )
     return shards
+
+
+class ShardLossError(RuntimeError):
+    """The shards hold other than the records ingest counted as written."""
+
+
+def _verify_shards(staging: str, stats: dict[str, Any]) -> None:
+    """Reads every split back through TensorFlow's reader and checks its count.
+
+    Raises:
+        ShardLossError: a split's shards hold other than ``per_split``'s count; nothing
+            is committed (the staging folder is removed).
+    """
+    for split in F.SPLITS:
+        expected = sum(stats["per_split"][split].values())
+        found = count_records(storage.glob(F.split_pattern(staging, split)))
+        if found != expected:
+            raise ShardLossError(
+                f"ingest: the {split} shards hold {found} records but {expected} were "
+                "written; nothing was committed (a record was lost between the writer and "
+                "the reader: report it with the data and the runner)"
+            )
 
 
 def _commit_report_only(staging: str, output_uri: str) -> None:

@@ -149,3 +149,13 @@ def concatenate_parts(directory: str, completed: list[str], destination: str) ->
         for path in sorted(completed):
             out.write(storage.read_bytes(path))
     storage.remove(directory)
+
+
+def count_records(files: list[str]) -> int:
+    """Records in TFRecord shards, as training and evaluation read them (TensorFlow's reader)."""
+    import tensorflow as tf
+
+    if not files:
+        return 0
+    dataset = tf.data.TFRecordDataset(files, compression_type="GZIP")
+    return int(dataset.batch(4096).reduce(0, lambda n, batch: n + tf.shape(batch)[0]).numpy())
