@@ -133,3 +133,36 @@ def test_transform_graph_serves_raw_bytes_without_a_label(transformed, tiny_data
     out = layer({F.IMAGE_ENCODED: tf.constant([data, data])})
     assert out[F.TRANSFORMED_IMAGE].shape == (2, 16, 16, 3)
     assert F.TRANSFORMED_LABEL not in out
+
+
+class _Counter:
+    def __init__(self, name, committed, attempted):
+        from types import SimpleNamespace
+
+        self.key = SimpleNamespace(metric=SimpleNamespace(name=name))
+        self.committed, self.attempted = committed, attempted
+
+
+class _Result:
+    """A finished job as a runner reports it: only what ``counter_values`` reads."""
+
+    def __init__(self, counters):
+        self._counters = counters
+
+    def metrics(self):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(query=lambda _filter: {"counters": self._counters})
+
+
+def test_counters_are_committed_or_else_attempted_and_never_a_silent_zero():
+    from visionpipe.beam import MetricsUnavailableError, counter_values
+
+    both = _Result([_Counter("examples_train", 7, 9), _Counter("examples_train", 3, 3)])
+    assert counter_values(both, "transform") == {"examples_train": 10}
+    attempted = _Result([_Counter("examples_train", None, 12)])  # a runner without committed
+    assert counter_values(attempted, "transform") == {"examples_train": 12}
+    with pytest.raises(MetricsUnavailableError, match=r"the Beam runner \(_Result\) reported no"):
+        counter_values(_Result([]), "transform")
+    with pytest.raises(MetricsUnavailableError, match="without a committed or attempted value"):
+        counter_values(_Result([_Counter("examples_train", None, None)]), "transform")

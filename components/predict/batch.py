@@ -18,7 +18,6 @@ import uuid
 from dataclasses import asdict, dataclass
 
 import apache_beam as beam
-from apache_beam.metrics.metric import MetricsFilter
 
 from visionpipe import features as F
 from visionpipe import sources, storage
@@ -143,11 +142,19 @@ def _run_pipeline(predict, paths, staging, config: Config, batch_size: int):
     )
     result = pipeline.run()
     result.wait_until_finish()
-    counters = result.metrics().query(MetricsFilter().with_namespace("predict"))["counters"]
-    counts = {"predicted": 0, "rejected": 0}
-    for c in counters:
-        counts[c.key.metric.name] = counts.get(c.key.metric.name, 0) + int(c.committed or 0)
-    return counts
+    # Counted in what was written, not in Beam's counters, which some runners do not
+    # report (or report only as attempted): the outputs are what the user gets.
+    rows = storage.glob(storage.join(staging, f"{PREDICTIONS}*"))
+    return {
+        "predicted": sum(_lines(uri) for uri in rows),
+        "rejected": _lines(storage.join(staging, REJECTS_FILE)),
+    }
+
+
+def _lines(uri: str) -> int:
+    if not storage.exists(uri):
+        return 0
+    return sum(1 for line in storage.read_text(uri).splitlines() if line.strip())
 
 
 class _Predict(beam.DoFn):

@@ -19,14 +19,13 @@ import apache_beam as beam
 import numpy as np
 import tensorflow_transform as tft
 import tensorflow_transform.beam as tft_beam
-from apache_beam.metrics.metric import MetricsFilter
 from tensorflow_transform.tf_metadata import schema_utils
 from tfx_bsl.public import tfxio
 
 from components.transform.preprocessing import make_preprocessing_fn
 from visionpipe import features as F
 from visionpipe import storage
-from visionpipe.beam import pipeline_options
+from visionpipe.beam import counter_values, pipeline_options
 from visionpipe.config import Config
 from visionpipe.example_codec import encode_example
 from visionpipe.transform_graph import raw_feature_spec, transform_output
@@ -181,9 +180,5 @@ def _WriteExamples(record_batches, prefix: str, split: str):  # noqa: N802
 
 
 def _counters(result) -> dict[str, int]:
-    """The step's committed counters: examples per split, pixel sums of the training split."""
-    counters = result.metrics().query(MetricsFilter().with_namespace("transform"))["counters"]
-    found: dict[str, int] = {}
-    for c in counters:
-        found[c.key.metric.name] = found.get(c.key.metric.name, 0) + int(c.committed or 0)
-    return found
+    """The step's counters: examples per split, pixel sums of the training split."""
+    return counter_values(result, "transform")
