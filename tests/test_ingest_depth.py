@@ -299,3 +299,38 @@ def test_shards_that_hold_fewer_records_than_were_written_fail_and_commit_nothin
     ):
         run_ingest(str(tiny_dataset), str(out), _config())
     assert not out.exists() and not list(tmp_path.glob("examples.staging-*"))
+
+
+def test_the_local_runner_is_pinned_and_named_and_an_unknown_runner_is_one_line(
+    tmp_path, tiny_dataset, caplog, capsys
+):
+    import logging
+
+    from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
+
+    from pipelines.cli import main
+    from tests.conftest import fails_in_one_line
+    from visionpipe.beam import beam_pipeline
+    from visionpipe.sections import BeamConfig
+
+    with caplog.at_level(logging.INFO, logger="visionpipe.beam"):
+        pipeline = beam_pipeline(BeamConfig(), "ingest")
+    assert type(pipeline.runner) is FnApiRunner  # not DirectRunner's Prism-first switch
+    assert "Beam job ingest: runner FnApiRunner, in this process (in_memory, 1 worker(s))" in (
+        caplog.text
+    )
+    args = ["ingest", "--data", str(tiny_dataset), "--out", str(tmp_path / "out")]
+    err = fails_in_one_line([*args, "--set", "beam.runner=Nope"], capsys, tmp_path / "out")
+    assert "beam.runner='Nope': not a runner Beam knows" in err
+    assert (
+        main(
+            [
+                *args,
+                "--set",
+                "beam.direct_running_mode=multi_processing",
+                "--set",
+                "beam.direct_num_workers=2",
+            ]
+        )
+        == 0
+    )

@@ -1,10 +1,71 @@
-"""What the Beam steps share: pipeline options and reading a job's counters on any runner."""
+"""What the Beam steps share: the runner, pinned and named; options; counters on any runner.
+
+Beam 2.77's ``DirectRunner`` is a switch: it first tries Prism, which it downloads from
+GitHub where a network exists and then runs the whole job on; where the download fails
+(offline, as CI here) it falls back, silently, to the in-process FnApiRunner. The same
+configuration would so run on one engine in CI and on another on users' machines.
+``beam_pipeline`` pins ``DirectRunner`` (the default) to the FnApiRunner, the engine
+tested here, on every machine, and logs which runner runs each job. ``PrismRunner``
+asks for Prism by name; any other runner name (Dataflow, Flink, Spark, Portable) goes to
+Beam as it is.
+"""
 
 from __future__ import annotations
 
+import logging
+
+import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from visionpipe.config import BeamConfig
+from visionpipe.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+class BeamRunnerError(UserError, ValueError):
+    """``beam.runner`` names a runner Beam does not know."""
+
+
+def beam_pipeline(config: BeamConfig, job: str) -> beam.Pipeline:
+    """A pipeline on the configured runner; the log says which runner runs ``job``.
+
+    Raises:
+        BeamRunnerError: ``beam.runner`` is no runner Beam knows (before any work).
+    """
+    options = pipeline_options(config)
+    runner = None
+    described = config.runner
+    if config.runner == "DirectRunner":
+        runner = _in_process_runner(options)
+        workers = config.direct_num_workers or "one per core"
+        described = (
+            f"FnApiRunner, in this process ({config.direct_running_mode}, {workers} "
+            "worker(s)); beam.runner DirectRunner is pinned to it, Prism is never tried"
+        )
+    try:
+        pipeline = beam.Pipeline(runner=runner, options=options)
+    except ValueError as err:
+        if "Unexpected pipeline runner" not in str(err):
+            raise
+        raise BeamRunnerError(
+            f"beam.runner={config.runner!r}: not a runner Beam knows (DirectRunner, "
+            "PrismRunner, PortableRunner, DataflowRunner, FlinkRunner, SparkRunner, or a "
+            "runner class's full name)"
+        ) from None
+    log.info("Beam job %s: runner %s", job, described)
+    return pipeline
+
+
+def _in_process_runner(options: PipelineOptions):
+    """Beam's FnApiRunner, provisioned as DirectRunner provisions it (its options)."""
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    info = beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)
+    return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(info))
 
 
 def pipeline_options(config: BeamConfig) -> PipelineOptions:

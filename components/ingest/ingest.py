@@ -29,7 +29,7 @@ from components.ingest.shards import (
 )
 from visionpipe import features as F
 from visionpipe import storage
-from visionpipe.beam import pipeline_options
+from visionpipe.beam import beam_pipeline
 from visionpipe.config import Config, IngestConfig
 from visionpipe.example_codec import encode_example
 from visionpipe.sources import DataError, check_classes, list_sources
@@ -89,7 +89,7 @@ def run_ingest(data_uri: str, output_uri: str, config: Config) -> IngestResult:
         [(s.uri, s.label) for s in sources[i : i + size]] for i in range(0, len(sources), size)
     ]
     try:
-        with beam.Pipeline(options=pipeline_options(config.beam)) as pipeline:
+        with beam_pipeline(config.beam, "ingest") as pipeline:
             _ = (
                 pipeline
                 | "Sources" >> beam.Create(batches, reshuffle=True)

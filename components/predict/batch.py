@@ -21,7 +21,7 @@ import apache_beam as beam
 
 from visionpipe import features as F
 from visionpipe import sources, storage
-from visionpipe.beam import pipeline_options
+from visionpipe.beam import beam_pipeline
 from visionpipe.config import Config
 from visionpipe.errors import UserError
 from visionpipe.serving import (
@@ -120,7 +120,7 @@ def run_batch_predict(
 
 
 def _run_pipeline(predict, paths, staging, config: Config, batch_size: int):
-    pipeline = beam.Pipeline(options=pipeline_options(config.beam))
+    pipeline = beam_pipeline(config.beam, "predict-batch")
     scored = (
         pipeline
         | "Paths" >> beam.Create(paths, reshuffle=False)

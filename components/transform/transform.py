@@ -25,7 +25,7 @@ from tfx_bsl.public import tfxio
 from components.transform.preprocessing import make_preprocessing_fn
 from visionpipe import features as F
 from visionpipe import storage
-from visionpipe.beam import counter_values, pipeline_options
+from visionpipe.beam import beam_pipeline, counter_values
 from visionpipe.config import Config
 from visionpipe.example_codec import encode_example
 from visionpipe.transform_graph import raw_feature_spec, transform_output
@@ -69,7 +69,7 @@ def run_transform(
         config.transform.image_size, config.transform.resize_mode
     )
     with tempfile.TemporaryDirectory(prefix="tft-") as temp_dir:
-        pipeline = beam.Pipeline(options=pipeline_options(config.beam))
+        pipeline = beam_pipeline(config.beam, "transform")
         with tft_beam.Context(temp_dir=temp_dir, force_tf_compat_v1=False):
             sources = {
                 s: tfxio.TFExampleRecord(
