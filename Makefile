@@ -9,7 +9,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 IMAGE ?= visionpipe:0.1.0
 
-.PHONY: setup postgres run test test-fast bench lint mlflow-ui mlflow-server serve compile image clean
+.PHONY: setup postgres run test test-fast bench lint mlflow-ui mlflow-server serve beam-services compile image clean
 
 setup: $(STAMP)
 
@@ -58,6 +58,10 @@ SERVE_PORT ?= 5002
 MODEL_NAME ?= visionpipe-classifier
 serve: setup
 	$(BIN)/visionpipe serve --model models:/$(MODEL_NAME)@champion --port $(SERVE_PORT)
+
+# Beam's portable path on loopback (job service + SDK worker pool), as Flink/Spark take it.
+beam-services: setup
+	$(BIN)/python -m pipelines.beam_services
 
 mlflow-ui: setup
 	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 \
