@@ -43,3 +43,22 @@ def test_ingest_and_transform_on_the_portable_path_equal_the_in_process_run(tiny
     assert _splits(here.output_uri) == _splits(there.output_uri)  # same images, same splits
     assert here_t.examples == there_t.examples and here_t.labels == there_t.labels
     assert here_t.statistics == there_t.statistics
+
+
+def test_an_endpoint_that_does_not_answer_is_one_line_naming_it(tiny_dataset, tmp_path, capsys):
+    from tests.conftest import fails_in_one_line
+
+    dead = "beam.extra_args=[--job_endpoint=localhost:1, --job_server_timeout=3]"
+    args = ["ingest", "--data", str(tiny_dataset), "--out", str(tmp_path / "out")]
+    err = fails_in_one_line(
+        [*args, "--set", "beam.runner=PortableRunner", "--set", dead], capsys, tmp_path / "out"
+    )
+    assert "Beam job ingest on PortableRunner: the job service at localhost:1 did not answer" in err
+    with portable_services() as overrides:
+        job = overrides[1].split("--job_endpoint=")[1].split(",")[0].strip("'")
+        pool = f"beam.extra_args=[--job_endpoint={job}, --environment_type=EXTERNAL, "
+        pool += "--environment_config=localhost:3]"  # no worker pool there
+        err = fails_in_one_line(
+            [*args, "--set", "beam.runner=PortableRunner", "--set", pool], capsys, tmp_path / "out"
+        )
+    assert "nothing listens at 127.0.0.1:3 (the SDK worker pool, --environment_config)" in err

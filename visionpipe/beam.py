@@ -27,6 +27,53 @@ class BeamRunnerError(UserError, ValueError):
     """``beam.runner`` names a runner Beam does not know."""
 
 
+class BeamJobError(UserError, RuntimeError):
+    """A Beam job could not run where it was sent: the message names the runner and endpoint."""
+
+
+def run_job(pipeline: beam.Pipeline, config: BeamConfig, job: str):
+    """Runs ``pipeline`` to the end; returns its result.
+
+    Raises:
+        BeamJobError: the job service does not answer, nothing listens at the worker
+            pool's address, or the job ended in another state than DONE; one line naming
+            the runner and the endpoint.
+    """
+    try:
+        result = pipeline.run()
+        result.wait_until_finish()
+    except Exception as err:  # noqa: BLE001 - gRPC and runner errors have many types
+        problem = _endpoint_problem(err, config)
+        if problem is None:
+            raise
+        raise BeamJobError(f"Beam job {job} on {config.runner}: {problem}") from None
+    state = getattr(result, "state", "DONE")
+    if str(state) not in ("DONE", "PipelineState.DONE"):
+        raise BeamJobError(f"Beam job {job} on {config.runner} ended {state}, not DONE")
+    return result
+
+
+def _endpoint_problem(err: Exception, config: BeamConfig) -> str | None:
+    """What an error says of an endpoint, in one line; None when it is about something else."""
+    import re
+
+    flags = dict(a.lstrip("-").split("=", 1) for a in config.extra_args if "=" in a)
+    if type(err).__name__ == "FutureTimeoutError":
+        endpoint = flags.get("job_endpoint", "the job service")
+        timeout = flags.get("job_server_timeout", "60")
+        return f"the job service at {endpoint} did not answer within {timeout} s (is it running?)"
+    found = re.search(r"failed to connect to all addresses[^\n]*?ipv4:([\d.]+:\d+)", str(err))
+    if found:
+        pool = flags.get("environment_config", "")
+        whose = (
+            " (the SDK worker pool, --environment_config)"
+            if found.group(1).endswith(pool.rsplit(":", 1)[-1]) and pool
+            else ""
+        )
+        return f"nothing listens at {found.group(1)}{whose}: connection refused"
+    return None
+
+
 def beam_pipeline(config: BeamConfig, job: str) -> beam.Pipeline:
     """A pipeline on the configured runner; the log says which runner runs ``job``.
 

@@ -29,7 +29,7 @@ from components.ingest.shards import (
 )
 from visionpipe import features as F
 from visionpipe import storage
-from visionpipe.beam import beam_pipeline
+from visionpipe.beam import beam_pipeline, run_job
 from visionpipe.config import Config, IngestConfig
 from visionpipe.example_codec import encode_example
 from visionpipe.sources import DataError, check_classes, list_sources
@@ -89,12 +89,13 @@ def run_ingest(data_uri: str, output_uri: str, config: Config) -> IngestResult:
         [(s.uri, s.label) for s in sources[i : i + size]] for i in range(0, len(sources), size)
     ]
     try:
-        with beam_pipeline(config.beam, "ingest") as pipeline:
-            _ = (
-                pipeline
-                | "Sources" >> beam.Create(batches, reshuffle=True)
-                | "Ingest" >> IngestImages(staging, config.ingest)
-            )
+        pipeline = beam_pipeline(config.beam, "ingest")
+        _ = (
+            pipeline
+            | "Sources" >> beam.Create(batches, reshuffle=True)
+            | "Ingest" >> IngestImages(staging, config.ingest)
+        )
+        run_job(pipeline, config.beam, "ingest")
         raw = storage.read_json(storage.join(staging, _COUNTS_FILE))
         storage.remove(storage.join(staging, _COUNTS_FILE))
         stats = _finish_stats(data_uri, raw, config.ingest)

@@ -21,7 +21,7 @@ import apache_beam as beam
 
 from visionpipe import features as F
 from visionpipe import sources, storage
-from visionpipe.beam import beam_pipeline
+from visionpipe.beam import beam_pipeline, run_job
 from visionpipe.config import Config
 from visionpipe.errors import UserError
 from visionpipe.serving import (
@@ -140,8 +140,7 @@ def _run_pipeline(predict, paths, staging, config: Config, batch_size: int):
         | "WriteRejects"
         >> beam.io.WriteToText(storage.join(staging, REJECTS_FILE), shard_name_template="")
     )
-    result = pipeline.run()
-    result.wait_until_finish()
+    run_job(pipeline, config.beam, "predict-batch")
     # Counted in what was written, not in Beam's counters, which some runners do not
     # report (or report only as attempted): the outputs are what the user gets.
     rows = storage.glob(storage.join(staging, f"{PREDICTIONS}*"))

@@ -25,7 +25,7 @@ from tfx_bsl.public import tfxio
 from components.transform.preprocessing import make_preprocessing_fn
 from visionpipe import features as F
 from visionpipe import storage
-from visionpipe.beam import beam_pipeline, counter_values
+from visionpipe.beam import beam_pipeline, counter_values, run_job
 from visionpipe.config import Config
 from visionpipe.example_codec import encode_example
 from visionpipe.transform_graph import raw_feature_spec, transform_output
@@ -91,8 +91,7 @@ def run_transform(
                     storage.join(examples_uri, split, "data"), split
                 )
             _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(transform_graph_uri)
-        result = pipeline.run()
-        result.wait_until_finish()
+        result = run_job(pipeline, config.beam, "transform")
     counters = _counters(result)
     counts = {s: counters.get(f"examples_{s}", 0) for s in F.SPLITS}
     statistics = _statistics(transform_output(transform_graph_uri), counters, config)
