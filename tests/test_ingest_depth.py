@@ -208,10 +208,16 @@ def test_a_file_changed_between_reads_is_rejected_not_written(tmp_path):
     assert out["reason"] == "changed_during_ingest" and out["source"] == str(path)
 
 
+def gzip_record(data: bytes, level: int) -> bytes:
+    """One TFRecord as a complete gzip member: what shards were once made of."""
+    import zlib
+
+    compressor = zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    return compressor.compress(tfrecord(data)) + compressor.flush()
+
+
 def _members_ending_past(boundary: int, past: int) -> list[bytes]:
     """Records whose gzip members (one each) put a member's end ``past`` bytes past ``boundary``."""
-    from components.ingest.shards import gzip_record
-
     records, size = [], 0
     while size < boundary - 8000:
         records.append(b"r" * 3000)
@@ -226,8 +232,6 @@ def test_tensorflow_stops_at_a_gzip_member_whose_trailer_straddles_its_buffer(tm
     # Why shards are one gzip stream each (components/ingest/shards.py): TF's GZIP reader
     # silently drops every record after such a member. Valid gzip: Python reads it all.
     import gzip
-
-    from components.ingest.shards import gzip_record
 
     records = _members_ending_past(256 * 1024, 6)
     path = tmp_path / "members.tfrecord.gz"

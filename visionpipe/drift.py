@@ -82,7 +82,8 @@ class Observations:
         names = np.array([n.decode() for o in outputs for n in o["class_name"]], dtype=object)
         width, height = column("width").astype(float), column("height").astype(float)
         props = {p: column(p).astype(float) for p in PIXEL_PROPERTIES}
-        props.update(width=width, height=height, aspect=np.divide(width, np.maximum(height, 1.0)))
+        ratio = np.divide(width, height, out=np.zeros_like(width), where=height > 0)
+        props.update(width=width, height=height, aspect=ratio)  # as profile.aspect
         embedding = (
             np.concatenate([o["embedding"] for o in outputs]).astype(np.float64)
             if outputs

@@ -11,13 +11,14 @@ import hashlib
 import posixpath
 
 from visionpipe import storage
+from visionpipe.features import REFERENCE_PROFILE
 
 READY_FILE = "saved_model.pb"
 # Written into each pushed version: the model's digest and where it came from.
 PUSH_RECORD = "assets.extra/visionpipe_push.json"
 # Added to each pushed version from its evaluation (``visionpipe.features``); like the
 # push record, not part of the model's digest, so a version and its source share one.
-_NOT_DIGESTED = (PUSH_RECORD, "assets.extra/reference_profile.json")
+_NOT_DIGESTED = (PUSH_RECORD, REFERENCE_PROFILE)
 
 
 # The SavedModel's key among an MLflow Model's artifacts (``pipelines.adapters.pyfunc_model``).

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from visionpipe import storage
-from visionpipe.profile import PIXEL_PROPERTIES
+from visionpipe.profile import PIXEL_PROPERTIES, aspect
 from visionpipe.sections import MonitorConfig
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ class PredictionLog:
                 "format": outputs["format"][row].decode(),
                 "width": width,
                 "height": height,
-                "aspect": round(width / height, 4) if height else 0.0,
+                "aspect": round(aspect(width, height), 4),
                 **{p: round(float(outputs[p][row]), 5) for p in PIXEL_PROPERTIES},
             }
             if files:

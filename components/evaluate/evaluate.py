@@ -36,11 +36,6 @@ def model_labels(model_dir: str) -> list[str]:
     return list(storage.read_json(path)["labels"])
 
 
-def predict_probabilities(model_dir: str, images: list[bytes], batch_size: int) -> np.ndarray:
-    """Class probabilities ``[examples, classes]`` of a served model on raw encoded bytes."""
-    return score(model_dir, images, batch_size)[0]
-
-
 def score(
     model_dir: str, images: list[bytes], batch_size: int, monitored: bool = False
 ) -> tuple[np.ndarray, list[dict]]:

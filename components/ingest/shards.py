@@ -12,11 +12,12 @@ valid gzip (RFC 1952), and Python's ``gzip`` reads every record, but TensorFlow 
 GZIP reader (``tf.data.TFRecordDataset``, ``ZlibInputStream``) silently stops at a
 member whose 8-byte trailer straddles its 256 KiB input buffer. Where the boundaries
 fall depends on every record's size and their order, so it dropped records now and
-then: 56 of a 145-image test split when the paths were long enough, and, with thread
-order changing the order, the "1 run in 7" loss once blamed on Beam's multi-threaded
-runner. ``tests/test_ingest_depth.py`` keeps both the reader's behaviour and the fix
-checked. At ``ingest.gzip_level`` 0 (stored blocks, the default) compressing in the
-writer costs a copy and a CRC.
+then: 56 of a 145-image test split when the paths were long enough (and, as thread
+order moves the boundaries, likely the "1 run in 7" loss once blamed on Beam's
+multi-threaded runner, which 34 runs here did not reproduce either way).
+``tests/test_ingest_depth.py`` keeps both the reader's behaviour and the fix checked.
+At ``ingest.gzip_level`` 0 (stored blocks, the default) compressing in the writer costs
+a copy and a CRC.
 """
 
 from __future__ import annotations
@@ -50,15 +51,6 @@ def tfrecord(data: bytes) -> bytes:
     """One record in TFRecord framing: length, its CRC, the data, its CRC."""
     length = struct.pack("<Q", len(data))
     return length + _masked_crc(length) + data + _masked_crc(data)
-
-
-def gzip_record(data: bytes, level: int) -> bytes:
-    """One TFRecord as a complete gzip member (what shards were made of; see the module).
-
-    Kept for the test that shows why shards are no longer made of them.
-    """
-    compressor = zlib.compressobj(level, zlib.DEFLATED, _GZIP_WBITS)
-    return compressor.compress(tfrecord(data)) + compressor.flush()
 
 
 class _GzipFile:
