@@ -62,7 +62,7 @@ def _window(classifier, work: Path, name: str, **spec):
     folder = work / "windows" / name
     generate(folder, SampleSpec(**spec))
     found = sources.list_sources(str(folder / "labels.csv"))
-    obs, _, _ = observe_files(classifier, [s.uri for s in found], 64)
+    obs, _ = observe_files(classifier, [s.uri for s in found], 64)
     truth = {s.uri: s.label for s in found}
     obs.labels = np.array([truth[k] for k in obs.keys], dtype=object)
     return obs

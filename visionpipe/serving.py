@@ -255,14 +255,12 @@ class Collector(OutputSink):
     def __init__(self) -> None:
         self.outputs: list[dict[str, Any]] = []
         self.keys: list[str] = []
-        self.images: list[bytes] = []
 
     def add_outputs(self, outputs, rows, hashes, files=None, images=None) -> None:
         """Keeps each row as a one-row output dict."""
         for i, row in enumerate(rows):
             self.outputs.append({k: v[row : row + 1] for k, v in outputs.items()})
             self.keys.append(files[i] if files else hashes[i])
-            self.images.append(images[i] if images else b"")
 
 
 def content_hash(data: bytes) -> str:

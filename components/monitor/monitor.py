@@ -22,7 +22,7 @@ from visionpipe.drift import Observations, Report, Settings, check_profile, dete
 from visionpipe.errors import UserError
 from visionpipe.predlog import LogWindow, read_log
 from visionpipe.sections import MonitorConfig
-from visionpipe.serving import Classifier, Collector
+from visionpipe.serving import Classifier, Collector, read_file
 
 log = logging.getLogger(__name__)
 
@@ -123,12 +123,12 @@ def check_labels(labels: str, known: list[str]) -> list[sources.Source]:
 
 def observe_files(
     classifier: Classifier, paths: list[str], batch_size: int
-) -> tuple[Observations, list[tuple[str, str]], list[bytes]]:
-    """Scores files through the ``monitor`` signature: observations, unscored files, bytes."""
+) -> tuple[Observations, list[tuple[str, str]]]:
+    """Scores files through the ``monitor`` signature: observations and unscored files."""
     collector = Collector()
     found = classifier.predict_files(paths, batch_size, sink=collector)
     unscored = [(p.file, p.error) for p in found if p.error]
-    return Observations.from_outputs(collector.outputs, collector.keys), unscored, collector.images
+    return Observations.from_outputs(collector.outputs, collector.keys), unscored
 
 
 def run_monitor(
@@ -173,27 +173,33 @@ def run_monitor(
         if not classifier.monitored:
             raise MonitorInputError(f"{given}: the model has no monitor signature; retrain it")
     unscored: list[tuple[str, str]] = []
-    images: list[bytes] = []
     live = None
     if labelled:
-        live, missed, label_images = observe_files(
-            classifier, [s.uri for s in labelled], batch_size
-        )
+        live, missed = observe_files(classifier, [s.uri for s in labelled], batch_size)
         truth = {s.uri: s.label for s in labelled}
         live.labels = np.array([truth[k] for k in live.keys], dtype=object)
         unscored += missed
     if window is not None:
         obs = Observations.from_records(window.records)
-        images = [_logged_image(r) for r in window.records]
+        records = window.records
+
+        def image_of(row: int) -> bytes:
+            return _logged_image(records[row])
+
         source = f"log {log_uri}" + (f" since {since.isoformat()}" if since else "")
         what = window.describe()
     elif paths:
-        obs, missed, images = observe_files(classifier, paths, batch_size)
+        obs, missed = observe_files(classifier, paths, batch_size)
         unscored += missed
         source, what = f"images {data}", f"{len(obs)} of {len(paths)} images scored"
     else:
-        obs, images = live, label_images
+        obs = live
         source, what = f"labelled images {labels}", f"{len(obs)} labelled images scored"
+    if window is None:  # scored files: the gallery reads the few it shows again
+
+        def image_of(row: int) -> bytes:
+            return _read(obs.keys[row])
+
     report = detect(profile, obs, settings, live)
     result = MonitorResult(
         report,
@@ -208,8 +214,8 @@ def run_monitor(
         from components.monitor.report import write_report
 
         scores = ood_scores(profile, obs.embedding) if len(obs) else np.zeros(0)
-        write_report(out_dir, result, profile, obs, scores, images)
-    log.info("monitor: %s", report.reason)
+        write_report(out_dir, result, profile, obs, scores, image_of)
+    log.debug("monitor: %s", report.reason)  # the verb prints it
     return result
 
 
@@ -220,10 +226,9 @@ def _logged_image(record: dict[str, Any]) -> bytes:
             return base64.b64decode(record["image"])
         except ValueError:
             return b""
-    file = record.get("file")
-    if file:
-        try:
-            return storage.read_bytes(file)
-        except (OSError, ValueError):
-            return b""
-    return b""
+    return _read(record.get("file") or "")
+
+
+def _read(uri: str) -> bytes:
+    """A file's bytes, or b"" when it is gone or unreadable (the gallery leaves it out)."""
+    return read_file(uri)[0] if uri else b""

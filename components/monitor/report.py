@@ -24,15 +24,19 @@ GALLERY_PNG = "ood_gallery.png"
 GALLERY_SIZE = 16
 
 
-def write_report(out_dir, result: MonitorResult, profile, obs: Observations, scores, images):
-    """Writes ``report.md``, ``monitor.json`` and the pictures under ``out_dir``."""
+def write_report(out_dir, result: MonitorResult, profile, obs: Observations, scores, image_of):
+    """Writes ``report.md``, ``monitor.json`` and the pictures under ``out_dir``.
+
+    ``image_of(row)`` gives a row's image bytes (b"" when unknown); only the gallery's
+    few are asked for.
+    """
     pictures = []
     if len(obs):
         storage.write_bytes(
             storage.join(out_dir, DISTRIBUTIONS_PNG), distributions_png(profile, obs, scores)
         )
         pictures.append(("Distributions: now against the reference", DISTRIBUTIONS_PNG))
-        gallery = gallery_png(obs, scores, images, profile["ood"]["threshold"])
+        gallery = gallery_png(obs, scores, image_of, profile["ood"]["threshold"])
         if gallery is not None:
             storage.write_bytes(storage.join(out_dir, GALLERY_PNG), gallery)
             pictures.append(("The most out-of-distribution images", GALLERY_PNG))
@@ -134,21 +138,29 @@ def distributions_png(profile, obs: Observations, scores: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def gallery_png(obs: Observations, scores, images: list[bytes], threshold: float) -> bytes | None:
-    """The most out-of-distribution images of the window with their scores; None without bytes."""
+def gallery_png(obs: Observations, scores, image_of, threshold: float) -> bytes | None:
+    """The most out-of-distribution images of the window with their scores; None without bytes.
+
+    Reads images in score order until ``GALLERY_SIZE`` decode (at most four times as many
+    tries), so a window of 100k records reads a few dozen files, not all of them.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from PIL import Image
 
-    order = [i for i in np.argsort(-scores) if i < len(images) and images[i]][:GALLERY_SIZE]
     shown = []
-    for i in order:
+    for i in np.argsort(-scores)[: 4 * GALLERY_SIZE]:
+        data = image_of(int(i))
+        if not data:
+            continue
         try:
-            shown.append((i, Image.open(io.BytesIO(images[i])).convert("RGB")))
+            shown.append((i, Image.open(io.BytesIO(data)).convert("RGB")))
         except Exception:  # noqa: BLE001, S112 - any undecodable image is left out
             continue
+        if len(shown) == GALLERY_SIZE:
+            break
     if not shown:
         return None
     cols = min(4, len(shown))
