@@ -21,7 +21,7 @@ import apache_beam as beam
 
 from visionpipe import features as F
 from visionpipe import sources, storage
-from visionpipe.beam import beam_pipeline, run_job
+from visionpipe.beam import beam_pipeline, counter_values, run_job
 from visionpipe.config import Config
 from visionpipe.errors import UserError
 from visionpipe.serving import (
@@ -140,20 +140,8 @@ def _run_pipeline(predict, paths, staging, config: Config, batch_size: int):
         | "WriteRejects"
         >> beam.io.WriteToText(storage.join(staging, REJECTS_FILE), shard_name_template="")
     )
-    run_job(pipeline, config.beam, "predict-batch")
-    # Counted in what was written, not in Beam's counters, which some runners do not
-    # report (or report only as attempted): the outputs are what the user gets.
-    rows = storage.glob(storage.join(staging, f"{PREDICTIONS}*"))
-    return {
-        "predicted": sum(_lines(uri) for uri in rows),
-        "rejected": _lines(storage.join(staging, REJECTS_FILE)),
-    }
-
-
-def _lines(uri: str) -> int:
-    if not storage.exists(uri):
-        return 0
-    return sum(1 for line in storage.read_text(uri).splitlines() if line.strip())
+    counters = counter_values(run_job(pipeline, config.beam, "predict-batch"), "predict")
+    return {"predicted": counters.get("predicted", 0), "rejected": counters.get("rejected", 0)}
 
 
 class _Predict(beam.DoFn):
