@@ -101,7 +101,7 @@ class FileStream:
             done += self._score(fresh[start : start + self.batch_size])
         return done
 
-    def _new_files(self) -> list[tuple[str, bytes, str]]:
+    def _new_files(self) -> list[tuple[str, bytes, str, str]]:
         fs, root = storage.filesystem(self.watch)
         try:
             found = fs.find(root, detail=True)
@@ -122,28 +122,28 @@ class FileStream:
             self._known[path] = stamp
             uri = storage.join(self.watch, path[len(root) :].lstrip("/"))
             data, error = read_file(uri)
-            key = content_hash(data) if not error else f"path:{uri}"
-            fresh.append((uri, data, key if not error else key + f"\0{error}"))
+            fresh.append((uri, data, error, content_hash(data) if not error else f"path:{uri}"))
         return fresh
 
-    def _score(self, batch: list[tuple[str, bytes, str]]) -> int:
-        rows, rejects, todo = [], [], []
-        for uri, data, key in batch:
-            if "\0" in key:  # unreadable: its reason is in the key
-                path_key, error = key.split("\0", 1)
-                if path_key not in self._seen:
+    def _score(self, batch: list[tuple[str, bytes, str, str]]) -> int:
+        """Scores one batch of ``(uri, bytes, read error, key)``, each file read once."""
+        rows, rejects, todo, keys = [], [], [], set()
+        for uri, data, error, key in batch:
+            if error:  # unreadable: keyed by its path
+                if key not in self._seen:
                     rejects.append({"path": uri, "reason": error})
                 continue
             if (uri, key) in self._recorded:
                 continue  # this very file was written out before (a restart)
-            if key in self._seen or key in {k for _, _, k in todo}:
+            if key in self._seen or key in keys:
                 rejects.append(
                     {"path": uri, "sha256": key, "reason": "duplicate of content already scored"}
                 )
                 continue
             todo.append((uri, data, key))
-        found = self.classifier.predict_files(
-            [u for u, _, _ in todo], self.batch_size, sink=self.sink
+            keys.add(key)
+        found = self.classifier.predict_contents(
+            [(uri, data, "") for uri, data, _ in todo], self.batch_size, sink=self.sink
         )
         for (uri, _, key), p in zip(todo, found, strict=True):
             if p.error:
@@ -163,7 +163,7 @@ class FileStream:
         self._remember(rows + rejects)
         if self.sink is not None:
             self.sink.flush()
-        log.info(
+        log.debug(
             "predict-stream: batch %d: %d scored, %d rejected", number, len(rows), len(rejects)
         )
         return len(rows) + len(rejects)
