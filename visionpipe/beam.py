@@ -64,13 +64,12 @@ def _endpoint_problem(err: Exception, config: BeamConfig) -> str | None:
         return f"the job service at {endpoint} did not answer within {timeout} s (is it running?)"
     found = re.search(r"failed to connect to all addresses[^\n]*?ipv4:([\d.]+:\d+)", str(err))
     if found:
-        pool = flags.get("environment_config", "")
-        whose = (
-            " (the SDK worker pool, --environment_config)"
-            if found.group(1).endswith(pool.rsplit(":", 1)[-1]) and pool
-            else ""
-        )
-        return f"nothing listens at {found.group(1)}{whose}: connection refused"
+        address = found.group(1)
+        pool_port = flags.get("environment_config", "").rpartition(":")[2]
+        whose = " (the SDK worker pool, --environment_config)"
+        if not pool_port or address.rpartition(":")[2] != pool_port:
+            whose = ""
+        return f"nothing listens at {address}{whose}: connection refused"
     return None
 
 
