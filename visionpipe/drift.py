@@ -297,10 +297,6 @@ class Report:
         out["detectors"] = [d.to_dict() for d in self.detectors]
         return out
 
-    def detector(self, name: str) -> Detector:
-        """The detector of that name."""
-        return next(d for d in self.detectors if d.name == name)
-
     @property
     def alarms(self) -> list[str]:
         """Names of the detectors that found drift."""

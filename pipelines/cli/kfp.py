@@ -9,6 +9,7 @@ import signal
 import sys
 
 from visionpipe.config import Config, ConfigError
+from visionpipe.sections import RETRAIN_REASONS
 
 
 def add_verbs(command, sub) -> None:
@@ -84,7 +85,7 @@ def _cron_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--retrain-when",
         metavar="REASONS",
-        help="data_changed, drift and/or always, comma-separated (default: "
+        help=f"when to train, comma-separated of {', '.join(RETRAIN_REASONS)} (default: "
         "pipeline.retrain_when, or data_changed when that is left at always)",
     )
 

@@ -8,6 +8,7 @@ import os
 
 from pipelines.tasks import ISOLATIONS
 from visionpipe.config import Config, ConfigError
+from visionpipe.sections import RETRAIN_REASONS
 
 
 def add_sample_data(command) -> None:
@@ -67,8 +68,8 @@ def add_verbs(command) -> None:
     p.add_argument(
         "--retrain-when",
         metavar="REASONS",
-        help="when to train: data_changed, drift (a monitor run found drift since the last "
-        "training) and/or always, comma-separated (default: pipeline.retrain_when)",
+        help=f"when to train, comma-separated of {', '.join(RETRAIN_REASONS)} (drift: a "
+        "monitor run found drift since the last training; default: pipeline.retrain_when)",
     )
 
     p = command("compare", compare, "Compare pipeline runs from MLflow: a table and a chart.")
