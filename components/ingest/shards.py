@@ -144,10 +144,38 @@ def concatenate_parts(directory: str, completed: list[str], destination: str) ->
 
 
 def count_records(files: list[str]) -> int:
-    """Records in TFRecord shards, as training and evaluation read them (TensorFlow's reader)."""
-    import tensorflow as tf
+    """Records in gzipped TFRecord shards, counted from their framing.
 
-    if not files:
-        return 0
-    dataset = tf.data.TFRecordDataset(files, compression_type="GZIP")
-    return int(dataset.batch(4096).reduce(0, lambda n, batch: n + tf.shape(batch)[0]).numpy())
+    Without TensorFlow, which ingest does not otherwise import (its import alone took 7 s
+    and 600 MB, four times a 3000-image ingest): the bytes are inflated in chunks and
+    the records walked by their length fields. Gzip members one after another (shards
+    written before they were one stream each) are read too.
+    """
+    count = 0
+    for uri in files:
+        fs, path = storage.filesystem(uri)
+        with fs.open(path, "rb") as handle:
+            count += _count_stream(handle)
+    return count
+
+
+def _count_stream(handle, chunk: int = 1 << 22) -> int:
+    inflater = zlib.decompressobj(_GZIP_WBITS)
+    buffer, position, count = b"", 0, 0
+    while True:
+        data = handle.read(chunk)
+        if not data:
+            break
+        while data:
+            buffer = buffer[position:] + inflater.decompress(data)
+            position = 0
+            data = inflater.unused_data  # the next gzip member, if any
+            if inflater.eof:
+                inflater = zlib.decompressobj(_GZIP_WBITS)
+            while len(buffer) - position >= 8:
+                (length,) = struct.unpack_from("<Q", buffer, position)
+                if len(buffer) - position < 16 + length:
+                    break
+                position += 16 + length
+                count += 1
+    return count
