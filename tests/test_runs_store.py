@@ -201,3 +201,32 @@ def test_a_corrupt_store_is_one_clear_error(isolated_home, tiny_dataset, capsys)
         "(file is not a database); move it aside (a new one is made) or restore it from a backup"
     ]
     assert not (isolated_home / "serving").exists()
+
+
+def test_a_dataset_logged_by_two_runs_at_once_is_retried_and_other_conflicts_are_not():
+    # CI: two runs on one home logged the same dataset together; MLflow looks it up, then
+    # inserts it, and the second insert failed. A second attempt finds the row.
+    from mlflow.exceptions import MlflowException
+
+    race = MlflowException(
+        "(sqlite3.IntegrityError) UNIQUE constraint failed: "
+        "datasets.experiment_id, datasets.name, datasets.digest"
+    )
+    calls = []
+
+    def log_inputs():
+        calls.append(1)
+        if len(calls) == 1:
+            raise race
+        return "logged"
+
+    assert tracking.retrying(log_inputs) == "logged" and len(calls) == 2
+
+    def other_conflict():
+        calls.append(1)
+        raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: runs.run_uuid")
+
+    calls.clear()
+    with pytest.raises(MlflowException, match="runs.run_uuid"):
+        tracking.retrying(other_conflict)
+    assert len(calls) == 1

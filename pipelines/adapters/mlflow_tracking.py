@@ -70,18 +70,28 @@ class TrackingStoreError(UserError, RuntimeError):
     """The tracking store cannot be used; the message names it and says why."""
 
 
-def retrying(fn, *args, attempts: int = 8, **kwargs):
-    """Calls ``fn``, retrying while the SQLite store is locked by another writer.
+# Errors another writer causes and a second attempt does not meet.
+_TRANSIENT = (
+    # SQLite lets one writer in at a time; one that waits past the busy timeout gets this.
+    "database is locked",
+    # MLflow's log_inputs looks a dataset up, then inserts it: two runs logging the same
+    # dataset at once both miss it, and the second insert fails. Retried, it finds it.
+    "UNIQUE constraint failed: datasets.",
+)
 
-    Concurrent tuning workers write trial runs to the same SQLite file; SQLite lets one
-    writer in at a time, and a writer that waits past the busy timeout gets
-    "database is locked". Backs off 0.1 s, 0.2 s, ... before giving up.
+
+def retrying(fn, *args, attempts: int = 8, **kwargs):
+    """Calls ``fn``, retrying while another writer is in the SQLite store's way.
+
+    Concurrent tuning workers write trial runs to the same SQLite file, and concurrent
+    pipeline runs log the same dataset (see ``_TRANSIENT``). Backs off 0.1 s, 0.2 s, ...
+    before giving up.
     """
     for attempt in range(attempts - 1):
         try:
             return fn(*args, **kwargs)
         except Exception as err:  # noqa: BLE001 - MLflow wraps SQLAlchemy's errors
-            if "database is locked" not in str(err):
+            if not any(marker in str(err) for marker in _TRANSIENT):
                 raise
             time.sleep(0.1 * 2**attempt)
     return fn(*args, **kwargs)  # the last attempt: its error is the caller's
@@ -151,7 +161,7 @@ class MlflowTracker(Tracker):
         entry = DatasetInput(
             dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)]
         )
-        self.client.log_inputs(self.run_id, datasets=[entry])
+        retrying(self.client.log_inputs, self.run_id, datasets=[entry])
 
     def child(self, name: str, tags: Mapping[str, str] | None = None) -> MlflowTracker:
         """A run nested under this one (``mlflow.parentRunId``)."""
