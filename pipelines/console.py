@@ -22,7 +22,14 @@ from typing import TextIO
 from visionpipe import progress
 
 _SYNC_PREFIX = "@@visionpipe-sync "
-_MARKS = {"waiting": "·", "running": "▶", "done": "✓", "failed": "✗", "skipped": "–"}
+_MARKS = {
+    "waiting": "·",
+    "running": "▶",
+    "done": "✓",
+    "failed": "✗",
+    "skipped": "–",
+    "retrying": "↻",
+}
 
 
 @dataclass
@@ -108,6 +115,18 @@ class RunDisplay:
             self.stream.write(self.plain(line, self.width) + "\n")
             self.stream.flush()
 
+    def retry(self, step: str, error: str, attempt: int, retries: int) -> None:
+        """A step failed and will be run again; in plain mode that is a line of its own."""
+        self.sync()
+        with self._lock:
+            line = self._line(step)
+            line.state, line.seconds = "retrying", line.elapsed()
+            line.message = f"{error or 'failed'}; retry {attempt} of {retries}"
+            shown = self.plain(line, self.width)
+        if not self.live:
+            self.stream.write(shown + "\n")
+            self.stream.flush()
+
     def event(self, event: dict) -> None:
         """A progress event from a step (``visionpipe.progress``)."""
         with self._lock:
@@ -131,7 +150,12 @@ class RunDisplay:
         with self._lock:
             for line in self.steps.values():
                 seconds = f"{line.elapsed():6.1f} s" if line.started else ""
-                style = {"failed": "red", "done": "green", "running": "bold"}.get(line.state, "dim")
+                style = {
+                    "failed": "red",
+                    "done": "green",
+                    "running": "bold",
+                    "retrying": "yellow",
+                }.get(line.state, "dim")
                 text = line.message
                 if line.state == "running" and line.fraction is not None:
                     text = f"{_bar(line.fraction)} {text}"

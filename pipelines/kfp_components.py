@@ -9,6 +9,8 @@ the text is registered with ``linecache`` so that ``inspect`` (and so kfp) reads
 a file's. The
 ``configure`` component is generated the same way from the pipeline's parameters.
 
+The exit handler's ``finish`` component is generated likewise (``pipelines.finish``).
+
 ``make_components(image)`` binds them to the configured base image; nothing is decided
 at import time.
 """
@@ -26,7 +28,10 @@ from pipelines import catalog
 from pipelines.execute import COMMON_PARAMETERS
 from visionpipe.step import ARTIFACT_TYPES, Step
 
-_NAMESPACE_TYPES = {name: getattr(dsl, name) for name in (*ARTIFACT_TYPES, "Input", "Output")}
+_NAMESPACE_TYPES = {
+    name: getattr(dsl, name)
+    for name in (*ARTIFACT_TYPES, "Input", "Output", "PipelineTaskFinalStatus")
+}
 
 
 def step_source(step: Step) -> str:
@@ -50,6 +55,17 @@ def configure_source(parameters: Mapping[str, type]) -> str:
     )
     entry = "pipelines.pipeline import configure"
     return _function("configure", args, " -> str", doc, "return configure(arguments)", entry)
+
+
+def finish_source() -> str:
+    """The exit handler's component: it gets the run's final status (``pipelines.finish``)."""
+    args = ["status: PipelineTaskFinalStatus", *(f"{n}: str" for n in COMMON_PARAMETERS)]
+    doc = (
+        "Runs when the pipeline ends, failed or not: marks the MLflow pipeline run and "
+        "calls pipeline.notify_url."
+    )
+    entry = "pipelines.finish import finish"
+    return _function("finish", args, "", doc, "finish(arguments)", entry)
 
 
 def _function(name: str, args: list[str], returns: str, doc: str, body: str, entry: str) -> str:
@@ -77,7 +93,10 @@ def compile_function(name: str, source: str) -> Callable[..., Any]:
 @functools.cache
 def component_functions(parameters: tuple[tuple[str, type], ...]) -> dict[str, Callable]:
     """Every component function by function name: the pipeline steps' and ``configure``."""
-    functions = {"configure": compile_function("configure", configure_source(dict(parameters)))}
+    functions = {
+        "configure": compile_function("configure", configure_source(dict(parameters))),
+        "finish": compile_function("finish", finish_source()),
+    }
     for step in catalog.all_steps().values():
         if step.in_pipeline:
             functions[step.function_name] = compile_function(step.function_name, step_source(step))
@@ -94,7 +113,7 @@ def make_components(
     component = dsl.component(base_image=image, install_kfp_package=False)
     training = dsl.component(base_image=training_image or image, install_kfp_package=False)
     functions = component_functions(tuple(parameters.items()))
-    made = {"configure": component(functions["configure"])}
+    made = {name: component(functions[name]) for name in ("configure", "finish")}
     for step in catalog.all_steps().values():
         if step.in_pipeline:
             wrap = training if step.training else component

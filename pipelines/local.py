@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 
 from pipelines.adapters import mlflow_tracking as tracking
 from pipelines.adapters.mlflow_tracking import Tracking
-from pipelines.pipeline import build_pipeline
+from pipelines.pipeline import build_pipeline, step_retries
 from pipelines.tasks import TaskRunner, task_runner
 from visionpipe import storage
 from visionpipe.config import Config
@@ -149,9 +149,10 @@ def run_local(
     session = Tracking.open(config)
     uri = session.uri
     run_id = session.start_pipeline(config, run_name=name or run_name(config))
-    runner = TaskRunner(isolation, progress=observer is not None)
+    runner = TaskRunner(isolation, progress=observer is not None, retries=step_retries(config))
     if observer is not None:
         runner.on_start, runner.on_end = observer.start, observer.end
+        runner.on_retry = getattr(observer, "retry", runner.on_retry)
     local.init(
         runner=local.SubprocessRunner(use_venv=False),
         pipeline_root=str(home.pipeline_root),

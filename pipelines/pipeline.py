@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kfp import compiler, dsl
+from kfp.pipeline_spec import pipeline_spec_pb2
 
 from pipelines.kfp_components import make_components
 from visionpipe import progress
@@ -111,58 +112,117 @@ def build_pipeline(config: Config):
         mlflow_run_id: str = "",
     ):
         run = dict(locals())
-        configure = ops["configure"](
-            config_json=config_json, **{name: run[name] for name in PARAMETERS}
+        finish = ops["finish"](
+            config_json=config_json,
+            mlflow_tracking_uri=mlflow_tracking_uri,
+            mlflow_run_id=mlflow_run_id,
         )
-        tracking = {
-            "config_json": configure.output,
-            "mlflow_tracking_uri": mlflow_tracking_uri,
-            "mlflow_run_id": mlflow_run_id,
-        }
-        ingest = ops["ingest"](data=data, **tracking)
-        check = ops["data-check"](
-            fingerprint=ingest.outputs["Output"],
-            only_if_data_changed=only_if_data_changed,
-            **tracking,
-        )
-        with dsl.If(check.outputs["Output"] == True, name="retrain"):  # noqa: E712
-            transform = ops["transform"](raw_examples=ingest.outputs["examples"], **tracking)
-            tune = ops["tune"](
-                examples=transform.outputs["examples"],
-                transform_graph=transform.outputs["transform_graph"],
-                **tracking,
-            )
-            _accelerators(tune, config)
-            train = ops["train"](
-                examples=transform.outputs["examples"],
-                transform_graph=transform.outputs["transform_graph"],
-                hyperparameters=tune.outputs["hyperparameters"],
-                **tracking,
-            )
-            _accelerators(train, config)
-            evaluate = ops["evaluate"](
-                raw_examples=ingest.outputs["examples"], model=train.outputs["model"], **tracking
-            )
-            with dsl.If(evaluate.outputs["Output"] == True, name="blessed"):  # noqa: E712
-                push = ops["push"](
-                    model=train.outputs["model"], blessing=evaluate.outputs["blessing"], **tracking
-                )
-                if config.pipeline.edge_export:
-                    ops["edge-export"](
-                        model=train.outputs["model"],
-                        raw_examples=ingest.outputs["examples"],
-                        pushed_version=push.outputs["Output"],
-                        **tracking,
-                    )
+        finish.set_caching_options(False)
+        with dsl.ExitHandler(finish, name="run"):
+            _steps(ops, config, run)
 
     return visionpipe
 
 
-def _accelerators(task, config: Config) -> None:
-    """Asks the cluster for ``pipeline.gpus`` accelerators for a training task."""
-    if config.pipeline.gpus:
-        task.set_accelerator_type(config.pipeline.accelerator_type)
-        task.set_accelerator_limit(config.pipeline.gpus)
+def _steps(ops: dict[str, Any], config: Config, run: dict[str, Any]) -> None:
+    """The pipeline's steps, inside its exit handler; ``run``: the pipeline's arguments."""
+
+    def task(name: str, **arguments: Any):
+        return _policies(ops[name](**arguments), name, config)
+
+    configure = task(
+        "configure", config_json=run["config_json"], **{name: run[name] for name in PARAMETERS}
+    )
+    tracking = {
+        "config_json": configure.output,
+        "mlflow_tracking_uri": run["mlflow_tracking_uri"],
+        "mlflow_run_id": run["mlflow_run_id"],
+    }
+    ingest = task("ingest", data=run["data"], **tracking)
+    check = task(
+        "data-check",
+        fingerprint=ingest.outputs["Output"],
+        only_if_data_changed=run["only_if_data_changed"],
+        **tracking,
+    )
+    with dsl.If(check.outputs["Output"] == True, name="retrain"):  # noqa: E712
+        transform = task("transform", raw_examples=ingest.outputs["examples"], **tracking)
+        tune = task(
+            "tune",
+            examples=transform.outputs["examples"],
+            transform_graph=transform.outputs["transform_graph"],
+            **tracking,
+        )
+        train = task(
+            "train",
+            examples=transform.outputs["examples"],
+            transform_graph=transform.outputs["transform_graph"],
+            hyperparameters=tune.outputs["hyperparameters"],
+            **tracking,
+        )
+        evaluate = task(
+            "evaluate",
+            raw_examples=ingest.outputs["examples"],
+            model=train.outputs["model"],
+            **tracking,
+        )
+        with dsl.If(evaluate.outputs["Output"] == True, name="blessed"):  # noqa: E712
+            push = task(
+                "push",
+                model=train.outputs["model"],
+                blessing=evaluate.outputs["blessing"],
+                **tracking,
+            )
+            if config.pipeline.edge_export:
+                task(
+                    "edge-export",
+                    model=train.outputs["model"],
+                    raw_examples=ingest.outputs["examples"],
+                    pushed_version=push.outputs["Output"],
+                    **tracking,
+                )
+
+
+def retries(name: str, config: Config) -> int:
+    """How many times step ``name`` is retried after a failure."""
+    from pipelines import catalog
+
+    training = name not in ("configure", "finish") and catalog.step(name).training
+    if training and not config.pipeline.retry_training:
+        return 0
+    return config.pipeline.retries
+
+
+def step_retries(config: Config) -> dict[str, int]:
+    """``retries`` of every pipeline step, by name (``configure`` included)."""
+    from pipelines import catalog
+
+    names = ["configure", *(s.name for s in catalog.all_steps().values() if s.in_pipeline)]
+    return {name: retries(name, config) for name in names}
+
+
+def _policies(task, name: str, config: Config):
+    """A task with its retry policy and, for a training step, its accelerators.
+
+    Every step is retried ``pipeline.retries`` times (backoff ``retry_backoff_s``,
+    doubled each time) but the training steps, unless ``pipeline.retry_training``: a
+    retried fit repeats hours of accelerator time. KFP's own step cache is off: its key
+    covers every argument, the ``mlflow_run_id`` each run passes included, so it never
+    hits; ingest and transform use the project's (``pipelines.step_cache``).
+    """
+    from pipelines import catalog
+
+    training = name != "configure" and catalog.step(name).training
+    p = config.pipeline
+    if retries(name, config):
+        task.set_retry(
+            num_retries=p.retries, backoff_duration=f"{p.retry_backoff_s}s", backoff_factor=2.0
+        )
+    task.set_caching_options(False)
+    if training and p.gpus:
+        task.set_accelerator_type(p.accelerator_type)
+        task.set_accelerator_limit(p.gpus)
+    return task
 
 
 def compile_pipeline(config: Config, out_path: str) -> str:
@@ -175,10 +235,12 @@ def pipeline_steps(config: Config) -> list[str]:
     """The steps ``build_pipeline(config)`` runs, in the order they run (``configure`` first).
 
     Read from the compiled pipeline's DAG (nested ``dsl.If`` groups included), so the
-    console's step list is the pipeline's, not a second list to keep in step.
+    console's step list is the pipeline's, not a second list to keep in step. The exit
+    handler's ``finish`` is no step of its own: it is not listed.
     """
     spec = build_pipeline(config).pipeline_spec
     components = spec.components
+    exit_task = pipeline_spec_pb2.PipelineTaskSpec.TriggerPolicy.ALL_UPSTREAM_TASKS_COMPLETED
     order: list[str] = []
 
     def walk(dag) -> None:
@@ -189,6 +251,8 @@ def pipeline_steps(config: Config) -> list[str]:
                 if name in done or not set(task.dependent_tasks) <= done:
                     continue
                 done.add(name)
+                if task.trigger_policy.strategy == exit_task:  # finish: not a step of its own
+                    break
                 component = components[task.component_ref.name]
                 if component.HasField("dag"):
                     walk(component.dag)

@@ -20,6 +20,10 @@ duration of one local run, for ``TaskRunner``:
 
 Either way a ``TaskRunner`` reports each step's start and end to its listener and
 remembers the error a step died of, so the console can show the step's own message.
+kfp.local retries a failed step as its ``set_retry`` policy says (``pipeline.retries``);
+the listener hears ``on_retry`` for each failed attempt with retries left. A step that
+failed on bad input (a ``UserError``, in this process) fails the same way again: its
+retries return at once, without running it.
 """
 
 from __future__ import annotations
@@ -33,13 +37,14 @@ import subprocess
 import sys
 import traceback
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from pipelines.adapters.kfp_local import argument, embedded_function, run_commands_with
 from visionpipe import progress
 
 ISOLATIONS = ("process", "subprocess")
+QUIET_STEPS = ("finish",)  # the exit handler: no console line of its own
 
 
 def step_name(function_name: str) -> str:
@@ -59,7 +64,11 @@ class TaskRunner:
     progress: bool = False
     on_start: Callable[[str], None] = lambda step: None
     on_end: Callable[[str, bool], None] = lambda step, ok: None
+    on_retry: Callable[[str, str, int, int], None] = lambda step, error, attempt, of: None
     errors: dict[str, str] = field(default_factory=dict)
+    retries: Mapping[str, int] = field(default_factory=dict)  # step -> retries kfp makes
+    attempts: dict[str, int] = field(default_factory=dict)
+    settled: set[str] = field(default_factory=set)  # failed on bad input: retrying is moot
 
     def __post_init__(self) -> None:
         if self.isolation not in ISOLATIONS:
@@ -71,13 +80,24 @@ class TaskRunner:
         """Runs one component command; returns its exit status (0: success)."""
         name = argument(full_command, "--function_to_execute")
         step = step_name(name)
-        self.on_start(step)
+        if step in self.settled:  # kfp retries it; the same input fails the same way
+            return 1
+        attempt = self.attempts[step] = self.attempts.get(step, 0) + 1
+        shown = step not in QUIET_STEPS
+        if shown:
+            self.on_start(step)
         env = {**(env_vars or {}), **({progress.ENV: "1"} if self.progress else {})}
         if self.isolation == "process":
             status = self._in_process(full_command, name, step, env)
         else:
             status = self._in_subprocess(full_command, step, env)
-        self.on_end(step, status == 0)
+        retry = status != 0 and step not in self.settled and attempt <= self.retries.get(step, 0)
+        if retry and shown:
+            self.on_retry(step, self.errors.get(step, ""), attempt, self.retries[step])
+        elif shown:
+            self.on_end(step, status == 0)
+        if status == 0:
+            self.errors.pop(step, None)
         return status
 
     def _in_subprocess(self, full_command: list[str], step: str, env: dict) -> int:
@@ -103,6 +123,7 @@ class TaskRunner:
 
         from pipelines.kfp_components import component_functions
         from pipelines.pipeline import PARAMETER_TYPES
+        from visionpipe.errors import UserError
 
         generated = component_functions(tuple(PARAMETER_TYPES.items()))
         executor_input = json.loads(argument(full_command, "--executor_input"))
@@ -113,6 +134,8 @@ class TaskRunner:
             except Exception as err:  # noqa: BLE001 - any failure fails the step, not the runner
                 traceback.print_exc()
                 self.errors[step] = describe(err)
+                if isinstance(err, UserError):
+                    self.settled.add(step)
                 return 1
             finally:
                 sys.stdout.flush()

@@ -140,7 +140,7 @@ def test_edge_export_is_a_step_after_push_only_when_configured(tmp_path, capsys)
     assert "exec-edge-export" not in plain
     spec, with_edge = executors("pipeline.edge_export=[tflite_int8, onnx]")
     assert with_edge == plain | {"exec-edge-export"}
-    blessed = spec["components"]["comp-condition-2"]["dag"]["tasks"]
+    blessed = spec["components"]["comp-condition-3"]["dag"]["tasks"]
     assert blessed["edge-export"]["dependentTasks"] == ["push"]
 
 
@@ -153,7 +153,7 @@ def test_compile_writes_a_strict_kfp_pipeline_spec(tmp_path, capsys):
     text = out.read_text()
     spec = json_format.ParseDict(yaml.safe_load(text), pipeline_spec_pb2.PipelineSpec())
     executors = spec.deployment_spec.fields["executors"].struct_value.fields
-    assert len(executors) == 8  # configure, the six steps and the data check
+    assert len(executors) == 9  # configure, the six steps, the data check and finish
     params = spec.root.input_definitions.parameters
     expected = {"data", "image_size", "epochs", "max_trials", "min_accuracy", "model_name"}
     expected |= {"serving_root", "only_if_data_changed", "config_json", "mlflow_tracking_uri"}

@@ -229,9 +229,13 @@ def test_the_console_shows_the_steps_and_the_log_file_keeps_everything(tiny_data
     assert "Epoch 1/2" in log
 
 
-def test_a_failing_step_shows_its_own_error_and_the_log_not_a_traceback(tiny_dataset, tmp_path):
+def test_a_failing_step_shows_its_own_error_and_the_log_not_a_traceback(
+    tiny_dataset, tmp_path, webhook
+):
     # 16-pixel images cannot be halved six times: the model cannot be built.
+    url, received = webhook
     broken = [*TINY_OVERRIDES, "trainer.depth=6", "tuner.max_trials=0"]
+    broken += [f"pipeline.notify_url={url}"]
     done = _cli(tmp_path / "home", "run", "--data", str(tiny_dataset), overrides=broken)
     assert done.returncode == 1
     console = done.stdout + done.stderr
@@ -239,6 +243,10 @@ def test_a_failing_step_shows_its_own_error_and_the_log_not_a_traceback(tiny_dat
     assert "Traceback" not in console
     log_path = console.split("full log: ")[1].split()[0]
     assert "Traceback" in open(log_path).read()
+    # The exit handler ran after the failed step and told the webhook which one.
+    (notice,) = received
+    assert notice["state"] == "FAILED" and notice["failed_step"] == "tune"
+    assert notice["error"].startswith("ValueError")
 
 
 def test_ctrl_c_stops_the_running_step_and_says_what_was_kept(tiny_dataset, tmp_path):

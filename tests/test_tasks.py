@@ -113,3 +113,71 @@ def test_a_failing_step_in_a_subprocess_fails_the_run_with_its_own_error(kfp_loc
 def test_unknown_isolation_is_refused():
     with pytest.raises(ValueError, match="Received: 'thread'"):
         TaskRunner("thread")
+
+
+@dsl.component(base_image="python:3.11", install_kfp_package=False)
+def fail_once(counter: str) -> str:
+    """Fails on its first attempt (a dropped connection), succeeds on the next."""
+    import os
+
+    attempts = len(os.listdir(counter)) + 1
+    open(os.path.join(counter, str(attempts)), "w").close()
+    if attempts == 1:
+        raise ConnectionError("the object store dropped the connection")
+    return f"attempt {attempts}"
+
+
+@dsl.component(base_image="python:3.11", install_kfp_package=False)
+def refuse_input(counter: str) -> str:
+    """Fails on bad input (a ``UserError``), every time."""
+    import os
+
+    from visionpipe.sources import DataError
+
+    open(os.path.join(counter, str(len(os.listdir(counter)) + 1)), "w").close()
+    raise DataError("data/cats: 3 images have no label")
+
+
+@dsl.pipeline
+def retried(counter: str) -> str:
+    task = fail_once(counter=counter)
+    task.set_retry(num_retries=2, backoff_duration="0s")
+    return task.output
+
+
+@dsl.pipeline
+def refused(counter: str) -> str:
+    task = refuse_input(counter=counter)
+    task.set_retry(num_retries=2, backoff_duration="0s")
+    return task.output
+
+
+def test_a_transient_failure_is_retried_as_set_retry_says_and_the_listener_hears_it(
+    kfp_local, tmp_path
+):
+    events = []
+    runner = TaskRunner(
+        "process",
+        retries={"fail-once": 2},
+        on_end=lambda step, ok: events.append(("end", step, ok)),
+        on_retry=lambda step, error, attempt, of: events.append(("retry", error, attempt, of)),
+    )
+    with task_runner(runner):
+        assert retried(counter=str(tmp_path)).output == "attempt 2"
+    assert events == [
+        ("retry", "ConnectionError: the object store dropped the connection", 1, 2),
+        ("end", "fail-once", True),
+    ]
+    assert runner.errors == {}
+
+
+def test_a_step_that_failed_on_bad_input_is_not_run_again_by_its_retries(kfp_local, tmp_path):
+    ended = []
+    runner = TaskRunner(
+        "process", retries={"refuse-input": 2}, on_end=lambda s, ok: ended.append((s, ok))
+    )
+    with task_runner(runner), pytest.raises(RuntimeError, match="refuse-input"):
+        refused(counter=str(tmp_path))
+    assert len(list(tmp_path.iterdir())) == 1  # kfp asked three times; it ran once
+    assert ended == [("refuse-input", False)]
+    assert runner.errors == {"refuse-input": "data/cats: 3 images have no label"}

@@ -460,6 +460,32 @@ class PipelineConfig(_Section):
         description="Edge formats made after push (tflite_float16, tflite_int8, onnx); "
         "none by default.",
     )
+    retries: int = Field(
+        2,
+        ge=0,
+        le=10,
+        description="Retries of a failed step whose failures can be transient (every step "
+        "but tune and train); locally a step that failed on bad input is not retried.",
+    )
+    retry_backoff_s: int = Field(
+        10, ge=0, le=3600, description="Seconds before a step's first retry; doubled after."
+    )
+    retry_training: bool = Field(
+        False, description="Retry tune and train too (a retry repeats the whole search or fit)."
+    )
+    notify_url: str = Field(
+        "",
+        description="Webhook POSTed a JSON summary when a run ends (see notify_on); empty: none.",
+    )
+    notify_on: Literal["failure", "always"] = Field(
+        "failure", description="When notify_url is called: on failure only, or always."
+    )
+    cache: bool = Field(
+        True,
+        description="Reuse ingest's and transform's outputs when what they depend on (the "
+        "input's content, the step's settings, the version) is unchanged.",
+    )
+    cache_root: str = Field("", description="Where the step cache is kept; empty: <home>/cache.")
 
     @property
     def training_image(self) -> str:
