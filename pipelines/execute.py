@@ -15,6 +15,7 @@ from typing import Any
 
 from pipelines import catalog
 from pipelines.adapters.mlflow_tracking import Tracking
+from pipelines.step_cache import StepCache
 from visionpipe import progress
 from visionpipe.config import Config
 from visionpipe.step import Step, StepContext
@@ -24,20 +25,37 @@ from visionpipe.tracker import NullTracker, PipelineRun
 COMMON_PARAMETERS = ("config_json", "mlflow_tracking_uri", "mlflow_run_id")
 
 
-def run_step(step: str | Step, config: Config, tracking: Tracking | None = None, **kwargs: Any):
+def run_step(
+    step: str | Step,
+    config: Config,
+    tracking: Tracking | None = None,
+    *,
+    use_cache: bool = False,
+    **kwargs: Any,
+):
     """Runs ``step`` with ``kwargs`` (its ports and options), recorded in ``tracking``.
 
     ``tracking`` defaults to the config's store, with the pipeline run that
     ``$MLFLOW_RUN_ID`` names, if any. A step with ``own_run`` records a run of its own,
     FINISHED or FAILED with the error; in a process that does not record (a tuning or
-    training worker) the step runs with no run and prints nothing.
+    training worker) the step runs with no run and prints nothing. With ``use_cache``
+    (the pipeline's components) a step with a ``cache_key`` is served from the step
+    cache when ``pipeline.cache`` is on (``pipelines.step_cache``).
     """
     step = catalog.step(step) if isinstance(step, str) else step
     session = tracking if tracking is not None else Tracking.open(config)
+    cache = None
+    if use_cache and config.pipeline.cache and step.cache_key is not None and step.own_run:
+        cache = StepCache.open(config)
 
-    def run(tracker, pipeline) -> Any:
+    def call(tracker, pipeline) -> Any:
         ctx = StepContext(config, tracker, pipeline, session.registry(), session.tracker)
         return step.run(ctx, **kwargs)
+
+    def run(tracker, pipeline) -> Any:
+        if cache is None:
+            return call(tracker, pipeline)
+        return cache.run(step, config, kwargs, tracker, pipeline, call)
 
     if not step.records():  # a worker: its chief records
         return run(NullTracker(), PipelineRun())
@@ -46,7 +64,10 @@ def run_step(step: str | Step, config: Config, tracking: Tracking | None = None,
             result = run(tracker, session.pipeline())
     else:
         result = run(NullTracker(), session.pipeline())
-    progress.done(step.name, step.figure(result))
+    figure = step.figure(result)
+    if cache is not None and cache.hit:
+        figure = f"{figure} (cached)".lstrip()
+    progress.done(step.name, figure)
     return result
 
 
@@ -74,7 +95,7 @@ def execute_component(name: str, arguments: dict[str, Any]):
     accepted = inspect.signature(step.run).parameters
     kwargs = {p: arguments[p].path for p in (*step.inputs, *step.outputs) if p in accepted}
     kwargs.update({p: arguments[p] for p in step.params if p in accepted})
-    result = run_step(step, config, session, **kwargs)
+    result = run_step(step, config, session, use_cache=True, **kwargs)
     if step.publish is None:
         return None
     ports = {k: v for k, v in arguments.items() if k not in COMMON_PARAMETERS}

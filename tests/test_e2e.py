@@ -139,6 +139,15 @@ def test_pipeline_runs_end_to_end_then_retrains_for_drift_against_the_champion(
         [run.info.experiment_id], f"tags.mlflow.parentRunId = '{second['mlflow_run_id']}'"
     )
     assert "edge-export" in {c.data.tags["visionpipe.step"] for c in steps_two}
+    # Same images, same ingest and transform settings: both came from the step cache,
+    # and the pipeline run still got ingest's record (the data check read it, above).
+    cached = {c.data.tags["visionpipe.step"]: c.data.tags for c in steps_two}
+    first_steps = {c.data.tags["visionpipe.step"]: c.info.run_id for c in children}
+    for step in ("ingest", "transform"):
+        assert cached[step]["visionpipe.cache"] == "hit"
+        assert cached[step]["visionpipe.cached_from"] == first_steps[step]
+    assert cached["ingest"]["data_fingerprint"] == run.data.tags["data_fingerprint"]
+    assert again.data.tags["data_fingerprint"] == run.data.tags["data_fingerprint"]
     edge = {a.path for a in client.list_artifacts(second["mlflow_run_id"], "edge")}
     assert {"edge/edge_report.md", "edge/onnx", "edge/tflite_float16"} <= edge
     version_two = client.get_model_version("visionpipe-classifier", "2")

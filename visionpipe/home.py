@@ -58,6 +58,10 @@ class Home:
         """The configured prediction log (``monitor.log_uri``), or ``<home>/predictions``."""
         return config.monitor.log_uri or str(self.root / "predictions")
 
+    def step_cache_for(self, config: Config) -> str:
+        """The configured step cache (``pipeline.cache_root``), or ``<home>/cache``."""
+        return config.pipeline.cache_root or str(self.root / "cache")
+
     def monitor_reports(self) -> Path:
         """Where ``visionpipe monitor`` writes its reports unless told."""
         return self.root / "monitor"

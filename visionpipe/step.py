@@ -103,6 +103,11 @@ class Step:
         in_pipeline: a KFP component (False: a CLI verb only).
         order: where the step comes in listings (``visionpipe --help``): the pipeline's
             steps in the order they run, then the verbs that use a model.
+        cache_key: for a deterministic step, what its outputs depend on besides its
+            name and the project's version: ``cache_key(config, ports) -> dict`` (JSON,
+            content digests of its inputs and its settings; ``visionpipe.content``).
+            In the pipeline such a step is served from the step cache when that is
+            unchanged (``pipelines.step_cache``). None: never cached.
     """
 
     name: str
@@ -121,6 +126,7 @@ class Step:
     training: bool = False
     in_pipeline: bool = True
     order: int = 100
+    cache_key: Callable[[Config, Mapping[str, Any]], dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         for port, kind in {**self.inputs, **self.outputs}.items():

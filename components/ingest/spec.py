@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
+from visionpipe.config import Config
 from visionpipe.record import RunRecord
 from visionpipe.step import Step, StepContext, Verb
 
@@ -35,6 +37,13 @@ def run(ctx: StepContext, data: str | list[str], examples: str) -> IngestResult:
         **counts,
     )
     return result
+
+
+def cache_key(config: Config, ports: Mapping[str, Any]) -> dict[str, Any]:
+    """What ingest's output depends on: every image's label, path and content; its settings."""
+    from visionpipe.content import sources_digest
+
+    return {"data": sources_digest(ports["data"]), "ingest": config.ingest.model_dump()}
 
 
 def publish(result: IngestResult, artifacts: dict) -> str:
@@ -95,6 +104,7 @@ STEPS = (
         publish=publish,
         figure=figure,
         summary=summary,
+        cache_key=cache_key,
         verb=Verb(
             help="Images (folder-per-class or CSV) to split TFRecords.",
             arguments=_arguments,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from visionpipe import storage
+from visionpipe.config import Config
 from visionpipe.step import Step, StepContext, Verb
 
 if TYPE_CHECKING:
@@ -36,6 +38,16 @@ def run(
     return result
 
 
+def cache_key(config: Config, ports: Mapping[str, Any]) -> dict[str, Any]:
+    """What transform's output depends on: the raw examples' files; its settings."""
+    from visionpipe.content import tree_digest
+
+    return {
+        "raw_examples": tree_digest(ports["raw_examples"]),
+        "transform": config.transform.model_dump(),
+    }
+
+
 def publish(result: TransformResult, artifacts: dict) -> None:
     """Counts and labels as metadata."""
     artifacts["examples"].metadata["examples"] = result.examples
@@ -63,6 +75,7 @@ STEPS = (
         outputs={"examples": "Dataset", "transform_graph": "Artifact"},
         publish=publish,
         figure=lambda r: f"{sum(r.examples.values())} examples, {len(r.labels)} labels",
+        cache_key=cache_key,
         verb=Verb(
             help="tf.Transform: transformed examples + transform graph.",
             arguments=_arguments,

@@ -72,6 +72,13 @@ def add_verbs(command) -> None:
         "monitor run found drift since the last training; default: pipeline.retrain_when)",
     )
 
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="run ingest and transform even when the step cache has their outputs for "
+        "unchanged inputs (pipeline.cache: false)",
+    )
+
     p = command("compare", compare, "Compare pipeline runs from MLflow: a table and a chart.")
     p.add_argument("--experiment", help="MLflow experiment (default: mlflow.experiment)")
     p.add_argument("--last", type=int, default=20, help="how many of the latest runs")
@@ -120,6 +127,8 @@ def run(args, config: Config) -> int:
         from pipelines.cli.kfp import retrain_config
 
         config = retrain_config(config, args.retrain_when)
+    if args.no_cache:
+        config = config.with_overrides(["pipeline.cache=false"])
     check_data(args.data, config)  # bad data: one error line, nothing written
     name = run_name(config)
     log_path = Home.resolve().root / "logs" / f"{name}.log"
