@@ -305,6 +305,30 @@ def test_shards_that_hold_fewer_records_than_were_written_fail_and_commit_nothin
     assert not out.exists() and not list(tmp_path.glob("examples.staging-*"))
 
 
+def test_an_image_whose_outcome_was_lost_fails_ingest_and_commits_nothing(
+    tmp_path, tiny_dataset, monkeypatch
+):
+    # The loss once seen under threads: the shards were whole, the counts 16 short.
+    from components.ingest import ingest
+    from components.ingest.ingest import InputLossError, run_ingest
+
+    real = ingest._SummaryFn.add_input
+    seen = []
+
+    def losing(self, acc, item):  # the summary misses one image's outcome
+        if item[0] == "rejected" or item[0] == "written":
+            seen.append(1)
+            if len(seen) == 5:
+                return acc
+        return real(self, acc, item)
+
+    monkeypatch.setattr(ingest._SummaryFn, "add_input", losing)
+    out = tmp_path / "examples"
+    with pytest.raises(InputLossError, match=r"36 images were listed but 35 accounted for"):
+        run_ingest(str(tiny_dataset), str(out), _config())
+    assert not out.exists() and not list(tmp_path.glob("examples.staging-*"))
+
+
 def test_the_local_runner_is_pinned_and_named_and_an_unknown_runner_is_one_line(
     tmp_path, tiny_dataset, caplog, capsys
 ):

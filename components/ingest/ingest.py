@@ -100,7 +100,7 @@ def run_ingest(data_uri: str, output_uri: str, config: Config) -> IngestResult:
         storage.remove(storage.join(staging, _COUNTS_FILE))
         stats = _finish_stats(data_uri, raw, config.ingest)
         stats["shards"] = _commit_all_shards(staging, raw["files"])
-        _verify_shards(staging, stats)  # before anything is committed: a loss fails here
+        _verify_shards(staging, stats, len(sources))  # before any commit: a loss fails here
         concatenate_parts(
             storage.join(staging, _REJECTS_PARTS),
             [f for f in raw["files"] if f.startswith(storage.join(staging, _REJECTS_PARTS, ""))],
@@ -144,13 +144,29 @@ class ShardLossError(RuntimeError):
     """The shards hold other than the records ingest counted as written."""
 
 
-def _verify_shards(staging: str, stats: dict[str, Any]) -> None:
-    """Reads every split back through TensorFlow's reader and checks its count.
+class InputLossError(ShardLossError):
+    """Fewer or more images were accounted for than were listed."""
+
+
+def _verify_shards(staging: str, stats: dict[str, Any], listed: int) -> None:
+    """Checks that every listed image was accounted for, and counts every split's records.
+
+    The records are counted from the shards' framing (``shards.count_records``), as any
+    TFRecord reader would find them.
 
     Raises:
-        ShardLossError: a split's shards hold other than ``per_split``'s count; nothing
-            is committed (the staging folder is removed).
+        InputLossError: written + rejected + duplicates is not the number of images
+            listed (an outcome was lost or counted twice on the way).
+        ShardLossError: a split's shards hold other than ``per_split``'s count.
+        Either way nothing is committed (the staging folder is removed).
     """
+    if stats["inputs"] != listed:
+        raise InputLossError(
+            f"ingest: {listed} images were listed but {stats['inputs']} accounted for "
+            f"({stats['written']} written, {stats['rejected']} rejected, "
+            f"{stats['duplicates']} duplicates); nothing was committed (report it with the "
+            "data and the runner)"
+        )
     for split in F.SPLITS:
         expected = sum(stats["per_split"][split].values())
         found = count_records(storage.glob(F.split_pattern(staging, split)))
