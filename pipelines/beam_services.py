@@ -61,19 +61,28 @@ def settings(job_port: int, worker_port: int) -> list[str]:
 
 
 @contextlib.contextmanager
-def portable_services(timeout: float = 60.0) -> Iterator[list[str]]:
-    """Starts the job service and a worker pool; yields the config overrides; stops them."""
-    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ.get('PATH', '')}"}
+def portable_services(
+    timeout: float = 60.0, worker_env: dict[str, str] | None = None
+) -> Iterator[list[str]]:
+    """Starts the job service and a worker pool; yields the config overrides; stops them.
+
+    ``worker_env``: variables added to the worker pool's environment (its SDK workers
+    inherit it); a ``PATH`` there goes first, before this interpreter's folder.
+    """
+    path = f"{os.path.dirname(sys.executable)}:{os.environ.get('PATH', '')}"
+    env = {**os.environ, "PATH": path}
+    extra = dict(worker_env or {})
+    pool_env = {**env, **extra, "PATH": ":".join(filter(None, [extra.get("PATH"), path]))}
     job_port, worker_port = _free_port(), _free_port()
     started = []
     try:
-        for module, flag, port in (
-            (JOB_SERVICE, "--port", job_port),
-            (WORKER_POOL, "--service_port", worker_port),
+        for module, flag, port, environment in (
+            (JOB_SERVICE, "--port", job_port, env),
+            (WORKER_POOL, "--service_port", worker_port, pool_env),
         ):
             process = subprocess.Popen(
                 [sys.executable, "-m", module, flag, str(port)],
-                env=env,
+                env=environment,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,

@@ -34,11 +34,21 @@ class BeamJobError(UserError, RuntimeError):
 def run_job(pipeline: beam.Pipeline, config: BeamConfig, job: str):
     """Runs ``pipeline`` to the end; returns its result.
 
+    With an external SDK worker pool (``--environment_type=EXTERNAL``) the pool is first
+    asked to start one probe worker (``probe_worker_pool``): Beam's runner would wait
+    forever for a worker that never connects.
+
     Raises:
         BeamJobError: the job service does not answer, nothing listens at the worker
-            pool's address, or the job ended in another state than DONE; one line naming
-            the runner and the endpoint.
+            pool's address, the pool's worker does not connect within
+            ``beam.worker_start_timeout_s``, a worker went away mid-job, or the job
+            ended in another state than DONE; one line naming the runner and endpoint.
     """
+    flags = _flags(config)
+    if flags.get("environment_type") == "EXTERNAL" and flags.get("environment_config"):
+        problem = probe_worker_pool(flags["environment_config"], config.worker_start_timeout_s)
+        if problem:
+            raise BeamJobError(f"Beam job {job} on {config.runner}: {problem}")
     try:
         result = pipeline.run()
         result.wait_until_finish()
@@ -53,11 +63,104 @@ def run_job(pipeline: beam.Pipeline, config: BeamConfig, job: str):
     return result
 
 
+def _flags(config: BeamConfig) -> dict[str, str]:
+    """``beam.extra_args``'s ``--name=value`` flags, by name."""
+    return dict(a.lstrip("-").split("=", 1) for a in config.extra_args if "=" in a)
+
+
+def probe_worker_pool(endpoint: str, timeout_s: float) -> str | None:
+    """Asks the SDK worker pool at ``endpoint`` for one worker; None once it connects.
+
+    The probe is the Fn API's own handshake: ``BeamFnExternalWorkerPool.StartWorker``
+    with this process's endpoints, on a gRPC server that counts any call from the
+    worker (the Python harness calls Control; a container's boot program calls
+    Provision first) as "it started", then ends the call so the worker exits.
+
+    Returns:
+        None when a worker connected within ``timeout_s``; otherwise what went wrong, in
+        one line naming the endpoint (nothing listens, the pool refused, no worker came).
+    """
+    import threading
+    from concurrent import futures
+
+    import grpc
+    from apache_beam.portability.api import (
+        beam_fn_api_pb2,
+        beam_fn_api_pb2_grpc,
+        beam_provision_api_pb2_grpc,
+        endpoints_pb2,
+    )
+
+    arrived = threading.Event()
+
+    class Control(beam_fn_api_pb2_grpc.BeamFnControlServicer):
+        def Control(self, iterator, context):  # noqa: N802 - the Fn API's name
+            arrived.set()
+            return iter(())
+
+    class Provision(beam_provision_api_pb2_grpc.ProvisionServiceServicer):
+        def GetProvisionInfo(self, request, context):  # noqa: N802
+            arrived.set()
+            context.abort(grpc.StatusCode.UNAVAILABLE, "visionpipe's worker probe")
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    beam_fn_api_pb2_grpc.add_BeamFnControlServicer_to_server(Control(), server)
+    beam_provision_api_pb2_grpc.add_ProvisionServiceServicer_to_server(Provision(), server)
+    port = server.add_insecure_port("[::]:0")
+    server.start()
+    here = endpoints_pb2.ApiServiceDescriptor(url=f"{_reachable_host(endpoint)}:{port}")
+    request = beam_fn_api_pb2.StartWorkerRequest(
+        worker_id="visionpipe-probe",
+        control_endpoint=here,
+        provision_endpoint=here,
+        artifact_endpoint=here,
+        logging_endpoint=here,
+    )
+    try:
+        with grpc.insecure_channel(endpoint) as channel:
+            pool = beam_fn_api_pb2_grpc.BeamFnExternalWorkerPoolStub(channel)
+            try:
+                response = pool.StartWorker(request, timeout=min(timeout_s, 30))
+            except grpc.RpcError as err:
+                if err.code() == grpc.StatusCode.UNAVAILABLE:
+                    return (
+                        f"nothing listens at {endpoint} (the SDK worker pool): connection refused"
+                    )
+                return f"the SDK worker pool at {endpoint} did not answer: {err.code().name}"
+            if response.error:
+                error = response.error.strip().splitlines()[-1]
+                return f"the SDK worker pool at {endpoint} could not start a worker: {error}"
+            if not arrived.wait(timeout_s):
+                return (
+                    f"the SDK worker pool at {endpoint} started a worker that did not connect "
+                    f"within {timeout_s:g} s (beam.worker_start_timeout_s): is the pool's "
+                    "`python` (first on its PATH) one with apache-beam, or its image this "
+                    "project's?"
+                )
+            pool.StopWorker(beam_fn_api_pb2.StopWorkerRequest(worker_id="visionpipe-probe"))
+            return None
+    finally:
+        server.stop(grace=None)
+
+
+def _reachable_host(endpoint: str) -> str:
+    """The name a worker behind ``endpoint`` reaches this machine by (loopback: localhost)."""
+    import socket
+
+    host = endpoint.rpartition(":")[0].strip("[]")
+    if host in ("localhost", "127.0.0.1", "::1", ""):
+        return "localhost"
+    return socket.getfqdn()
+
+
 def _endpoint_problem(err: Exception, config: BeamConfig) -> str | None:
     """What an error says of an endpoint, in one line; None when it is about something else."""
     import re
 
-    flags = dict(a.lstrip("-").split("=", 1) for a in config.extra_args if "=" in a)
+    flags = _flags(config)
+    if "Channel closed prematurely" in str(err):
+        pool = flags.get("environment_config", "its SDK worker")
+        return f"a worker of {pool} went away mid-job (its connection closed); nothing was kept"
     if type(err).__name__ == "FutureTimeoutError":
         endpoint = flags.get("job_endpoint", "the job service")
         timeout = flags.get("job_server_timeout", "60")

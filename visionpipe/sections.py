@@ -371,6 +371,11 @@ class BeamConfig(_Section):
     # shards.py): it is fixed; the counts' loss is not explained yet (issue 25).
     direct_running_mode: Literal["in_memory", "multi_processing"] = "in_memory"
     extra_args: list[str] = Field(default_factory=list, description="Passed to Beam as they are.")
+    worker_start_timeout_s: float = Field(
+        60,
+        gt=0,
+        description="With an external SDK worker pool: seconds its probe worker has to connect.",
+    )
 
 
 class EdgeConfig(_Section):

@@ -35,8 +35,8 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
+from visionpipe import faults, storage
 from visionpipe import features as F
-from visionpipe import storage
 
 PARTS_DIR = ".parts"
 _GZIP_WBITS = 16 + zlib.MAX_WBITS  # a gzip header and trailer around the deflate data
@@ -101,6 +101,7 @@ class RollingFileWriteFn(beam.DoFn):
             current = self._roll(group)
         current[0].write(data)
         current[1] += len(data)
+        faults.point("ingest.record_written")  # a worker killed mid-job (tests)
 
     def _roll(self, group: str) -> list:
         self._close(group)
