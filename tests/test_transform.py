@@ -166,3 +166,24 @@ def test_counters_are_committed_or_else_attempted_and_never_a_silent_zero():
         counter_values(_Result([]), "transform")
     with pytest.raises(MetricsUnavailableError, match="without a committed or attempted value"):
         counter_values(_Result([_Counter("examples_train", None, None)]), "transform")
+
+
+def test_a_split_that_writes_fewer_examples_than_were_ingested_fails_and_keeps_nothing(
+    ingested, tiny_config, tmp_path, monkeypatch
+):
+    # The loss once seen on the FnApiRunner's worker processes (transform.py): whatever
+    # the runner, a split must write what it read and read what ingest wrote.
+    from components.transform import transform
+    from components.transform.transform import TransformLossError, run_transform
+
+    real = transform._ReadRecords.process
+
+    def losing(self, uri):
+        records = list(real(self, uri))
+        yield from records[1:] if self._split == "train" else records
+
+    monkeypatch.setattr(transform._ReadRecords, "process", losing)
+    out = tmp_path / "t"
+    with pytest.raises(TransformLossError, match=r"the train split wrote \d+ examples of \d+ read"):
+        run_transform(ingested.output_uri, str(out / "ex"), str(out / "graph"), tiny_config)
+    assert not (out / "ex").exists() and not (out / "graph").exists()

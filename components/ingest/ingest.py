@@ -24,7 +24,6 @@ from components.ingest.shards import (
     RollingFileWriteFn,
     commit_shards,
     concatenate_parts,
-    count_records,
     tfrecord,
 )
 from visionpipe import features as F
@@ -33,6 +32,7 @@ from visionpipe.beam import beam_pipeline, run_job
 from visionpipe.config import Config, IngestConfig
 from visionpipe.example_codec import encode_example
 from visionpipe.sources import DataError, check_classes, list_sources
+from visionpipe.tfrecord import count_records
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ class InputLossError(ShardLossError):
 def _verify_shards(staging: str, stats: dict[str, Any], listed: int) -> None:
     """Checks that every listed image was accounted for, and counts every split's records.
 
-    The records are counted from the shards' framing (``shards.count_records``), as any
+    The records are counted from the shards' framing (``visionpipe.tfrecord.count_records``), as any
     TFRecord reader would find them.
 
     Raises:

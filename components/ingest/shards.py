@@ -37,9 +37,9 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from visionpipe import faults, storage
 from visionpipe import features as F
+from visionpipe.tfrecord import GZIP_WBITS
 
 PARTS_DIR = ".parts"
-_GZIP_WBITS = 16 + zlib.MAX_WBITS  # a gzip header and trailer around the deflate data
 
 
 def _masked_crc(data: bytes) -> bytes:
@@ -58,7 +58,7 @@ class _GzipFile:
 
     def __init__(self, handle, level: int) -> None:
         self._handle = handle
-        self._compressor = zlib.compressobj(level, zlib.DEFLATED, _GZIP_WBITS)
+        self._compressor = zlib.compressobj(level, zlib.DEFLATED, GZIP_WBITS)
 
     def write(self, data: bytes) -> None:
         self._handle.write(self._compressor.compress(data))
@@ -142,41 +142,3 @@ def concatenate_parts(directory: str, completed: list[str], destination: str) ->
         for path in sorted(completed):
             out.write(storage.read_bytes(path))
     storage.remove(directory)
-
-
-def count_records(files: list[str]) -> int:
-    """Records in gzipped TFRecord shards, counted from their framing.
-
-    Without TensorFlow, which ingest does not otherwise import (its import alone took 7 s
-    and 600 MB, four times a 3000-image ingest): the bytes are inflated in chunks and
-    the records walked by their length fields. Gzip members one after another (shards
-    written before they were one stream each) are read too.
-    """
-    count = 0
-    for uri in files:
-        fs, path = storage.filesystem(uri)
-        with fs.open(path, "rb") as handle:
-            count += _count_stream(handle)
-    return count
-
-
-def _count_stream(handle, chunk: int = 1 << 22) -> int:
-    inflater = zlib.decompressobj(_GZIP_WBITS)
-    buffer, position, count = b"", 0, 0
-    while True:
-        data = handle.read(chunk)
-        if not data:
-            break
-        while data:
-            buffer = buffer[position:] + inflater.decompress(data)
-            position = 0
-            data = inflater.unused_data  # the next gzip member, if any
-            if inflater.eof:
-                inflater = zlib.decompressobj(_GZIP_WBITS)
-            while len(buffer) - position >= 8:
-                (length,) = struct.unpack_from("<Q", buffer, position)
-                if len(buffer) - position < 16 + length:
-                    break
-                position += 16 + length
-                count += 1
-    return count

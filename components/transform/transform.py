@@ -68,18 +68,26 @@ def run_transform(
     preprocessing_fn = make_preprocessing_fn(
         config.transform.image_size, config.transform.resize_mode
     )
+    files = {s: storage.glob(p) for s, p in patterns.items()}
+    records = tfxio.TFExampleBeamRecord(
+        physical_format="tfrecords_gzip", schema=schema, telemetry_descriptors=["visionpipe"]
+    )
     with tempfile.TemporaryDirectory(prefix="tft-") as temp_dir:
         pipeline = beam_pipeline(config.beam, "transform")
         with tft_beam.Context(temp_dir=temp_dir, force_tf_compat_v1=False):
-            sources = {
-                s: tfxio.TFExampleRecord(
-                    file_pattern=p, schema=schema, telemetry_descriptors=["visionpipe"]
-                )
-                for s, p in patterns.items()
-                if storage.glob(p)
+            # One file per element of a plain DoFn, not Beam's splittable file source:
+            # under the FnApiRunner's worker processes that lost records (956 of 23,957
+            # at 30,000 images, 1 run in 2), the failure mode of apache/beam#19842.
+            raw = {
+                s: pipeline
+                | f"Files{s}" >> beam.Create(fs)
+                | f"Spread{s}" >> beam.Reshuffle()
+                | f"Read{s}" >> beam.ParDo(_ReadRecords(s))
+                | f"Decode{s}" >> records.BeamSource()
+                for s, fs in files.items()
+                if fs
             }
-            raw = {s: pipeline | f"Read{s}" >> src.BeamSource() for s, src in sources.items()}
-            adapter = sources["train"].TensorAdapterConfig()
+            adapter = records.TensorAdapterConfig()
             transform_fn = (raw["train"], adapter) | "Analyze" >> tft_beam.AnalyzeDataset(
                 preprocessing_fn
             )
@@ -94,12 +102,54 @@ def run_transform(
         result = run_job(pipeline, config.beam, "transform")
     counters = _counters(result)
     counts = {s: counters.get(f"examples_{s}", 0) for s in F.SPLITS}
+    _check_counts(raw_examples_uri, counters, counts, [examples_uri, transform_graph_uri])
     statistics = _statistics(transform_output(transform_graph_uri), counters, config)
     statistics["examples"] = counts
     storage.write_json(storage.join(transform_graph_uri, F.TRANSFORM_STATISTICS_FILE), statistics)
     labels = statistics["labels"]
     log.info("transform: %s examples, %d classes", counts, len(labels))
     return TransformResult(examples_uri, transform_graph_uri, counts, labels, statistics)
+
+
+class TransformLossError(RuntimeError):
+    """Transform wrote other than the records it read, or than ingest wrote."""
+
+
+class _ReadRecords(beam.DoFn):
+    """Every record of one gzipped TFRecord file, counted as read."""
+
+    def __init__(self, split: str) -> None:
+        self._split = split
+
+    def setup(self) -> None:
+        self._read = beam.metrics.Metrics.counter("transform", f"read_{self._split}")
+
+    def process(self, uri: str):
+        from visionpipe.tfrecord import read_records
+
+        for record in read_records(uri):
+            self._read.inc()
+            yield record
+
+
+def _check_counts(raw_examples_uri, counters, counts, outputs) -> None:
+    """Every split wrote what it read, and read what ingest wrote; else nothing is kept.
+
+    Raises:
+        TransformLossError: a split's counts differ; the outputs are removed.
+    """
+    stats_uri = storage.join(raw_examples_uri, F.STATS_FILE)
+    ingested = storage.read_json(stats_uri)["per_split"] if storage.exists(stats_uri) else {}
+    for split in F.SPLITS:
+        read = counters.get(f"read_{split}", 0)
+        expected = sum(ingested.get(split, {}).values()) if ingested else read
+        if counts[split] != read or read != expected:
+            for output in outputs:
+                storage.remove(output)
+            raise TransformLossError(
+                f"transform: the {split} split wrote {counts[split]} examples of {read} read "
+                f"({expected} ingested); nothing was kept (report it with the runner)"
+            )
 
 
 def _statistics(
