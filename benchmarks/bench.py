@@ -44,7 +44,7 @@ bodies: requests/s, p50/p99, answers by kind, the server's peak memory
 (``benchmarks/load_bench.py``).
 
 Usage: python benchmarks/bench.py --data data/sample
-       [--only pipeline|ingest|serving|trainer|quality|predict|edge|guard|load|monitor]
+       [--only pipeline|ingest|serving|trainer|quality|predict|edge|guard|load|monitor|runners]
        [--set k=v ...]
 """
 
@@ -136,9 +136,11 @@ def main() -> int:
             "guard",
             "load",
             "monitor",
+            "runners",
         ),
     )
     parser.add_argument("--photos", type=int, default=3000)
+    parser.add_argument("--repeats", type=int, default=20, help="runs of the runners' repeat test")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     rows = []
@@ -182,6 +184,10 @@ def main() -> int:
 
             rows += bench_quality(Path(work) / "monitor-quality", args.set)
             rows += bench_costs(Path(work) / "monitor-costs", args.set, args.photos)
+        if args.only in (None, "runners"):
+            from benchmarks.runner_bench import bench_runners
+
+            rows += bench_runners(Path(work) / "runners", photos=args.photos, repeats=args.repeats)
         if args.only in (None, "pipeline"):
             rows += bench_pipeline(os.path.abspath(args.data), args.set, work)
     width = max(len(r[0]) for r in rows)

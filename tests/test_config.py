@@ -73,10 +73,12 @@ def test_json_round_trip():
     assert config.flat()["trainer.epochs"] == 3
 
 
-def test_beam_multi_threading_mode_is_refused():
-    # It lost records in this project's ingest; see BeamConfig.direct_running_mode.
+def test_beam_running_modes_are_beams_own_and_nothing_else():
+    # multi_threading is back since ingest checks its shards and counts (BeamConfig).
+    for mode in ("in_memory", "multi_threading", "multi_processing"):
+        assert load_config(overrides=[f"beam.direct_running_mode={mode}"]).beam
     with pytest.raises(ConfigError, match="beam.direct_running_mode"):
-        load_config(overrides=["beam.direct_running_mode=multi_threading"])
+        load_config(overrides=["beam.direct_running_mode=threads"])
 
 
 def test_augmentation_is_off_by_default():

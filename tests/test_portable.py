@@ -114,3 +114,20 @@ def test_an_endpoint_that_does_not_answer_is_one_line_naming_it(tiny_dataset, tm
             [*args, "--set", "beam.runner=PortableRunner", "--set", pool], capsys, tmp_path / "out"
         )
     assert "nothing listens at localhost:3 (the SDK worker pool): connection refused" in err
+
+
+def test_ingest_repeated_on_threads_equals_the_in_process_run_every_time(tmp_path):
+    # The repeat test, small: the loss once seen was on threads (BeamConfig). The
+    # benchmark repeats it on 3000 images (make bench BENCH_ARGS="--only runners").
+    from pipelines.sample_data import SampleSpec, generate
+
+    generate(tmp_path / "images", SampleSpec(classes=3, per_class=100, size=32, seed=3))
+    keys = ("inputs", "written", "rejected", "duplicates", "per_split", "fingerprint")
+    reference = run_ingest(str(tmp_path / "images"), str(tmp_path / "ref"), load_config()).stats
+    threads = load_config(
+        overrides=["beam.direct_running_mode=multi_threading", "beam.direct_num_workers=4"]
+    )
+    for i in range(3):
+        again = run_ingest(str(tmp_path / "images"), str(tmp_path / f"run{i}"), threads).stats
+        assert {k: again[k] for k in keys} == {k: reference[k] for k in keys}, i
+        assert _splits(str(tmp_path / f"run{i}")) == _splits(str(tmp_path / "ref")), i

@@ -365,11 +365,12 @@ class BeamConfig(_Section):
 
     runner: str = "DirectRunner"
     direct_num_workers: int = Field(1, ge=0, description="DirectRunner workers; 0 = one per core.")
-    # Not "multi_threading": with apache-beam 2.77 it lost records on this project's ingest
-    # (1 run in 7 on 3000 images: 2 examples missing from the shards, 16 from the counts).
-    # The shard loss at least was TensorFlow's GZIP reader, not Beam (components/ingest/
-    # shards.py): it is fixed; the counts' loss is not explained yet (issue 25).
-    direct_running_mode: Literal["in_memory", "multi_processing"] = "in_memory"
+    # multi_threading once lost records here (1 run in 7 on 3000 images: 2 examples
+    # missing from the shards, 16 from the counts). The shard loss was TensorFlow's GZIP
+    # reader (components/ingest/shards.py), now avoided; and ingest now fails, committing
+    # nothing, on any loss in the shards or the counts. The repeat test (make bench
+    # BENCH_ARGS="--only runners") found no loss in either mode since (README, Beam).
+    direct_running_mode: Literal["in_memory", "multi_threading", "multi_processing"] = "in_memory"
     extra_args: list[str] = Field(default_factory=list, description="Passed to Beam as they are.")
     worker_start_timeout_s: float = Field(
         60,
