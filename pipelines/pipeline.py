@@ -1,4 +1,4 @@
-"""The KFP v2 pipeline: ingest -> data check -> transform -> tune -> train -> evaluate -> push.
+"""The KFP v2 pipeline: ingest -> validate -> data check -> transform -> ... -> push.
 
 Transform onwards runs only when the data check says so (always, unless the run asks to
 train on changed data only), and push only when evaluate blessed the model. With
@@ -139,12 +139,13 @@ def _steps(ops: dict[str, Any], config: Config, run: dict[str, Any]) -> None:
         "mlflow_run_id": run["mlflow_run_id"],
     }
     ingest = task("ingest", data=run["data"], **tracking)
+    validate = task("validate", raw_examples=ingest.outputs["examples"], **tracking)
     check = task(
         "data-check",
         fingerprint=ingest.outputs["Output"],
         only_if_data_changed=run["only_if_data_changed"],
         **tracking,
-    )
+    ).after(validate)  # a failing anomaly stops the run before the decision to train
     with dsl.If(check.outputs["Output"] == True, name="retrain"):  # noqa: E712
         transform = task("transform", raw_examples=ingest.outputs["examples"], **tracking)
         tune = task(

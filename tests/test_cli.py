@@ -153,7 +153,7 @@ def test_compile_writes_a_strict_kfp_pipeline_spec(tmp_path, capsys):
     text = out.read_text()
     spec = json_format.ParseDict(yaml.safe_load(text), pipeline_spec_pb2.PipelineSpec())
     executors = spec.deployment_spec.fields["executors"].struct_value.fields
-    assert len(executors) == 9  # configure, the six steps, the data check and finish
+    assert len(executors) == 10  # configure, the six steps, validate, the data check, finish
     params = spec.root.input_definitions.parameters
     expected = {"data", "image_size", "epochs", "max_trials", "min_accuracy", "model_name"}
     expected |= {"serving_root", "only_if_data_changed", "config_json", "mlflow_tracking_uri"}

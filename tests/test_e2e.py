@@ -76,6 +76,7 @@ def test_pipeline_runs_end_to_end_then_retrains_for_drift_against_the_champion(
     )
     assert {c.data.tags["visionpipe.step"] for c in children} == {
         "ingest",
+        "validate",
         "transform",
         "tune",
         "train",
@@ -168,7 +169,7 @@ def test_pipeline_runs_end_to_end_then_retrains_for_drift_against_the_champion(
     steps = client.search_runs(
         [run.info.experiment_id], f"tags.mlflow.parentRunId = '{scheduled['mlflow_run_id']}'"
     )
-    assert {c.data.tags["visionpipe.step"] for c in steps} == {"ingest"}
+    assert {c.data.tags["visionpipe.step"] for c in steps} == {"ingest", "validate"}
 
     # Both runs side by side, from MLflow: best test accuracy first, with their curves.
     table = _compare(isolated_home, "--last", "5")

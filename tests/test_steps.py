@@ -58,7 +58,7 @@ def test_the_compiled_pipeline_is_the_one_written_by_hand_before_the_specs(
     # Recorded from the hand-written components and pipeline this design replaced:
     # the same components, inputs, outputs, executors and DAG (not the same bytes).
     # Changed since on purpose only: the retrain_when run parameter (configure's input),
-    # and the exit handler (every step in its "run" group, then finish).
+    # the exit handler (every step in its "run" group, then finish), and validate.
     expected = json.loads((REPO / "tests" / "data" / "ir_substance.json").read_text())[name]
     out = str(tmp_path / "p.yaml")
     compile_fn(load_config(overrides=overrides), out)

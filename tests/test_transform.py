@@ -168,22 +168,23 @@ def test_counters_are_committed_or_else_attempted_and_never_a_silent_zero():
         counter_values(_Result([_Counter("examples_train", None, None)]), "transform")
 
 
-def test_a_split_that_writes_fewer_examples_than_were_ingested_fails_and_keeps_nothing(
-    ingested, tiny_config, tmp_path, monkeypatch
+def test_a_split_that_writes_fewer_examples_than_it_read_or_ingest_wrote_fails_and_keeps_nothing(
+    ingested, tmp_path
 ):
     # The loss once seen on the FnApiRunner's worker processes (transform.py): whatever
     # the runner, a split must write what it read and read what ingest wrote.
-    from components.transform import transform
-    from components.transform.transform import TransformLossError, run_transform
+    from components.transform.transform import TransformLossError, _check_counts
 
-    real = transform._ReadRecords.process
-
-    def losing(self, uri):
-        records = list(real(self, uri))
-        yield from records[1:] if self._split == "train" else records
-
-    monkeypatch.setattr(transform._ReadRecords, "process", losing)
-    out = tmp_path / "t"
+    written = {s: sum(n.values()) for s, n in ingested.stats["per_split"].items()}
+    read = {f"read_{s}": n for s, n in written.items()}
+    outputs = [tmp_path / "examples", tmp_path / "graph"]
+    for out in outputs:
+        (out / "train").mkdir(parents=True)
+    _check_counts(ingested.output_uri, read, written, [str(o) for o in outputs])  # all there
+    short = {**written, "train": written["train"] - 1}
     with pytest.raises(TransformLossError, match=r"the train split wrote \d+ examples of \d+ read"):
-        run_transform(ingested.output_uri, str(out / "ex"), str(out / "graph"), tiny_config)
-    assert not (out / "ex").exists() and not (out / "graph").exists()
+        _check_counts(ingested.output_uri, read, short, [str(o) for o in outputs])
+    assert not any(o.exists() for o in outputs)
+    unread = {**read, "read_test": read["read_test"] - 1}
+    with pytest.raises(TransformLossError, match=r"the test split wrote \d+ examples of \d+ read"):
+        _check_counts(ingested.output_uri, unread, {**written, "test": written["test"] - 1}, [])

@@ -39,6 +39,7 @@ from visionpipe.sections import (  # noqa: F401 - the sections are part of the c
     TrainerConfig,
     TransformConfig,
     TunerConfig,
+    ValidateConfig,
     _Section,
 )
 
@@ -68,6 +69,7 @@ class Config(_Section):
     """The whole visionpipe configuration."""
 
     ingest: IngestConfig = IngestConfig()
+    validation: ValidateConfig = ValidateConfig()
     transform: TransformConfig = TransformConfig()
     trainer: TrainerConfig = TrainerConfig()
     tuner: TunerConfig = TunerConfig()

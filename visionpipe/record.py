@@ -30,6 +30,7 @@ _TAG_FIELDS = {
     "retrain_trigger": "retrain_trigger",
     "data_source": "data_source",
     "data_fingerprint": "data_fingerprint",
+    "validation": "validation",
     "model_settings": "model_settings",
     "visionpipe_version": "visionpipe_version",
     "blessed": "blessed",
@@ -43,6 +44,7 @@ _METRIC_FIELDS = {
     "inputs": "inputs",
     "rejected": "rejected",
     "duplicates": "duplicates",
+    "anomalies": "anomalies",
     "pushed_version": "pushed_version",
     "trainer_test_accuracy": "trainer_test_accuracy",
 }
@@ -60,6 +62,8 @@ class RunRecord:
     retrain_trigger: str = ""  # what made the run train (first run, data changed, drift, ...)
     data_source: str = ""
     data_fingerprint: str = ""
+    validation: str = ""  # the data validation's verdict, one line
+    anomalies: int = 0
     model_settings: dict[str, Any] | None = None  # None: not recorded
     visionpipe_version: str = ""
     examples: dict[str, int] = field(default_factory=dict)
@@ -111,6 +115,8 @@ class RunRecord:
             retrain_trigger=tags.get("retrain_trigger", ""),
             data_source=tags.get("data_source", ""),
             data_fingerprint=tags.get("data_fingerprint", ""),
+            validation=tags.get("validation", ""),
+            anomalies=int(metrics.get("anomalies", 0)),
             model_settings=json.loads(settings) if settings else None,
             visionpipe_version=tags.get("visionpipe_version", ""),
             examples={

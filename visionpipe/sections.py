@@ -7,9 +7,16 @@ name) are defined here once, as ``Literal`` types and the tuples made from them.
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 # The lists several layers read: each is defined once, here.
 Backbone = Literal["mobilenet_v2", "efficientnet_b0", "resnet50"]
@@ -439,6 +446,58 @@ class MonitorConfig(_Section):
     accuracy_margin: float = Field(
         0.05, ge=0, le=1, description="Estimated or live accuracy this far below the gate alarms."
     )
+
+
+AnomalyKind = Literal[
+    "class_vanished",
+    "class_appeared",
+    "split_missing_class",
+    "format_unseen",
+    "property_outside",
+    "split_imbalance",
+]
+Severity = Literal["fail", "warn", "off"]
+DEFAULT_SEVERITY: dict[str, str] = {kind: "warn" for kind in get_args(AnomalyKind)}
+DEFAULT_SEVERITY["class_vanished"] = "fail"
+
+
+class ValidateConfig(_Section):
+    """Data validation between ingest and the data check (``components/validate``)."""
+
+    enabled: bool = Field(True, description="Profile and check every run's data.")
+    schema_uri: str = Field(
+        "",
+        description="A schema YAML (visionpipe schema infer); empty: the one inferred from "
+        "the last successful run's profile.",
+    )
+    severity: dict[AnomalyKind, Severity] = Field(
+        default_factory=lambda: dict(DEFAULT_SEVERITY),
+        description="fail (stops the run before transform), warn or off, per anomaly kind; "
+        "kinds not named keep their default (class_vanished: fail, the rest: warn).",
+    )
+    outside_fraction: float = Field(
+        0.1, gt=0, lt=1, description="Share of a split outside a property's range that alarms."
+    )
+    min_examples: int = Field(20, ge=1, description="Smaller splits are not range-checked.")
+    balance_alpha: float = Field(
+        0.001, gt=0, lt=0.5, description="Significance of the class-balance test per split."
+    )
+    sample: int = Field(
+        5000, ge=1, description="Images per split whose pixel properties are measured."
+    )
+
+    @field_validator("severity", mode="before")
+    @classmethod
+    def _off_is_off(cls, value: Any) -> Any:
+        # YAML reads a bare ``off`` as false.
+        if isinstance(value, dict):
+            return {k: "off" if v is False else v for k, v in value.items()}
+        return value
+
+    @field_validator("severity")
+    @classmethod
+    def _every_kind_has_a_severity(cls, value: dict[str, str]) -> dict[str, str]:
+        return {**DEFAULT_SEVERITY, **value}
 
 
 RetrainReason = Literal["always", "data_changed", "drift"]

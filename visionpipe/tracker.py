@@ -86,6 +86,10 @@ class PipelineRun:
         """The newest finished monitor run's ``MonitorRecord`` for ``model_name``; or None."""
         return None
 
+    def load_dict(self, run_id: str, path: str):
+        """A JSON file an earlier pipeline run logged (``tracker.log_dict``); None if none."""
+        return None
+
 
 class InMemoryPipelineRun(PipelineRun):
     """A pipeline run held in memory, with earlier runs given as ``RunRecord`` values."""
@@ -98,6 +102,7 @@ class InMemoryPipelineRun(PipelineRun):
         self.monitors = list(monitors or [])  # MonitorRecord values
         self.metrics: dict[str, float] = {}
         self.tags: dict[str, str] = {}
+        self.files: dict[tuple[str, str], object] = {}  # (run id, path) -> logged JSON
 
     def record(self, **outcome: Any) -> None:
         """Stores the fields as the tracking store would (tags and metrics)."""
@@ -117,6 +122,10 @@ class InMemoryPipelineRun(PipelineRun):
         """The newest of ``history`` that finished and was not skipped."""
         done = [r for r in self.history if r.status == "FINISHED" and not r.skipped]
         return max(done, key=lambda r: r.start_time_ms, default=None)
+
+    def load_dict(self, run_id: str, path: str):
+        """``files[(run_id, path)]``, or None."""
+        return self.files.get((run_id, path))
 
     def latest_monitor(self, model_name: str):
         """The newest of ``monitors`` for ``model_name``."""

@@ -345,6 +345,21 @@ class MlflowPipelineRun(PipelineRun):
             return None
         return MonitorRecord.from_store(run.info.run_id, run.data.tags, run.info.start_time)
 
+    def load_dict(self, run_id: str, path: str) -> Any | None:
+        """A JSON artifact of run ``run_id``; None if it has none at ``path``."""
+        import json
+        import tempfile
+
+        from mlflow.exceptions import MlflowException
+
+        with tempfile.TemporaryDirectory(prefix="visionpipe-artifact-") as tmp:
+            try:
+                local = self.session.client.download_artifacts(run_id, path, tmp)
+            except (MlflowException, OSError):
+                return None
+            with open(local) as f:
+                return json.load(f)
+
 
 def _experiment(mlflow_client, name: str, uri: str) -> str:
     """The experiment's id, created (with local artifacts for a SQLite store) if missing."""

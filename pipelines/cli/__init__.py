@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_sample_data(command)
     steps.add_verbs(command)
     run.add_verbs(command)
+    run.add_schema(command, sub)
     serve.add_verbs(command)
     kfp.add_verbs(command, sub)
     return parser

@@ -42,6 +42,33 @@ def add_sample_data(command) -> None:
     )
 
 
+def add_schema(command, sub) -> None:
+    """``schema infer``: the data schema validation checks against, from ingest's output."""
+    p = sub.add_parser("schema", help="The data schema validation checks against.")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = command("infer", schema_infer, "Write the schema ingest's examples pass, to edit.", actions)
+    p.add_argument("--examples", required=True, help="ingest's output directory")
+    p.add_argument("--out", default="schema.yaml", help="the schema YAML to write")
+
+
+def schema_infer(args, config: Config) -> None:
+    """Profiles the examples and writes the schema they pass (``validation.schema_uri``)."""
+    import yaml
+
+    from components.validate.profile import measure, summarize
+    from components.validate.schema import infer_schema
+    from visionpipe import storage
+
+    if not storage.exists(args.examples):
+        raise ConfigError(f"schema infer: --examples {args.examples}: no such folder")
+    schema = infer_schema(summarize(measure(args.examples, config), config))
+    storage.write_bytes(args.out, yaml.safe_dump(schema, sort_keys=False).encode())
+    print(
+        f"wrote {args.out}: {len(schema['classes'])} classes, formats "
+        f"{', '.join(schema['formats'])}, ranges of {len(schema['ranges'])} properties"
+    )
+
+
 def add_verbs(command) -> None:
     """``run`` and ``compare``."""
     p = command("run", run, "Run the whole pipeline locally (kfp.local, no cluster).")
