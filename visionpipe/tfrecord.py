@@ -6,9 +6,9 @@ another (shards written before ingest made one stream per file) are read too.
 
 Ingest counts its shards' records with this before committing them (TensorFlow's import
 alone took 7 s and 600 MB, four times a 3000-image ingest). Transform reads its input
-with it, one file per element of a plain ``DoFn``: Beam's splittable file read lost
-records under the FnApiRunner's worker processes (issue 25; see
-``components/transform/transform.py``).
+with it, one file per element of a plain ``DoFn`` that counts what it read, so every
+split can be held to what it read and what ingest wrote
+(``components/transform/transform.py``).
 """
 
 from __future__ import annotations
