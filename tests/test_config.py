@@ -124,8 +124,11 @@ def test_each_list_of_names_has_one_source_and_its_users_cover_it():
         CLASS_METRICS,
         EDGE_FORMATS,
         MODEL_METRICS,
+        ROBUSTNESS_METRICS,
+        ROBUSTNESS_VARIANTS,
         TUNER_ALGORITHMS,
     )
+    from visionpipe.variants import VARIANTS
 
     assert set(_BACKBONES) == set(BACKBONES)
     assert set(_TUNERS) == set(TUNER_ALGORITHMS)
@@ -133,5 +136,6 @@ def test_each_list_of_names_has_one_source_and_its_users_cover_it():
     assert EXPLAIN_METHODS == METHODS  # the CLI's choices, without importing TensorFlow
     metrics, _ = evaluate_model(["a", "b"], np.array([[0.9, 0.1], [0.2, 0.8]]), ["a", "b"])
     whole = {k for k in metrics if "/" not in k} - {"examples"}
-    assert whole == set(MODEL_METRICS)
+    assert whole | set(ROBUSTNESS_METRICS) == set(MODEL_METRICS)  # robustness: evaluate's
+    assert VARIANTS == ROBUSTNESS_VARIANTS
     assert {k.split("/")[0] for k in metrics if "/" in k} == set(CLASS_METRICS)

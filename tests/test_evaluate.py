@@ -245,7 +245,7 @@ def test_significance_requires_a_real_gain(test):
     assert significance_check(clearly_better, champion, cfg).passed
     assert not significance_check(barely, champion, cfg).passed
     m = {"accuracy": 0.9}
-    result = gate(m, {"accuracy": 0.8}, cfg, [], (barely.tolist(), champion.tolist()))
+    result = gate(m, {"accuracy": 0.8}, cfg, [], {"accuracy": (barely.tolist(), champion.tolist())})
     assert not result.blessed and "significant" in result.reason
 
 

@@ -27,17 +27,25 @@ TunerAlgorithm = Literal["random", "bayesian", "hyperband"]
 TUNER_ALGORITHMS: tuple[str, ...] = get_args(TunerAlgorithm)  # trainer.tune runs each
 # Metrics the gate can name: whole-model ones, and per-class ones (with ``class_name``).
 # ``components.evaluate.metrics.evaluate_model`` computes exactly these (a test holds it).
+# The robustness gate's variants of the test images (``visionpipe.variants`` makes them);
+# ``accuracy_under_<variant>`` is a model metric like the others.
+RobustnessVariant = Literal["jpeg_q30", "rescale", "exposure", "noise", "blur", "png"]
+ROBUSTNESS_VARIANTS: tuple[str, ...] = get_args(RobustnessVariant)
+ROBUSTNESS_METRICS: tuple[str, ...] = tuple(f"accuracy_under_{v}" for v in ROBUSTNESS_VARIANTS)
 ModelMetric = Literal[
-    "accuracy",
-    "top_k_accuracy",
-    "macro_precision",
-    "macro_recall",
-    "macro_f1",
-    "weighted_precision",
-    "weighted_recall",
-    "weighted_f1",
-    "log_loss",
-    "expected_calibration_error",
+    (
+        "accuracy",
+        "top_k_accuracy",
+        "macro_precision",
+        "macro_recall",
+        "macro_f1",
+        "weighted_precision",
+        "weighted_recall",
+        "weighted_f1",
+        "log_loss",
+        "expected_calibration_error",
+        *ROBUSTNESS_METRICS,
+    )
 ]
 MODEL_METRICS: tuple[str, ...] = get_args(ModelMetric)
 ExplainMethod = Literal["gradcam", "integrated_gradients"]
@@ -329,6 +337,11 @@ class EvaluateConfig(_Section):
     batch_size: int = Field(64, ge=1)
     gallery_size: int = Field(
         16, ge=0, le=200, description="Worst test mistakes in the Grad-CAM gallery; 0: none."
+    )
+    robustness: list[RobustnessVariant] = Field(
+        default_factory=lambda: list(ROBUSTNESS_VARIANTS),
+        description="Variants of the test images both models are scored on "
+        "(accuracy_under_<variant>); empty: none.",
     )
 
     def value_thresholds(self) -> list[Threshold]:

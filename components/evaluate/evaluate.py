@@ -16,7 +16,13 @@ import numpy as np
 from components.evaluate.gallery import GALLERY_HTML, GALLERY_PNG, write_gallery
 from components.evaluate.gate import Blessing, check_threshold_classes, gate
 from components.evaluate.metrics import evaluate_model
-from components.evaluate.report import CONFUSION_PNG, confusion_png, markdown_report
+from components.evaluate.report import (
+    CONFUSION_PNG,
+    ROBUSTNESS_PNG,
+    confusion_png,
+    markdown_report,
+    robustness_png,
+)
 from visionpipe import features as F
 from visionpipe import storage
 from visionpipe.blessing import write_blessing
@@ -73,6 +79,40 @@ def write_profile(output_uri: str, test, outputs: list[dict], labels, accuracy, 
     return True
 
 
+def robustness(test, cfg, candidate_uri, champion_uri, candidate, champion) -> dict:
+    """Adds ``accuracy_under_<variant>`` to both models' metrics; returns their correctness.
+
+    Returns:
+        ``{metric: (candidate correct, champion correct)}`` per variant, for the gate's
+        significance tests (empty without a champion).
+    """
+    from components.evaluate.robustness import correct_under, variant_images
+
+    if not cfg.robustness or not test.images:
+        return {}
+    models = [(candidate_uri, candidate)]
+    if champion_uri and champion is not None:
+        models.append((champion_uri, champion))
+    found: dict[str, list] = {}
+    for variant in cfg.robustness:
+        images = variant_images(test.images, variant)
+        metric = f"accuracy_under_{variant}"
+        for uri, metrics in models:
+            right = correct_under(
+                lambda batch, uri=uri: score(uri, batch, cfg.batch_size)[0],
+                model_labels(uri),
+                test.labels,
+                images,
+            )
+            metrics[metric] = float(right.mean())
+            found.setdefault(metric, []).append(right.tolist())
+    log.info(
+        "evaluate: robustness %s",
+        ", ".join(f"{v} {candidate[f'accuracy_under_{v}']:.3f}" for v in cfg.robustness),
+    )
+    return {m: tuple(pair) for m, pair in found.items() if len(pair) == 2}
+
+
 def run_evaluate(
     raw_examples_uri: str,
     candidate_model_uri: str,
@@ -84,7 +124,8 @@ def run_evaluate(
 
     Writes ``blessing.json`` (decision, checks, metrics, reports), ``report.md``,
     ``confusion_matrix.png``, the gallery of the worst mistakes (``mistakes.png`` and
-    ``mistakes.html``, unless ``evaluate.gallery_size`` is 0), ``example_image`` (the
+    ``mistakes.html``, unless ``evaluate.gallery_size`` is 0), ``robustness.png`` (both
+    models on each ``evaluate.robustness`` variant), ``example_image`` (the
     first test image's bytes: the registered model's input example) and the candidate's
     ``reference_profile.json`` (what monitoring compares the served model's inputs with).
 
@@ -110,8 +151,13 @@ def run_evaluate(
         candidate_model_uri, monitored=True
     )
     champion, champ_report = scored(champion_model_uri)[:2] if champion_model_uri else (None, None)
-    correct = (cand_report["correct"], champ_report["correct"]) if champ_report else None
-    decision = gate(candidate, champion, cfg, classes, correct)
+    correct = (
+        {"accuracy": (cand_report["correct"], champ_report["correct"])} if champ_report else {}
+    )
+    under = robustness(test, cfg, candidate_model_uri, champion_model_uri, candidate, champion)
+    if champion is not None:
+        correct.update(under)
+    decision = gate(candidate, champion, cfg, classes, correct or None)
     blessing = Blessing(
         decision.blessed,
         decision.reason,
@@ -133,7 +179,10 @@ def run_evaluate(
             output_uri, candidate_model_uri, test, cand_probabilities, cand_labels, cfg.gallery_size
         )
         gallery = (note, GALLERY_PNG, GALLERY_HTML)
-    report = markdown_report(blessing, CONFUSION_PNG, gallery)
+    chart = robustness_png(blessing)
+    if chart is not None:
+        storage.write_bytes(storage.join(output_uri, ROBUSTNESS_PNG), chart)
+    report = markdown_report(blessing, CONFUSION_PNG, gallery, ROBUSTNESS_PNG if chart else None)
     storage.write_bytes(storage.join(output_uri, F.REPORT_FILE), report.encode())
     log.info("evaluate: %s", blessing.reason)
     return blessing

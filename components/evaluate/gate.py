@@ -71,7 +71,7 @@ def gate(
     champion: dict[str, float] | None,
     cfg: EvaluateConfig,
     classes: list[str] | None = None,
-    correct: tuple[list[bool], list[bool]] | None = None,
+    correct: dict[str, tuple[list[bool], list[bool]]] | None = None,
 ) -> Blessing:
     """The decision: every configured check on the candidate (and against the champion).
 
@@ -80,7 +80,9 @@ def gate(
         champion: the champion's, or None when there is no champion.
         cfg: the thresholds.
         classes: the test data's classes (for ``class_name: "*"``); default: from metrics.
-        correct: per-example correctness of candidate and champion, for significance.
+        correct: per-example correctness of candidate and champion, by accuracy metric
+            (``accuracy``, ``accuracy_under_<variant>``), for significance tests: of the
+            accuracy, and of every robustness metric a change threshold names.
     """
     if classes is None:
         classes = sorted({k.split("/", 1)[1] for k in candidate if "/" in k})
@@ -97,8 +99,11 @@ def gate(
         for t in changes:
             for key, label in _keys(t, classes):
                 checks.extend(_change_checks(t, key, label, candidate, champion))
-        if cfg.significance.test != "none" and correct is not None:
-            checks.append(significance_check(*correct, cfg))
+        if cfg.significance.test != "none" and correct:
+            named = {"accuracy"} | {t.metric for t in changes if t.class_name is None}
+            for metric, (mine, theirs) in sorted(correct.items()):
+                if metric in named:
+                    checks.append(significance_check(mine, theirs, cfg, metric))
     if not checks:  # nothing configured, or only champion checks and no champion yet
         blessed = cfg.bless_without_thresholds
         what = (
@@ -163,9 +168,12 @@ def _change_checks(t: ChangeThreshold, key, label, candidate, champion) -> list[
 
 
 def significance_check(
-    candidate_correct: list[bool], champion_correct: list[bool], cfg: EvaluateConfig
+    candidate_correct: list[bool],
+    champion_correct: list[bool],
+    cfg: EvaluateConfig,
+    metric: str = "accuracy",
 ) -> Check:
-    """Whether the candidate's accuracy gain over the champion is significant.
+    """Whether the candidate's gain in ``metric`` (an accuracy) over the champion is significant.
 
     ``mcnemar``: the exact one-sided McNemar test on the examples where the two
     disagree (p < alpha). ``bootstrap``: the lower end of the (1 - 2 alpha) bootstrap
@@ -178,7 +186,7 @@ def significance_check(
         wins, losses = int(np.sum(a & ~b)), int(np.sum(~a & b))
         p = _binomial_upper_tail(wins, wins + losses)
         return Check(
-            f"accuracy gain significant (McNemar, p < {sig.alpha:g})",
+            f"{metric} gain significant (McNemar, p < {sig.alpha:g})",
             p < sig.alpha,
             p,
             sig.alpha,
@@ -190,7 +198,7 @@ def significance_check(
     diffs = a[draws].mean(axis=1) - b[draws].mean(axis=1)
     low = float(np.quantile(diffs, sig.alpha))
     return Check(
-        f"accuracy gain significant (bootstrap {1 - sig.alpha:.0%} lower bound > 0)",
+        f"{metric} gain significant (bootstrap {1 - sig.alpha:.0%} lower bound > 0)",
         low > 0,
         low,
         0.0,
@@ -206,7 +214,18 @@ def _binomial_upper_tail(k: int, n: int) -> float:
 
 
 def check_threshold_classes(cfg: EvaluateConfig, classes: list[str]) -> None:
-    """Raises ThresholdError if a threshold names a class the test data does not have."""
+    """Raises ThresholdError if a threshold names a class the test data does not have.
+
+    Or a robustness metric whose variant ``evaluate.robustness`` does not make.
+    """
+    made = {f"accuracy_under_{v}" for v in cfg.robustness}
+    for t in (*cfg.value_thresholds(), *cfg.all_change_thresholds()):
+        if t.metric.startswith("accuracy_under_") and t.metric not in made:
+            raise ThresholdError(
+                f"evaluate threshold on {t.metric}: evaluate.robustness does not make the "
+                f"{t.metric.removeprefix('accuracy_under_')} variant "
+                f"(it makes: {', '.join(cfg.robustness) or 'none'})"
+            )
     named = [
         t.class_name
         for t in (*cfg.value_thresholds(), *cfg.all_change_thresholds())

@@ -10,12 +10,14 @@ import numpy as np
 from components.evaluate.gate import Blessing
 
 CONFUSION_PNG = "confusion_matrix.png"
+ROBUSTNESS_PNG = "robustness.png"
 
 
 def markdown_report(
     blessing: Blessing,
     confusion_picture: str | None = None,
     gallery: tuple[str, str, str] | None = None,
+    robustness_picture: str | None = None,
 ) -> str:
     """A human-readable report: decision, checks, metrics, per-class table, confusion matrix.
 
@@ -23,6 +25,7 @@ def markdown_report(
         blessing: the decision and the scores.
         confusion_picture: the confusion matrix PNG's file name beside the report.
         gallery: ``(note, png, html)`` of the worst-mistakes gallery beside the report.
+        robustness_picture: the robustness chart's file name beside the report.
     """
     lines = [
         f"# Evaluation: {'BLESSED' if blessing.blessed else 'NOT BLESSED'}",
@@ -46,6 +49,9 @@ def markdown_report(
             continue
         old = blessing.champion.get(key) if blessing.champion else None
         lines.append(f"| {key} | {value:.4f} | {'' if old is None else f'{old:.4f}'} |")
+    if robustness_picture:
+        lines += ["", "## Robustness (accuracy on changed test images)", ""]
+        lines += [f"![robustness]({robustness_picture})"]
     report = blessing.candidate_report or {}
     if report:
         lines += [
@@ -92,6 +98,38 @@ def confusion_png(report: dict[str, Any]) -> bytes:
     for i in range(len(classes)):
         for j in range(len(classes)):
             ax.text(j, i, str(matrix[i, j]), ha="center", va="center")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def robustness_png(blessing: Blessing) -> bytes | None:
+    """Accuracy on the clean test images and on each variant, candidate next to champion."""
+    names = [k for k in blessing.candidate if k.startswith("accuracy_under_")]
+    if not names:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    keys = ["accuracy", *names]
+    labels = ["clean", *(k.removeprefix("accuracy_under_") for k in names)]
+    x = np.arange(len(keys))
+    fig, ax = plt.subplots(figsize=(1.1 * len(keys) + 2, 3.5))
+    models = [("candidate", blessing.candidate)]
+    if blessing.champion:
+        models.append(("champion", blessing.champion))
+    width = 0.8 / len(models)
+    for i, (name, metrics) in enumerate(models):
+        values = [metrics.get(k, np.nan) for k in keys]
+        ax.bar(x + (i - (len(models) - 1) / 2) * width, values, width, label=name)
+    ax.set_xticks(x, labels, rotation=20)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.legend(loc="lower left")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)

@@ -30,7 +30,7 @@ def run(
     from components.evaluate.evaluate import run_evaluate
     from components.evaluate.gallery import GALLERY_HTML, GALLERY_PNG
     from components.evaluate.metrics import metric_key
-    from components.evaluate.report import CONFUSION_PNG
+    from components.evaluate.report import CONFUSION_PNG, ROBUSTNESS_PNG
 
     with tempfile.TemporaryDirectory(prefix="champion-") as download_dir:
         if champion is None and ctx.registry is not None:
@@ -52,7 +52,7 @@ def run(
     ctx.tracker.log_dict(result.to_dict(), "blessing.json")
     report = storage.read_bytes(storage.join(blessing, F.REPORT_FILE))  # run_evaluate's
     ctx.tracker.log_text(report.decode(), "evaluation_report.md")
-    for name in (CONFUSION_PNG, GALLERY_PNG, GALLERY_HTML, F.PROFILE_FILE):  # run_evaluate's
+    for name in (CONFUSION_PNG, ROBUSTNESS_PNG, GALLERY_PNG, GALLERY_HTML, F.PROFILE_FILE):
         if storage.exists(storage.join(blessing, name)):
             log_stored(ctx.tracker, storage.join(blessing, name))
     ctx.tracker.set_tags({"blessing_reason": result.reason})
