@@ -94,12 +94,21 @@ def robustness(test, cfg, candidate_uri, champion_uri, candidate, champion) -> d
     if champion_uri and champion is not None:
         models.append((champion_uri, champion))
     found: dict[str, list] = {}
+    classifiers = {uri: Classifier(uri) for uri, _ in models}  # each model loaded once
+
+    def probabilities(uri: str, batch: list[bytes]) -> np.ndarray:
+        calls = [
+            classifiers[uri].classify(batch[i : i + cfg.batch_size])["probabilities"]
+            for i in range(0, len(batch), cfg.batch_size)
+        ]
+        return np.concatenate(calls).astype(np.float64)
+
     for variant in cfg.robustness:
         images = variant_images(test.images, variant)
         metric = f"accuracy_under_{variant}"
         for uri, metrics in models:
             right = correct_under(
-                lambda batch, uri=uri: score(uri, batch, cfg.batch_size)[0],
+                lambda batch, uri=uri: probabilities(uri, batch),
                 model_labels(uri),
                 test.labels,
                 images,
