@@ -469,8 +469,9 @@ AnomalyKind = Literal[
     "property_outside",
     "split_imbalance",
 ]
+ANOMALY_KINDS: tuple[str, ...] = get_args(AnomalyKind)  # components.validate checks each
 Severity = Literal["fail", "warn", "off"]
-DEFAULT_SEVERITY: dict[str, str] = {kind: "warn" for kind in get_args(AnomalyKind)}
+DEFAULT_SEVERITY: dict[str, str] = {kind: "warn" for kind in ANOMALY_KINDS}
 DEFAULT_SEVERITY["class_vanished"] = "fail"
 
 

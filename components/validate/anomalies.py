@@ -29,15 +29,9 @@ import numpy as np
 
 from components.validate.schema import PROPERTIES
 from visionpipe.config import Config
+from visionpipe.sections import ANOMALY_KINDS
 
-KINDS = (
-    "class_vanished",
-    "class_appeared",
-    "split_missing_class",
-    "format_unseen",
-    "property_outside",
-    "split_imbalance",
-)
+KINDS = ANOMALY_KINDS  # the config's list: validation.severity names these
 HELD_OUT = ("valid", "test")
 
 
