@@ -16,6 +16,9 @@ import pkgutil
 import components
 from visionpipe.step import Step
 
+# The exit handler's component: no step, but a task of the pipeline (pipelines.finish).
+FINISH = "finish"
+
 
 def step_packages() -> tuple[str, ...]:
     """The step packages: ``components.<folder>`` for each folder with a ``spec.py``."""

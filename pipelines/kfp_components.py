@@ -25,6 +25,7 @@ from typing import Any
 from kfp import dsl
 
 from pipelines import catalog
+from pipelines.catalog import FINISH
 from pipelines.execute import COMMON_PARAMETERS
 from visionpipe.step import ARTIFACT_TYPES, Step
 
@@ -65,7 +66,7 @@ def finish_source() -> str:
         "calls pipeline.notify_url."
     )
     entry = "pipelines.finish import finish"
-    return _function("finish", args, "", doc, "finish(arguments)", entry)
+    return _function(FINISH, args, "", doc, "finish(arguments)", entry)
 
 
 def _function(name: str, args: list[str], returns: str, doc: str, body: str, entry: str) -> str:
@@ -95,7 +96,7 @@ def component_functions(parameters: tuple[tuple[str, type], ...]) -> dict[str, C
     """Every component function by function name: the pipeline steps' and ``configure``."""
     functions = {
         "configure": compile_function("configure", configure_source(dict(parameters))),
-        "finish": compile_function("finish", finish_source()),
+        FINISH: compile_function(FINISH, finish_source()),
     }
     for step in catalog.all_steps().values():
         if step.in_pipeline:
@@ -113,7 +114,7 @@ def make_components(
     component = dsl.component(base_image=image, install_kfp_package=False)
     training = dsl.component(base_image=training_image or image, install_kfp_package=False)
     functions = component_functions(tuple(parameters.items()))
-    made = {name: component(functions[name]) for name in ("configure", "finish")}
+    made = {name: component(functions[name]) for name in ("configure", FINISH)}
     for step in catalog.all_steps().values():
         if step.in_pipeline:
             wrap = training if step.training else component

@@ -15,6 +15,7 @@ from typing import Any
 from kfp import compiler, dsl
 from kfp.pipeline_spec import pipeline_spec_pb2
 
+from pipelines.catalog import FINISH
 from pipelines.kfp_components import make_components
 from visionpipe import progress
 from visionpipe.config import Config
@@ -112,7 +113,7 @@ def build_pipeline(config: Config):
         mlflow_run_id: str = "",
     ):
         run = dict(locals())
-        finish = ops["finish"](
+        finish = ops[FINISH](
             config_json=config_json,
             mlflow_tracking_uri=mlflow_tracking_uri,
             mlflow_run_id=mlflow_run_id,
@@ -184,12 +185,16 @@ def _steps(ops: dict[str, Any], config: Config, run: dict[str, Any]) -> None:
                 )
 
 
-def retries(name: str, config: Config) -> int:
-    """How many times step ``name`` is retried after a failure."""
+def _training(name: str) -> bool:
+    """Whether ``name`` is a training step (``configure`` and ``finish`` are no steps)."""
     from pipelines import catalog
 
-    training = name not in ("configure", "finish") and catalog.step(name).training
-    if training and not config.pipeline.retry_training:
+    return name not in ("configure", FINISH) and catalog.step(name).training
+
+
+def retries(name: str, config: Config) -> int:
+    """How many times step ``name`` is retried after a failure."""
+    if _training(name) and not config.pipeline.retry_training:
         return 0
     return config.pipeline.retries
 
@@ -211,16 +216,13 @@ def _policies(task, name: str, config: Config):
     covers every argument, the ``mlflow_run_id`` each run passes included, so it never
     hits; ingest and transform use the project's (``pipelines.step_cache``).
     """
-    from pipelines import catalog
-
-    training = name != "configure" and catalog.step(name).training
     p = config.pipeline
     if retries(name, config):
         task.set_retry(
             num_retries=p.retries, backoff_duration=f"{p.retry_backoff_s}s", backoff_factor=2.0
         )
     task.set_caching_options(False)
-    if training and p.gpus:
+    if _training(name) and p.gpus:
         task.set_accelerator_type(p.accelerator_type)
         task.set_accelerator_limit(p.gpus)
     return task

@@ -41,10 +41,11 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from pipelines.adapters.kfp_local import argument, embedded_function, run_commands_with
+from pipelines.catalog import FINISH
 from visionpipe import progress
 
 ISOLATIONS = ("process", "subprocess")
-QUIET_STEPS = ("finish",)  # the exit handler: no console line of its own
+QUIET_STEPS = (FINISH,)  # the exit handler: no console line of its own
 
 
 def step_name(function_name: str) -> str:

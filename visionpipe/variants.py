@@ -25,7 +25,9 @@ import io
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
-VARIANTS = ("jpeg_q30", "rescale", "exposure", "noise", "blur", "png")
+from visionpipe.sections import ROBUSTNESS_VARIANTS
+
+VARIANTS = ROBUSTNESS_VARIANTS  # the config's list: evaluate.robustness names these
 
 
 def _save(image: Image.Image, kind: str = "JPEG", quality: int = 95) -> bytes:
