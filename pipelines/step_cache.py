@@ -162,17 +162,6 @@ class _RecordingPipeline(PipelineRun):
         return self.inner.latest_monitor(model_name)
 
 
-def _copy_tree(src: str, dst: str) -> None:
-    """Copies a file or folder between any two filesystems, replacing ``dst``."""
-    storage.remove(dst)
-    if not storage.isdir(src):
-        storage.copy_file(src, dst)
-        return
-    root = src.rstrip("/")
-    for file in storage.walk_files(root):
-        storage.copy_file(file, dst.rstrip("/") + file[len(root) :])
-
-
 def relocate(value: Any, moves: Mapping[str, str]) -> Any:
     """``value`` with every path under an old output path moved under its new one.
 
@@ -210,7 +199,7 @@ class Entry:
     def restore(self, outputs: Mapping[str, str]) -> None:
         """Copies the kept outputs to the ports' paths."""
         for port, path in outputs.items():
-            _copy_tree(storage.join(self.uri, "outputs", port), path)
+            storage.copy_tree(storage.join(self.uri, "outputs", port), path)
 
     def moves(self, outputs: Mapping[str, str]) -> dict[str, str]:
         """Where each output was when the entry was made -> where this run wants it."""
@@ -237,7 +226,7 @@ class Entry:
                 if call["method"] == "log_artifact":
                     kept = arguments["local_path"]
                     local = os.path.join(tmp, kept)
-                    _copy_tree(storage.join(self.uri, "files", kept), local)
+                    storage.copy_tree(storage.join(self.uri, "files", kept), local)
                     arguments["local_path"] = local
                 getattr(target, call["method"])(**arguments)
 
@@ -307,7 +296,7 @@ class StepCache:
         uri = storage.join(self.root, step, cache_key)
         storage.remove(uri)  # what a writer that died left
         for port, path in outputs.items():
-            _copy_tree(path, storage.join(uri, "outputs", port))
+            storage.copy_tree(path, storage.join(uri, "outputs", port))
         for file in Path(files).rglob("*"):
             if file.is_file():
                 relative = file.relative_to(files).as_posix()

@@ -145,6 +145,17 @@ def copy_file(src: str, dst: str) -> None:
     write_bytes(dst, read_bytes(src))
 
 
+def copy_tree(src: str, dst: str) -> None:
+    """Copies a file or a folder between any two filesystems, replacing ``dst``."""
+    remove(dst)
+    if not isdir(src):
+        copy_file(src, dst)
+        return
+    root = src.rstrip("/")
+    for file in walk_files(root):
+        copy_file(file, dst.rstrip("/") + file[len(root) :])
+
+
 class OutputFolderError(UserError, FileExistsError):
     """An output folder that would overwrite something."""
 

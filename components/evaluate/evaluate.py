@@ -42,6 +42,17 @@ def model_labels(model_dir: str) -> list[str]:
     return list(storage.read_json(path)["labels"])
 
 
+def classify(classifier: Classifier, images: list[bytes], batch_size: int):
+    """``(probabilities, outputs)`` of a loaded classifier on ``images``, in batches."""
+    outputs = [
+        classifier.classify(images[start : start + batch_size])
+        for start in range(0, len(images), batch_size)
+    ]
+    if not outputs:
+        return np.zeros((0, 0)), []
+    return np.concatenate([o["probabilities"] for o in outputs]).astype(np.float64), outputs
+
+
 def score(
     model_dir: str, images: list[bytes], batch_size: int, monitored: bool = False
 ) -> tuple[np.ndarray, list[dict]]:
@@ -51,13 +62,7 @@ def score(
     else the list is empty.
     """
     classifier = Classifier(model_dir, monitored=monitored)
-    outputs = [
-        classifier.classify(images[start : start + batch_size])
-        for start in range(0, len(images), batch_size)
-    ]
-    if not outputs:
-        return np.zeros((0, 0)), []
-    probabilities = np.concatenate([o["probabilities"] for o in outputs]).astype(np.float64)
+    probabilities, outputs = classify(classifier, images, batch_size)
     return probabilities, outputs if classifier.monitored else []
 
 
@@ -95,20 +100,12 @@ def robustness(test, cfg, candidate_uri, champion_uri, candidate, champion) -> d
         models.append((champion_uri, champion))
     found: dict[str, list] = {}
     classifiers = {uri: Classifier(uri) for uri, _ in models}  # each model loaded once
-
-    def probabilities(uri: str, batch: list[bytes]) -> np.ndarray:
-        calls = [
-            classifiers[uri].classify(batch[i : i + cfg.batch_size])["probabilities"]
-            for i in range(0, len(batch), cfg.batch_size)
-        ]
-        return np.concatenate(calls).astype(np.float64)
-
     for variant in cfg.robustness:
         images = variant_images(test.images, variant)
         metric = f"accuracy_under_{variant}"
         for uri, metrics in models:
             right = correct_under(
-                lambda batch, uri=uri: probabilities(uri, batch),
+                lambda batch, uri=uri: classify(classifiers[uri], batch, cfg.batch_size)[0],
                 model_labels(uri),
                 test.labels,
                 images,

@@ -138,31 +138,36 @@ class _ReadRecords(beam.DoFn):
 
 
 def _check_counts(raw_examples_uri, counters, counts, outputs) -> None:
-    """Every split wrote what it read, and read what ingest wrote; else nothing is kept.
+    """Checks every split wrote what it read and read what ingest wrote; else keeps nothing.
+
+    The analyzers' read of train must equal the transform's too.
 
     Raises:
-        TransformLossError: a split's counts differ; the outputs are removed.
+        TransformLossError: a count differs; the outputs are removed.
     """
-    analyzed = counters.get("read_analyze", counters.get("read_train", 0))
-    if analyzed != counters.get("read_train", 0):
-        for output in outputs:
-            storage.remove(output)
-        raise TransformLossError(
-            f"transform: the analyzers read {analyzed} train records, the transform "
-            f"{counters.get('read_train', 0)}; nothing was kept (report it with the runner)"
-        )
     stats_uri = storage.join(raw_examples_uri, F.STATS_FILE)
     ingested = storage.read_json(stats_uri)["per_split"] if storage.exists(stats_uri) else {}
+    problems = []
+    analyzed = counters.get("read_analyze", counters.get("read_train", 0))
+    if analyzed != counters.get("read_train", 0):
+        problems.append(
+            f"the analyzers read {analyzed} train records, the transform "
+            f"{counters.get('read_train', 0)}"
+        )
     for split in F.SPLITS:
         read = counters.get(f"read_{split}", 0)
         expected = sum(ingested.get(split, {}).values()) if ingested else read
         if counts[split] != read or read != expected:
-            for output in outputs:
-                storage.remove(output)
-            raise TransformLossError(
-                f"transform: the {split} split wrote {counts[split]} examples of {read} read "
-                f"({expected} ingested); nothing was kept (report it with the runner)"
+            problems.append(
+                f"the {split} split wrote {counts[split]} examples of {read} read "
+                f"({expected} ingested)"
             )
+    if problems:
+        for output in outputs:
+            storage.remove(output)
+        raise TransformLossError(
+            f"transform: {problems[0]}; nothing was kept (report it with the runner)"
+        )
 
 
 def _statistics(

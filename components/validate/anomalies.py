@@ -22,6 +22,7 @@ data run (``split_missing_class``, ``split_imbalance``).
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -112,8 +113,9 @@ def _internal_checks(values, config: Config) -> list[tuple[str, str]]:
         missing = set(classes) - set(labels)
         if missing:
             found.append(("split_missing_class", f"{split} has no images of {_list(missing)}"))
-        observed = np.array([labels.count(c) for c in classes], dtype=np.float64)
-        share = np.array([train.count(c) for c in classes], dtype=np.float64) / len(train)
+        seen, trained = Counter(labels), Counter(train)
+        observed = np.array([seen[c] for c in classes], dtype=np.float64)
+        share = np.array([trained[c] for c in classes], dtype=np.float64) / len(train)
         expected = share * observed.sum()
         if len(classes) < 2 or expected.min() < 5 or set(labels) - set(classes):
             continue

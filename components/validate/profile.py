@@ -9,6 +9,7 @@ definition, so a property means one thing in validation and in monitoring.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -83,10 +84,7 @@ def measure(raw_examples: str, config: Config) -> dict[str, dict[str, list]]:
 
 
 def _counts(items: list[str]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for item in items:
-        counts[item] = counts.get(item, 0) + 1
-    return dict(sorted(counts.items()))
+    return dict(sorted(Counter(items).items()))
 
 
 def summarize(values: dict[str, dict[str, list]], config: Config) -> dict[str, Any]:

@@ -43,6 +43,11 @@ def infer_schema(profile: dict[str, Any]) -> dict[str, Any]:
     return {"classes": classes, "formats": formats, "ranges": ranges}
 
 
+def write_schema(schema: dict[str, Any], uri: str) -> None:
+    """``schema`` as the YAML ``load_schema`` reads (``visionpipe schema infer``)."""
+    storage.write_bytes(uri, yaml.safe_dump(schema, sort_keys=False).encode())
+
+
 def load_schema(uri: str) -> dict[str, Any]:
     """A schema file, checked.
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from components.validate.anomalies import Anomaly, find_anomalies
 from components.validate.profile import PROFILE_FILE, measure, summarize
-from components.validate.schema import PROPERTIES, infer_schema, load_schema
+from components.validate.schema import PROPERTIES, infer_schema, load_schema, write_schema
 from visionpipe import storage
 from visionpipe.config import Config
 from visionpipe.errors import UserError
@@ -73,12 +73,9 @@ def validate(
 
 def write(validation: Validation, out_dir: str, picture: bool = True) -> None:
     """The profile, the schema this data passes, the anomalies and the picture."""
-    import yaml
-
     storage.makedirs(out_dir)
     storage.write_json(storage.join(out_dir, PROFILE_FILE), validation.profile)
-    schema = yaml.safe_dump(infer_schema(validation.profile), sort_keys=False)
-    storage.write_bytes(storage.join(out_dir, SCHEMA_FILE), schema.encode())
+    write_schema(infer_schema(validation.profile), storage.join(out_dir, SCHEMA_FILE))
     storage.write_json(
         storage.join(out_dir, ANOMALIES_FILE), [a.to_dict() for a in validation.anomalies]
     )

@@ -53,16 +53,14 @@ def add_schema(command, sub) -> None:
 
 def schema_infer(args, config: Config) -> None:
     """Profiles the examples and writes the schema they pass (``validation.schema_uri``)."""
-    import yaml
-
     from components.validate.profile import measure, summarize
-    from components.validate.schema import infer_schema
+    from components.validate.schema import infer_schema, write_schema
     from visionpipe import storage
 
     if not storage.exists(args.examples):
         raise ConfigError(f"schema infer: --examples {args.examples}: no such folder")
     schema = infer_schema(summarize(measure(args.examples, config), config))
-    storage.write_bytes(args.out, yaml.safe_dump(schema, sort_keys=False).encode())
+    write_schema(schema, args.out)
     print(
         f"wrote {args.out}: {len(schema['classes'])} classes, formats "
         f"{', '.join(schema['formats'])}, ranges of {len(schema['ranges'])} properties"
