@@ -91,8 +91,8 @@ def run_transform(
             # The analyzers read train on their own. With one train PCollection feeding
             # both the analyzers and TransformDataset, the FnApiRunner's worker processes
             # (multi_processing, 2 workers) lost 768 to 3,066 of 23,957 records between
-            # the read and the writer at 30,000 images, in 4 runs of 6; valid and test,
-            # each with one consumer, never lost any. With two reads: none in 6 runs.
+            # the read and the writer at 30,000 images, in 7 runs of 17; valid and test,
+            # each with one consumer, never lost any. With two reads: none in 8 runs.
             transform_fn = (read("train", "analyze"), adapter) | "Analyze" >> (
                 tft_beam.AnalyzeDataset(preprocessing_fn)
             )
