@@ -147,6 +147,7 @@ def bench_ingest(work: Path, photos: int = 3000, growth: int = 10) -> list[tuple
                 f"{photos / r['seconds']:.0f} images/s = {loop_s / r['seconds']:.2f}x the loop",
             )
         )
+    rows += _hashing_cost(data, work, photos, modes[default], "")
 
     big = work / "photos_x"
     total = replicate(data, big, growth)
@@ -172,4 +173,26 @@ def bench_ingest(work: Path, photos: int = 3000, growth: int = 10) -> list[tuple
                 f"{big_loop_s / result['seconds']:.2f}x the loop",
             )
         )
+    rows += _hashing_cost(big, work, total, modes[default], "_x", with_hashing=many)
     return rows
+
+
+def _hashing_cost(data, work, count, overrides, tag, with_hashing=None):
+    """Ingest with perceptual hashing (the default) against without, in this run.
+
+    The replicated 10x set is ten pixel-identical copies of each photo: every image is in
+    a near-duplicate group, the most work the grouping can be given.
+    """
+    on = with_hashing or beam_ingest(data, work / f"hash_on{tag}", overrides)
+    off = beam_ingest(
+        data, work / f"hash_off{tag}", [*overrides, "ingest.near_duplicate_distance=-1"]
+    )
+    ratio = on["seconds"] / off["seconds"]
+    return [
+        (f"ingest without perceptual hashing, {count}", off["seconds"], ""),
+        (
+            f"ingest with it (default), {count}",
+            on["seconds"],
+            f"{ratio:.2f}x without (target <= 1.2x)",
+        ),
+    ]

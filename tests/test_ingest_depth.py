@@ -130,7 +130,11 @@ def test_too_many_rejects_writes_the_report_then_fails(tmp_path, tiny_dataset):
     config = _config("ingest.labels=[circle, square]")  # a third of the images rejected
     with pytest.raises(TooManyRejectsError, match="rejects.jsonl"):
         run_ingest(str(tiny_dataset), str(tmp_path / "out"), config)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [F.REJECTS_FILE, F.STATS_FILE]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        F.NEAR_DUPLICATES_FILE,
+        F.REJECTS_FILE,
+        F.STATS_FILE,
+    ]
     stats = json.loads((tmp_path / "out" / F.STATS_FILE).read_text())
     assert stats["status"] == "too_many_rejects" and stats["rejected"] == 12
     assert len((tmp_path / "out" / F.REJECTS_FILE).read_text().splitlines()) == 12

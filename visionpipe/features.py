@@ -17,6 +17,7 @@ SPLITS = ("train", "valid", "test")
 # Files in the ingest output directory.
 STATS_FILE = "stats.json"
 REJECTS_FILE = "rejects.jsonl"
+NEAR_DUPLICATES_FILE = "near_duplicates.json"  # the groups of perceptually near-identical images
 SHARD_SUFFIX = ".tfrecord.gz"
 
 # Transformed examples and the transform graph.

@@ -85,6 +85,19 @@ class IngestConfig(_Section):
     batch_size: int = Field(64, ge=1, description="Images per element handed to the threads.")
     # JPEG and PNG payloads shrink by about 1% at level 1, which costs 15x level 0.
     gzip_level: int = Field(0, ge=0, le=9, description="Shard compression; 0: gzip framing only.")
+    # Re-compression (JPEG q30) moves the 64-bit hash of a 64 px image by up to 8 bits
+    # (median 2), re-scaling by up to 4; the sample's distinct images: 26 pairs of 1.1 M
+    # within 6 bits, one of them across classes.
+    near_duplicate_distance: int = Field(
+        6,
+        ge=-1,
+        le=16,
+        description="Perceptual-hash bits within which images are near-duplicates, kept in "
+        "one split; -1: no perceptual hashing.",
+    )
+    near_duplicate_conflicts: Literal["report", "reject"] = Field(
+        "report", description="Near-duplicates labelled differently: report them, or reject them."
+    )
 
     @model_validator(mode="after")
     def _fractions_sum_to_one(self) -> IngestConfig:

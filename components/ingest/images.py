@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from components.ingest.near_duplicates import perceptual_hash
 from visionpipe import storage
 from visionpipe.config import IngestConfig
 
@@ -38,10 +39,15 @@ class InspectedImage:
     width: int
     channels: int
     sha256: str  # of the original bytes: identical files are duplicates
+    phash: str = ""  # perceptual hash (near-duplicates.perceptual_hash); "" when not asked
 
 
 def inspect(
-    data: bytes, max_pixels: int, max_side: int = 0, jpeg_quality: int = 95
+    data: bytes,
+    max_pixels: int,
+    max_side: int = 0,
+    jpeg_quality: int = 95,
+    perceptual: bool = False,
 ) -> InspectedImage:
     """Validates one image and returns bytes the transform step can decode.
 
@@ -57,6 +63,7 @@ def inspect(
         max_pixels: reject images with more pixels than this.
         max_side: scale images whose longest side exceeds this down to it (0: never).
         jpeg_quality: quality of re-encoded JPEGs.
+        perceptual: also compute the perceptual hash of the decoded image.
 
     Raises:
         Rejected: empty, not an image, too large, or undecodable/truncated.
@@ -83,15 +90,16 @@ def inspect(
         image.load()
     except Exception as err:  # noqa: BLE001 - truncated or corrupt data
         raise Rejected("undecodable", str(err)) from None
+    phash = perceptual_hash(image) if perceptual else ""
     if _keep_as_is(image, max_side):
         channels = 1 if image.mode == "L" else 3
-        return InspectedImage(data, image.format.lower(), height, width, channels, digest)
+        return InspectedImage(data, image.format.lower(), height, width, channels, digest, phash)
     rgb = to_rgb(image)
     if max_side and max(rgb.size) > max_side:
         rgb.thumbnail((max_side, max_side), Image.LANCZOS)
     out = io.BytesIO()
     rgb.save(out, format="JPEG", quality=jpeg_quality)
-    return InspectedImage(out.getvalue(), "jpeg", rgb.height, rgb.width, 3, digest)
+    return InspectedImage(out.getvalue(), "jpeg", rgb.height, rgb.width, 3, digest, phash)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -127,7 +135,7 @@ def inspect_source(source: tuple[str, str], config: IngestConfig) -> tuple[str, 
 
     Returns:
         ``("ok", (sha256, metadata tuple))`` for an accepted image (the metadata is
-        ``(uri, label, sha256, reencoded, format, height, width, channels)``), or
+        ``(uri, label, sha256, reencoded, format, height, width, channels, phash)``), or
         ``("rejected", {source, label, reason, detail})``.
     """
     uri, label = source
@@ -139,7 +147,13 @@ def inspect_source(source: tuple[str, str], config: IngestConfig) -> tuple[str, 
         return reject("unknown_label", f"not in ingest.labels {sorted(config.labels)}")
     try:
         data = storage.read_bytes(uri)
-        image = inspect(data, config.max_pixels, config.max_side, config.jpeg_quality)
+        image = inspect(
+            data,
+            config.max_pixels,
+            config.max_side,
+            config.jpeg_quality,
+            perceptual=config.near_duplicate_distance >= 0,
+        )
     except (FileNotFoundError, IsADirectoryError):
         return reject("missing_file", "no such file")
     except Rejected as rejection:
@@ -155,5 +169,6 @@ def inspect_source(source: tuple[str, str], config: IngestConfig) -> tuple[str, 
         image.height,
         image.width,
         image.channels,
+        image.phash,
     )
     return "ok", (image.sha256, metadata)

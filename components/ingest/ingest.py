@@ -19,6 +19,7 @@ from typing import Any
 
 import apache_beam as beam
 
+from components.ingest import near_duplicates
 from components.ingest.images import Rejected, inspect, inspect_source
 from components.ingest.shards import (
     RollingFileWriteFn,
@@ -40,7 +41,18 @@ _COUNTS_FILE = "_counts.json"
 _REJECTS_PARTS = ".rejects"  # where the rejects' part files go, under the staging directory
 _PROGRESS_EVERY = 1000
 # The metadata of an inspected image, as the tuple _InspectFn emits.
-_META_FIELDS = ("source", "label", "sha256", "reencoded", "format", "height", "width", "channels")
+_META_FIELDS = (
+    "source",
+    "label",
+    "sha256",
+    "reencoded",
+    "format",
+    "height",
+    "width",
+    "channels",
+    "phash",
+)
+_NEAR_FILE = "_near_duplicates.json"  # the near-duplicate groups, until stats.json has them
 
 
 class TooManyRejectsError(DataError):
@@ -99,6 +111,7 @@ def run_ingest(data_uri: str, output_uri: str, config: Config) -> IngestResult:
         raw = storage.read_json(storage.join(staging, _COUNTS_FILE))
         storage.remove(storage.join(staging, _COUNTS_FILE))
         stats = _finish_stats(data_uri, raw, config.ingest)
+        stats["near_duplicates"] = _near_duplicate_stats(staging, config.ingest)
         stats["shards"] = _commit_all_shards(staging, raw["files"])
         _verify_shards(staging, stats, len(sources))  # before any commit: a loss fails here
         concatenate_parts(
@@ -127,6 +140,26 @@ def run_ingest(data_uri: str, output_uri: str, config: Config) -> IngestResult:
         stats["duplicates"],
     )
     return result
+
+
+def _near_duplicate_stats(staging: str, config: IngestConfig) -> dict[str, Any]:
+    """The near-duplicates' summary; their groups become ``near_duplicates.json``."""
+    if config.near_duplicate_distance < 0:
+        return {"checked": False}
+    staged = storage.join(staging, _NEAR_FILE)
+    groups = storage.read_json(staged) if storage.exists(staged) else []
+    storage.remove(staged)
+    storage.write_json(storage.join(staging, F.NEAR_DUPLICATES_FILE), groups)
+    conflicting = [g for g in groups if len(g["labels"]) > 1]
+    return {
+        "checked": True,
+        "distance": config.near_duplicate_distance,
+        "groups": len(groups),
+        "images": sum(len(g["members"]) for g in groups),
+        "conflicting_groups": len(conflicting),
+        "conflicting_images": sum(len(g["members"]) for g in conflicting),
+        "conflicts": config.near_duplicate_conflicts,
+    }
 
 
 def _commit_all_shards(staging: str, files: list[str]) -> dict[str, int]:
@@ -179,9 +212,11 @@ def _verify_shards(staging: str, stats: dict[str, Any], listed: int) -> None:
 
 
 def _commit_report_only(staging: str, output_uri: str) -> None:
-    """Leaves only stats.json and rejects.jsonl at ``output_uri``: no dataset."""
+    """Leaves only the reports (stats, rejects, near-duplicates) at ``output_uri``: no dataset."""
     storage.remove(output_uri)
-    for name in (F.STATS_FILE, F.REJECTS_FILE):
+    for name in (F.STATS_FILE, F.REJECTS_FILE, F.NEAR_DUPLICATES_FILE):
+        if not storage.exists(storage.join(staging, name)):
+            continue
         storage.copy_file(storage.join(staging, name), storage.join(output_uri, name))
 
 
@@ -217,16 +252,31 @@ def IngestImages(batches, staging: str, config: IngestConfig):  # noqa: N802
         | "ByContent" >> beam.GroupByKey()
         | "Dedup" >> beam.ParDo(_DedupFn()).with_outputs("rejected", "duplicate", main="ok")
     )
+    kept, near_rejects = unique.ok, []
+    if config.near_duplicate_distance >= 0:
+        # Only (hash, label, source) of every kept image meet in one place; what goes
+        # back to the workers is the split key of the images in groups, and the conflicts.
+        plan = (
+            kept
+            | "HashKeys" >> beam.Map(lambda r: (r["sha256"], r["phash"], r["label"], r["source"]))
+            | "AllHashes" >> beam.combiners.ToList()
+            | "NearDuplicates" >> beam.Map(_plan_near_duplicates, staging, config)
+        )
+        placed = kept | "Place" >> beam.ParDo(
+            _PlaceFn(config.near_duplicate_conflicts == "reject"), beam.pvalue.AsSingleton(plan)
+        ).with_outputs("rejected", main="ok")
+        kept, near_rejects = placed.ok, [placed.rejected]
     # Only metadata went through the de-duplicating shuffle; the kept images are read
     # again here and streamed to the shard writers, so memory does not grow with data.
     encoded = (
-        unique.ok
+        kept
         | "Batch" >> beam.BatchElements(config.batch_size, config.batch_size)
         | "Encode" >> beam.ParDo(_EncodeFn(config)).with_outputs("rejected", main="ok")
     )
     rejected = (
         inspected.rejected,
         unique.rejected,
+        *near_rejects,
         encoded.rejected,
     ) | "AllRejects" >> beam.Flatten()
     written = encoded.ok
@@ -338,9 +388,41 @@ def _encode(rec: dict[str, Any], config: IngestConfig) -> _Written | dict[str, s
             "reason": "changed_during_ingest",
             "detail": str(err),
         }
-    split = assign_split(rec["sha256"], config)
+    split = assign_split(rec.get("split_key", rec["sha256"]), config)
     record = tfrecord(_to_example({**rec, "encoded": encoded}))  # the writer compresses
     return _Written(split, rec["label"], rec["sha256"], record)
+
+
+def _plan_near_duplicates(items, staging: str, config: IngestConfig) -> dict[str, Any]:
+    """Groups the near-duplicates, writes their report to staging; returns the placement."""
+    plan = near_duplicates.plan(items, config.near_duplicate_distance)
+    storage.write_json(storage.join(staging, _NEAR_FILE), plan["groups"])
+    return {"placement": plan["placement"], "conflicting": plan["conflicting"]}
+
+
+class _PlaceFn(beam.DoFn):
+    """Gives near-duplicates their group's split key; rejects conflicts when configured."""
+
+    def __init__(self, reject_conflicts: bool) -> None:
+        self._reject = reject_conflicts
+
+    def process(self, rec: dict[str, Any], plan: dict[str, Any]):
+        """Yields the record (with ``split_key`` when in a group), or a tagged reject."""
+        sha = rec["sha256"]
+        labels = plan["conflicting"].get(sha)
+        if labels and self._reject:
+            yield beam.pvalue.TaggedOutput(
+                "rejected",
+                {
+                    "source": rec["source"],
+                    "label": rec["label"],
+                    "reason": "near_duplicate_conflict",
+                    "detail": f"near-duplicates of this image are labelled {labels}",
+                },
+            )
+            return
+        key = plan["placement"].get(sha)
+        yield {**rec, "split_key": key} if key else rec
 
 
 class _DedupFn(beam.DoFn):

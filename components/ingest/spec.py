@@ -14,8 +14,11 @@ if TYPE_CHECKING:
 
 
 def run(ctx: StepContext, data: str | list[str], examples: str) -> IngestResult:
-    """Runs ingest; logs counts, rejects and the data fingerprint (as the dataset digest)."""
+    """Runs ingest; logs counts, rejects, near-duplicates and the fingerprint (as the digest)."""
     from components.ingest.ingest import run_ingest
+    from visionpipe import features as F
+    from visionpipe import storage
+    from visionpipe.tracker import log_stored
 
     result = run_ingest(data, examples, ctx.config)
     stats = result.stats
@@ -24,8 +27,21 @@ def run(ctx: StepContext, data: str | list[str], examples: str) -> IngestResult:
         "rejected": stats["rejected"],
         "duplicates": stats["duplicates"],
     }
-    ctx.tracker.log_metrics({**{f"examples_{s}": n for s, n in result.examples.items()}, **counts})
+    near = stats["near_duplicates"]
+    ctx.tracker.log_metrics(
+        {
+            **{f"examples_{s}": n for s, n in result.examples.items()},
+            **counts,
+            **{
+                f"near_duplicate_{k}": near[k]
+                for k in ("groups", "conflicting_images")
+                if k in near
+            },
+        }
+    )
     ctx.tracker.log_dict(stats, "stats.json")
+    if near["checked"]:
+        log_stored(ctx.tracker, storage.join(examples, F.NEAR_DUPLICATES_FILE))
     first = data if isinstance(data, str) else data[0]
     source = data if isinstance(data, str) else ",".join(data)
     ctx.tracker.log_dataset(first, stats["fingerprint"], context="ingest")
@@ -61,10 +77,16 @@ def publish(result: IngestResult, artifacts: dict) -> str:
 
 
 def figure(result: IngestResult) -> str:
-    """``1500 images, 0 rejected, 0 duplicates``."""
+    """``1500 images, 0 rejected, 0 duplicates, 17 near-duplicates (1 labelled differently)``."""
     stats = result.stats
     written = sum(result.examples.values())
-    return f"{written} images, {stats['rejected']} rejected, {stats['duplicates']} duplicates"
+    text = f"{written} images, {stats['rejected']} rejected, {stats['duplicates']} duplicates"
+    near = stats["near_duplicates"]
+    if near.get("images"):
+        text += f", {near['images']} near-duplicates"
+        if near["conflicting_groups"]:
+            text += f" ({near['conflicting_groups']} groups labelled differently)"
+    return text
 
 
 def summary(record: RunRecord) -> list[tuple[str, str]]:
