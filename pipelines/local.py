@@ -23,7 +23,8 @@ from visionpipe import storage
 from visionpipe.config import Config
 from visionpipe.home import Home
 from visionpipe.record import RunRecord
-from visionpipe.sources import check_classes, list_sources
+from visionpipe.slicing import check_slice_names
+from visionpipe.sources import attribute_names, check_classes, list_sources
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +104,16 @@ def resolve_local(config: Config, home: Home) -> Config:
 def check_data(data_uri: str, config: Config) -> str:
     """The data's absolute URI, once it has labelled images of two classes or more.
 
+    And the columns ``evaluate.slices`` names.
+
     Raises:
         DataError: the path is missing, empty or has fewer than two classes.
+        SliceError: a slice names a column the data does not have.
     """
     data_uri = storage.absolute(data_uri)
-    check_classes(data_uri, list_sources(data_uri), config.ingest.min_images_per_class)
+    sources = list_sources(data_uri)
+    check_classes(data_uri, sources, config.ingest.min_images_per_class)
+    check_slice_names(data_uri, config.evaluate.slices, attribute_names(sources))
     return data_uri
 
 

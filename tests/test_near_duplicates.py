@@ -3,6 +3,7 @@
 import io
 import json
 
+import imagehash
 import numpy as np
 import pytest
 from PIL import Image
@@ -42,6 +43,14 @@ def test_groups_equal_the_brute_force_components(distance):
     assert _same_partition(got, _brute_force_groups(hashes, distance))
     if distance >= 4:  # base - near - chain is one group, though base and chain can differ by 4+
         assert (got[:300] == got[600:900]).all()
+
+
+def test_batched_hashes_equal_imagehash_phash_of_the_thumbnails():
+    thumbs = [nd.thumbnail(_photo(seed, 60 + seed * 7)) for seed in range(12)]
+    expected = [str(imagehash.phash(Image.frombytes("L", (32, 32), t))) for t in thumbs]
+    assert nd.hashes(thumbs) == expected
+    assert nd.perceptual_hash(_photo(3, 81)) == expected[3]
+    assert nd.hashes([]) == []
 
 
 def _photo(seed, size=96):

@@ -12,6 +12,10 @@ LABEL_TEXT = "image/class/text"
 FILENAME = "image/filename"
 SHA256 = "image/key/sha256"
 
+# A source's attributes (a CSV's extra columns, a folder dataset's ``folder``), as
+# ``attribute/<name>`` bytes features of the raw example; evaluation slices by them.
+ATTRIBUTE_PREFIX = "attribute/"
+
 SPLITS = ("train", "valid", "test")
 
 # Files in the ingest output directory.

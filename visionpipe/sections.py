@@ -7,6 +7,7 @@ name) are defined here once, as ``Literal`` types and the tuples made from them.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal, get_args
 
 from pydantic import (
@@ -17,6 +18,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+_SLICE_NAME = r"^[A-Za-z][A-Za-z0-9_]*$"  # visionpipe.slicing.NAME_PATTERN
 
 # The lists several layers read: each is defined once, here.
 Backbone = Literal["mobilenet_v2", "efficientnet_b0", "resnet50"]
@@ -48,6 +51,8 @@ ModelMetric = Literal[
     )
 ]
 MODEL_METRICS: tuple[str, ...] = get_args(ModelMetric)
+# What each slice of the test split is scored on (``evaluate.slices``).
+SLICE_METRICS: tuple[str, ...] = tuple(m for m in MODEL_METRICS if m not in ROBUSTNESS_METRICS)
 ExplainMethod = Literal["gradcam", "integrated_gradients"]
 EXPLAIN_METHODS: tuple[str, ...] = get_args(ExplainMethod)  # trainer.explain runs each
 ClassMetric = Literal["precision", "recall", "f1"]
@@ -266,11 +271,14 @@ class Threshold(_Section):
     """A bound on a metric's value: ``lower <= value <= upper`` (either may be omitted).
 
     With ``class_name`` the metric is per class (precision, recall or f1); ``"*"``
-    applies the bound to every class.
+    applies the bound to every class. With ``slice`` (``camera=phone``, or
+    ``camera=*`` for every value of a slice in ``evaluate.slices``) it bounds the
+    metric on that slice's test examples, when there are ``evaluate.min_slice_examples``.
     """
 
     metric: str
     class_name: str | None = None
+    slice: str | None = None
     lower: float | None = None
     upper: float | None = None
 
@@ -279,6 +287,36 @@ class Threshold(_Section):
         _check_metric(self.metric, self.class_name)
         if self.lower is None and self.upper is None:
             raise ValueError(f"threshold on {self.metric!r} needs lower and/or upper")
+        if self.slice is not None:
+            name, _, value = self.slice.partition("=")
+            if not re.match(_SLICE_NAME, name) or not value:
+                raise ValueError(
+                    f"threshold slice {self.slice!r}: expected name=value or name=* "
+                    "(camera=phone, camera=*)"
+                )
+            if self.class_name is not None or self.metric not in SLICE_METRICS:
+                raise ValueError(
+                    f"threshold slice {self.slice!r}: slices are scored on "
+                    f"{', '.join(SLICE_METRICS)}"
+                )
+        return self
+
+    @property
+    def slice_name(self) -> str | None:
+        """The slice's name (``camera`` of ``camera=*``)."""
+        return None if self.slice is None else self.slice.partition("=")[0]
+
+
+class SliceGap(_Section):
+    """The largest gap a metric may have between the values of a slice (max - min)."""
+
+    slice: str = Field(pattern=_SLICE_NAME)
+    metric: str = "accuracy"
+    max_gap: float = Field(gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _valid(self) -> SliceGap:
+        _check_metric(self.metric, None)
         return self
 
 
@@ -356,6 +394,43 @@ class EvaluateConfig(_Section):
         description="Variants of the test images both models are scored on "
         "(accuracy_under_<variant>); empty: none.",
     )
+    label_noise: bool = Field(
+        True, description="List the training images whose label is probably wrong (cleanlab)."
+    )
+    label_noise_folds: int = Field(5, ge=2, le=20, description="Its cross-validation folds.")
+    slices: list[str] = Field(
+        default_factory=list,
+        description="Slice the test metrics by these: CSV columns, folder, folder1.., "
+        "size, brightness, format.",
+    )
+    slice_gaps: list[SliceGap] = Field(default_factory=list)
+    min_slice_examples: int = Field(
+        30, ge=1, description="Slices with fewer test examples are reported, not gated."
+    )
+    slice_resamples: int = Field(
+        200, ge=50, description="Bootstrap resamples of each slice's confidence intervals."
+    )
+
+    @field_validator("slices")
+    @classmethod
+    def _slice_names(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not re.match(_SLICE_NAME, name):
+                raise ValueError(f"slice {name!r}: a name of letters, digits and _")
+        if len(set(names)) != len(names):
+            raise ValueError(f"slices {names}: a name appears twice")
+        return names
+
+    @model_validator(mode="after")
+    def _slices_named(self) -> EvaluateConfig:
+        named = [(t.slice_name, f"threshold on {t.metric} [{t.slice}]") for t in self.thresholds]
+        named += [(g.slice, f"slice gap of {g.metric} over {g.slice}") for g in self.slice_gaps]
+        for name, what in named:
+            if name is not None and name not in self.slices:
+                raise ValueError(
+                    f"{what}: {name!r} is not in evaluate.slices ({self.slices or 'none'})"
+                )
+        return self
 
     def value_thresholds(self) -> list[Threshold]:
         """Every value threshold, the shorthand included."""

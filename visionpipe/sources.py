@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import posixpath
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,12 +23,28 @@ class DataError(UserError, ValueError):
     """The dataset given as input cannot be used; the message names it and says why."""
 
 
+# What a folder-per-class dataset says about an image besides its class: the folders
+# between the class folder and the file (``cat/site_a/cam1/x.jpg``: ``site_a/cam1``).
+FOLDER_ATTRIBUTE = "folder"
+_ATTRIBUTE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
 @dataclass(frozen=True)
 class Source:
-    """One input record: where an image is and what it is labelled."""
+    """One input record: where an image is, what it is labelled, and what else is known.
+
+    ``attributes`` are a CSV's extra columns (or a folder dataset's ``folder``), as
+    ``(name, value)`` pairs; evaluation slices by them (``evaluate.slices``).
+    """
 
     uri: str
     label: str
+    attributes: tuple[tuple[str, str], ...] = ()
+
+
+def attribute_names(sources: Sequence[Source]) -> list[str]:
+    """Every attribute name the sources carry, sorted."""
+    return sorted({name for s in sources for name, _ in s.attributes})
 
 
 def list_sources(data: str | Sequence[str]) -> list[Source]:
@@ -35,9 +52,11 @@ def list_sources(data: str | Sequence[str]) -> list[Source]:
 
     Args:
         data: a folder whose first-level subfolders are the classes (files nested
-            below a class folder belong to it), or a ``.csv`` file of ``path,label``
-            rows (optional header; paths absolute, URIs, or relative to the CSV's
-            folder); a glob (``labels/*.csv``) or a list of these is read as one dataset.
+            below a class folder belong to it; the folders between are the ``folder``
+            attribute), or a ``.csv`` file of ``path,label`` rows (optional header;
+            paths absolute, URIs, or relative to the CSV's folder; with a header
+            ``path,label,site,...`` the extra columns are attributes); a glob
+            (``labels/*.csv``) or a list of these is read as one dataset.
 
     Returns:
         The sources, sorted by URI.
@@ -96,9 +115,12 @@ def _from_folders(root: str) -> list[Source]:
         label = posixpath.basename(entry.rstrip("/"))
         if label.startswith(".") or not storage.isdir(entry):
             continue
+        prefix = entry.rstrip("/") + "/"
         for uri in storage.walk_files(entry):
             if not posixpath.basename(uri).startswith("."):
-                sources.append(Source(uri, label))
+                folder = posixpath.dirname(uri[len(prefix) :]) if uri.startswith(prefix) else ""
+                attributes = ((FOLDER_ATTRIBUTE, folder),) if folder else ()
+                sources.append(Source(uri, label, attributes))
     return sources
 
 
@@ -106,20 +128,46 @@ def _from_csv(csv_uri: str) -> list[Source]:
     base = posixpath.dirname(csv_uri)
     reader = csv.reader(io.StringIO(storage.read_text(csv_uri)))
     sources = []
+    extra: list[str] = []  # the header's attribute columns
     for line, row in enumerate(reader, start=1):
         if not row or not "".join(row).strip():
             continue
-        if len(row) != 2:
-            raise DataError(f"{csv_uri}:{line}: expected 2 columns path,label, got {len(row)}")
-        path, label = row[0].strip(), row[1].strip()
-        if line == 1 and (path.lower(), label.lower()) == ("path", "label"):
+        if (
+            line == 1
+            and len(row) >= 2
+            and [c.strip().lower() for c in row[:2]] == ["path", "label"]
+        ):
+            extra = _attribute_columns(csv_uri, [c.strip() for c in row[2:]])
             continue
+        if len(row) != 2 + len(extra):
+            expected = ",".join(["path", "label", *extra])
+            hint = "" if extra else " (extra columns need a header path,label,...)"
+            raise DataError(
+                f"{csv_uri}:{line}: expected {2 + len(extra)} columns {expected}, "
+                f"got {len(row)}{hint}"
+            )
+        path, label = row[0].strip(), row[1].strip()
         if not path or not label:
             raise DataError(f"{csv_uri}:{line}: empty path or label")
         if "://" not in path and not path.startswith("/"):
             path = posixpath.join(base, path)
-        sources.append(Source(path, label))
+        attributes = tuple(zip(extra, (v.strip() for v in row[2:]), strict=True))
+        sources.append(Source(path, label, attributes))
     return sources
+
+
+def _attribute_columns(csv_uri: str, names: list[str]) -> list[str]:
+    """A CSV header's extra column names, checked: named, unique, not a reserved name."""
+    for name in names:
+        if not _ATTRIBUTE_NAME.match(name):
+            raise DataError(
+                f"{csv_uri}:1: column name {name!r} must start with a letter and hold only "
+                "letters, digits and _"
+            )
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise DataError(f"{csv_uri}:1: columns {repeated} appear more than once")
+    return names
 
 
 def list_images(data: str) -> list[str]:

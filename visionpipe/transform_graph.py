@@ -10,7 +10,8 @@ tf.Transform is imported only when a graph is opened.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import tensorflow as tf
@@ -32,14 +33,27 @@ def raw_feature_spec() -> dict[str, tf.io.FixedLenFeature]:
 
 @dataclass(frozen=True)
 class RawSplit:
-    """One split of ingest's examples: encoded images, label names and source files."""
+    """One split of ingest's examples: encoded images, label names and source files.
+
+    With the header's format, width and height of each image, and the ``attributes``
+    asked of ``load_raw_split`` (``""`` where an example has none).
+    """
 
     images: list[bytes]
     labels: list[str]
     names: list[str]
+    formats: list[str] = field(default_factory=list)
+    widths: list[int] = field(default_factory=list)
+    heights: list[int] = field(default_factory=list)
+    attributes: dict[str, list[str]] = field(default_factory=dict)
 
 
-def load_raw_split(raw_examples_uri: str, split: str, limit: int | None = None) -> RawSplit:
+def load_raw_split(
+    raw_examples_uri: str,
+    split: str,
+    limit: int | None = None,
+    attributes: Sequence[str] = (),
+) -> RawSplit:
     """The examples of one split (the first ``limit`` of them when given), in shard order.
 
     Raises:
@@ -48,19 +62,33 @@ def load_raw_split(raw_examples_uri: str, split: str, limit: int | None = None) 
     files = sorted(storage.glob(F.split_pattern(raw_examples_uri, split)))
     if not files:
         raise ValueError(f"{raw_examples_uri}: no {split} shards (not ingest's examples?)")
-    spec = {**raw_feature_spec(), F.FILENAME: tf.io.FixedLenFeature([], tf.string, "")}
-    images: list[bytes] = []
-    labels: list[str] = []
-    names: list[str] = []
+    spec = {
+        **raw_feature_spec(),
+        F.FILENAME: tf.io.FixedLenFeature([], tf.string, ""),
+        F.IMAGE_FORMAT: tf.io.FixedLenFeature([], tf.string, ""),
+        F.IMAGE_WIDTH: tf.io.FixedLenFeature([], tf.int64, 0),
+        F.IMAGE_HEIGHT: tf.io.FixedLenFeature([], tf.int64, 0),
+        **{F.ATTRIBUTE_PREFIX + a: tf.io.FixedLenFeature([], tf.string, "") for a in attributes},
+    }
+    out = RawSplit([], [], [], attributes={a: [] for a in attributes})
     dataset = tf.data.TFRecordDataset(files, compression_type="GZIP")
     if limit is not None:
         dataset = dataset.take(limit)
+
+    def text(values) -> list[str]:
+        return [v.decode() for v in values.numpy()]
+
     for batch in dataset.batch(512):
         parsed = tf.io.parse_example(batch, spec)
-        images.extend(parsed[F.IMAGE_ENCODED].numpy().tolist())
-        labels.extend(v.decode() for v in parsed[F.LABEL_TEXT].numpy())
-        names.extend(v.decode() for v in parsed[F.FILENAME].numpy())
-    return RawSplit(images, labels, names)
+        out.images.extend(parsed[F.IMAGE_ENCODED].numpy().tolist())
+        out.labels.extend(text(parsed[F.LABEL_TEXT]))
+        out.names.extend(text(parsed[F.FILENAME]))
+        out.formats.extend(text(parsed[F.IMAGE_FORMAT]))
+        out.widths.extend(parsed[F.IMAGE_WIDTH].numpy().tolist())
+        out.heights.extend(parsed[F.IMAGE_HEIGHT].numpy().tolist())
+        for a in attributes:
+            out.attributes[a].extend(text(parsed[F.ATTRIBUTE_PREFIX + a]))
+    return out
 
 
 def transform_output(transform_graph_uri: str) -> tft.TFTransformOutput:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from components.ingest.near_duplicates import perceptual_hash
+from components.ingest.near_duplicates import thumbnail
 from visionpipe import storage
 from visionpipe.config import IngestConfig
 
@@ -39,7 +39,7 @@ class InspectedImage:
     width: int
     channels: int
     sha256: str  # of the original bytes: identical files are duplicates
-    phash: str = ""  # perceptual hash (near-duplicates.perceptual_hash); "" when not asked
+    thumbnail: bytes = b""  # what the perceptual hash is made of; b"" when not asked
 
 
 def inspect(
@@ -63,7 +63,7 @@ def inspect(
         max_pixels: reject images with more pixels than this.
         max_side: scale images whose longest side exceeds this down to it (0: never).
         jpeg_quality: quality of re-encoded JPEGs.
-        perceptual: also compute the perceptual hash of the decoded image.
+        perceptual: also make the thumbnail of the perceptual hash (``near_duplicates``).
 
     Raises:
         Rejected: empty, not an image, too large, or undecodable/truncated.
@@ -90,16 +90,16 @@ def inspect(
         image.load()
     except Exception as err:  # noqa: BLE001 - truncated or corrupt data
         raise Rejected("undecodable", str(err)) from None
-    phash = perceptual_hash(image) if perceptual else ""
+    small = thumbnail(image) if perceptual else b""
     if _keep_as_is(image, max_side):
         channels = 1 if image.mode == "L" else 3
-        return InspectedImage(data, image.format.lower(), height, width, channels, digest, phash)
+        return InspectedImage(data, image.format.lower(), height, width, channels, digest, small)
     rgb = to_rgb(image)
     if max_side and max(rgb.size) > max_side:
         rgb.thumbnail((max_side, max_side), Image.LANCZOS)
     out = io.BytesIO()
     rgb.save(out, format="JPEG", quality=jpeg_quality)
-    return InspectedImage(out.getvalue(), "jpeg", rgb.height, rgb.width, 3, digest, phash)
+    return InspectedImage(out.getvalue(), "jpeg", rgb.height, rgb.width, 3, digest, small)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -130,15 +130,18 @@ def _keep_as_is(image: Image.Image, max_side: int) -> bool:
     return image.getexif().get(_ORIENTATION_TAG, 1) == 1
 
 
-def inspect_source(source: tuple[str, str], config: IngestConfig) -> tuple[str, object]:
-    """Reads and inspects one ``(uri, label)``; runs in ingest's worker processes.
+def inspect_source(
+    source: tuple[str, str, tuple[tuple[str, str], ...]], config: IngestConfig
+) -> tuple[str, object]:
+    """Reads and inspects one ``(uri, label, attributes)``; runs on ingest's workers.
 
     Returns:
         ``("ok", (sha256, metadata tuple))`` for an accepted image (the metadata is
-        ``(uri, label, sha256, reencoded, format, height, width, channels, phash)``), or
+        ``(uri, label, sha256, reencoded, format, height, width, channels, thumbnail,
+        attributes)``; ingest swaps the thumbnail for its hash, per batch), or
         ``("rejected", {source, label, reason, detail})``.
     """
-    uri, label = source
+    uri, label, attributes = source
 
     def reject(reason: str, detail: str) -> tuple[str, object]:
         return "rejected", {"source": uri, "label": label, "reason": reason, "detail": detail}
@@ -169,6 +172,7 @@ def inspect_source(source: tuple[str, str], config: IngestConfig) -> tuple[str, 
         image.height,
         image.width,
         image.channels,
-        image.phash,
+        image.thumbnail,
+        attributes,
     )
     return "ok", (image.sha256, metadata)

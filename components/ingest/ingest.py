@@ -32,7 +32,8 @@ from visionpipe import storage
 from visionpipe.beam import beam_pipeline, run_job
 from visionpipe.config import Config, IngestConfig
 from visionpipe.example_codec import encode_example
-from visionpipe.sources import DataError, check_classes, list_sources
+from visionpipe.slicing import check_slice_names
+from visionpipe.sources import DataError, attribute_names, check_classes, list_sources
 from visionpipe.tfrecord import count_records
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ _META_FIELDS = (
     "width",
     "channels",
     "phash",
+    "attributes",
 )
 _NEAR_FILE = "_near_duplicates.json"  # the near-duplicate groups, until stats.json has them
 
@@ -91,6 +93,8 @@ def run_ingest(data_uri: str, output_uri: str, config: Config) -> IngestResult:
     """
     sources = list_sources(data_uri)
     check_classes(data_uri, sources, config.ingest.min_images_per_class)
+    attributes = attribute_names(sources)
+    check_slice_names(data_uri, config.evaluate.slices, attributes)
     output_uri = output_uri.rstrip("/")
     for stale in storage.glob(f"{output_uri}.staging-*"):  # left by a killed run
         storage.remove(stale)
@@ -98,7 +102,8 @@ def run_ingest(data_uri: str, output_uri: str, config: Config) -> IngestResult:
     log.info("ingest: %d images from %s", len(sources), data_uri)
     size = config.ingest.batch_size
     batches = [
-        [(s.uri, s.label) for s in sources[i : i + size]] for i in range(0, len(sources), size)
+        [(s.uri, s.label, s.attributes) for s in sources[i : i + size]]
+        for i in range(0, len(sources), size)
     ]
     try:
         pipeline = beam_pipeline(config.beam, "ingest")
@@ -112,6 +117,7 @@ def run_ingest(data_uri: str, output_uri: str, config: Config) -> IngestResult:
         storage.remove(storage.join(staging, _COUNTS_FILE))
         stats = _finish_stats(data_uri, raw, config.ingest)
         stats["near_duplicates"] = _near_duplicate_stats(staging, config.ingest)
+        stats["attributes"] = attributes
         stats["shards"] = _commit_all_shards(staging, raw["files"])
         _verify_shards(staging, stats, len(sources))  # before any commit: a loss fails here
         concatenate_parts(
@@ -252,31 +258,29 @@ def IngestImages(batches, staging: str, config: IngestConfig):  # noqa: N802
         | "ByContent" >> beam.GroupByKey()
         | "Dedup" >> beam.ParDo(_DedupFn()).with_outputs("rejected", "duplicate", main="ok")
     )
-    kept, near_rejects = unique.ok, []
+    kept, plan = unique.ok, []
     if config.near_duplicate_distance >= 0:
         # Only (hash, label, source) of every kept image meet in one place; what goes
-        # back to the workers is the split key of the images in groups, and the conflicts.
-        plan = (
-            kept
-            | "HashKeys" >> beam.Map(lambda r: (r["sha256"], r["phash"], r["label"], r["source"]))
-            | "AllHashes" >> beam.combiners.ToList()
-            | "NearDuplicates" >> beam.Map(_plan_near_duplicates, staging, config)
-        )
-        placed = kept | "Place" >> beam.ParDo(
-            _PlaceFn(config.near_duplicate_conflicts == "reject"), beam.pvalue.AsSingleton(plan)
-        ).with_outputs("rejected", main="ok")
-        kept, near_rejects = placed.ok, [placed.rejected]
+        # back to the encoders, as a side input, is each grouped image's split key.
+        plan = [
+            beam.pvalue.AsSingleton(
+                kept
+                | "HashKeys"
+                >> beam.Map(lambda r: (r["sha256"], r["phash"], r["label"], r["source"]))
+                | "AllHashes" >> beam.combiners.ToList()
+                | "NearDuplicates" >> beam.Map(_plan_near_duplicates, staging, config)
+            )
+        ]
     # Only metadata went through the de-duplicating shuffle; the kept images are read
     # again here and streamed to the shard writers, so memory does not grow with data.
     encoded = (
         kept
         | "Batch" >> beam.BatchElements(config.batch_size, config.batch_size)
-        | "Encode" >> beam.ParDo(_EncodeFn(config)).with_outputs("rejected", main="ok")
+        | "Encode" >> beam.ParDo(_EncodeFn(config), *plan).with_outputs("rejected", main="ok")
     )
     rejected = (
         inspected.rejected,
         unique.rejected,
-        *near_rejects,
         encoded.rejected,
     ) | "AllRejects" >> beam.Flatten()
     written = encoded.ok
@@ -338,16 +342,31 @@ class _InspectFn(_PooledFn):
     def process(self, batch: list[tuple[str, str]]):
         """Yields ``(sha256, metadata tuple)`` for each accepted image, else a tagged reject."""
         inspect_one = partial(inspect_source, config=self._config)
+        accepted = []
         for outcome, value in self._pool.map(inspect_one, batch):
             if outcome == "rejected":
                 self._rejected.inc()
                 yield beam.pvalue.TaggedOutput("rejected", value)
             else:
-                yield value
+                accepted.append(value)
+        yield from _with_hashes(accepted)
         self._read.inc(len(batch))
         before, self._seen = self._seen, self._seen + len(batch)
         if self._seen // _PROGRESS_EVERY > before // _PROGRESS_EVERY:
             log.info("ingest: %d images inspected by this worker", self._seen)
+
+
+def _with_hashes(accepted: list[tuple[str, tuple]]) -> list[tuple[str, tuple]]:
+    """The inspected images with their thumbnails replaced by perceptual hashes (one call)."""
+    at = _META_FIELDS.index("phash")
+    found = near_duplicates.hashes([meta[at] for _, meta in accepted if meta[at]])
+    out, k = [], 0
+    for sha, meta in accepted:
+        phash = ""
+        if meta[at]:
+            phash, k = found[k], k + 1
+        out.append((sha, (*meta[:at], phash, *meta[at + 1 :])))
+    return out
 
 
 @dataclass(frozen=True)
@@ -363,17 +382,40 @@ class _Written:
 class _EncodeFn(_PooledFn):
     """Reads kept images again and builds their gzipped records; a changed file is rejected."""
 
-    def process(self, batch: list[dict[str, Any]]):
-        """Yields a ``_Written`` per image, or a tagged reject."""
+    def process(self, batch: list[dict[str, Any]], plan: dict[str, tuple] | None = None):
+        """Yields a ``_Written`` per image, or a tagged reject.
+
+        ``plan`` places near-duplicates (``_plan_near_duplicates``): an image in a group
+        takes its group's split key, or is rejected when its group's labels conflict
+        and ``ingest.near_duplicate_conflicts`` is ``reject``.
+        """
+        if plan:
+            batch = list(self._placed(batch, plan))
         for outcome in self._pool.map(partial(_encode, config=self._config), batch):
             if isinstance(outcome, _Written):
                 yield outcome
             else:
                 yield beam.pvalue.TaggedOutput("rejected", outcome)
 
+    def _placed(self, batch: list[dict[str, Any]], plan: dict[str, tuple]):
+        reject = self._config.near_duplicate_conflicts == "reject"
+        for rec in batch:
+            key, labels = plan.get(rec["sha256"], (None, None))
+            if labels and reject:
+                yield {
+                    "source": rec["source"],
+                    "label": rec["label"],
+                    "reason": "near_duplicate_conflict",
+                    "detail": f"near-duplicates of this image are labelled {labels}",
+                }
+            else:
+                yield {**rec, "split_key": key} if key else rec
+
 
 def _encode(rec: dict[str, Any], config: IngestConfig) -> _Written | dict[str, str]:
     """The record of one kept image (run on a pool thread), or its reject."""
+    if "reason" in rec:  # rejected by its placement
+        return rec
     try:
         data = storage.read_bytes(rec["source"])
         if hashlib.sha256(data).hexdigest() != rec["sha256"]:
@@ -393,36 +435,15 @@ def _encode(rec: dict[str, Any], config: IngestConfig) -> _Written | dict[str, s
     return _Written(split, rec["label"], rec["sha256"], record)
 
 
-def _plan_near_duplicates(items, staging: str, config: IngestConfig) -> dict[str, Any]:
-    """Groups the near-duplicates, writes their report to staging; returns the placement."""
+def _plan_near_duplicates(items, staging: str, config: IngestConfig) -> dict[str, tuple]:
+    """Groups the near-duplicates and writes their report to staging.
+
+    Returns:
+        ``{sha256: (split key, conflicting labels or None)}`` of each image in a group.
+    """
     plan = near_duplicates.plan(items, config.near_duplicate_distance)
     storage.write_json(storage.join(staging, _NEAR_FILE), plan["groups"])
-    return {"placement": plan["placement"], "conflicting": plan["conflicting"]}
-
-
-class _PlaceFn(beam.DoFn):
-    """Gives near-duplicates their group's split key; rejects conflicts when configured."""
-
-    def __init__(self, reject_conflicts: bool) -> None:
-        self._reject = reject_conflicts
-
-    def process(self, rec: dict[str, Any], plan: dict[str, Any]):
-        """Yields the record (with ``split_key`` when in a group), or a tagged reject."""
-        sha = rec["sha256"]
-        labels = plan["conflicting"].get(sha)
-        if labels and self._reject:
-            yield beam.pvalue.TaggedOutput(
-                "rejected",
-                {
-                    "source": rec["source"],
-                    "label": rec["label"],
-                    "reason": "near_duplicate_conflict",
-                    "detail": f"near-duplicates of this image are labelled {labels}",
-                },
-            )
-            return
-        key = plan["placement"].get(sha)
-        yield {**rec, "split_key": key} if key else rec
+    return {sha: (key, plan["conflicting"].get(sha)) for sha, key in plan["placement"].items()}
 
 
 class _DedupFn(beam.DoFn):
@@ -498,8 +519,10 @@ class _SummaryFn(beam.CombineFn):
 
 
 def _to_example(rec: dict[str, Any]) -> bytes:
+    attributes = {F.ATTRIBUTE_PREFIX + name: value for name, value in rec["attributes"]}
     return encode_example(
         {
+            **attributes,
             F.IMAGE_ENCODED: rec["encoded"],
             F.IMAGE_FORMAT: rec["format"],
             F.IMAGE_HEIGHT: rec["height"],

@@ -20,25 +20,52 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import imagehash
 import numpy as np
 from PIL import Image
+from scipy.fft import dct
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 _HASH_BITS = 64
-# phash scales to 32x32 anyway; reducing a large image first by box filtering costs a
-# fraction of the LANCZOS resize from full size and changes no decision here.
-_REDUCE_TO = 128
+_SIDE = 32  # imagehash.phash's image: hash_size 8 x highfreq_factor 4
+_LOW = 8
+
+
+def thumbnail(image: Image.Image) -> bytes:
+    """The 32x32 grey pixels a perceptual hash is computed from (1 KiB).
+
+    phash scales to 32x32 with LANCZOS from full size, which cost more than decoding a
+    320x240 JPEG (0.42 ms against 0.38 ms). Pillow's ``reducing_gap`` does the same
+    resize in two steps (a whole-pixel box reduction to within 2x of 32, then LANCZOS):
+    0.13-0.15 ms. On the sample's edits (JPEG q30 and q50, down-up scaling, 3x up) it
+    catches 99 % within 6 bits, with the same 26 close pairs of distinct images as phash.
+    Cheaper ones (a reduction to 32-63 px, then bilinear or box: 0.08 ms) move the hash
+    of a 96 px image scaled to 200 px by up to 12 bits.
+    """
+    grey = image.convert("L")
+    return grey.resize((_SIDE, _SIDE), Image.LANCZOS, reducing_gap=2.0).tobytes()
+
+
+def hashes(thumbnails: Sequence[bytes]) -> list[str]:
+    """The 64-bit perceptual hashes of ``thumbnail``s, as 16 hex digits each.
+
+    ``imagehash.phash``'s computation (the 2-D DCT-II of the 32x32 pixels; the 8x8 lowest
+    frequencies against their median), over a whole batch in one call: per image, its
+    Python overhead held the GIL for 0.2 ms, which cost ingest 1.6x its time on 2 threads.
+    A test holds them equal to ``str(imagehash.phash(...))``.
+    """
+    if not thumbnails:
+        return []
+    pixels = np.frombuffer(b"".join(thumbnails), dtype=np.uint8).astype(np.float64)
+    pixels = pixels.reshape(len(thumbnails), _SIDE, _SIDE)
+    low = dct(dct(pixels, axis=1), axis=2)[:, :_LOW, :_LOW].reshape(len(thumbnails), -1)
+    bits = low > np.median(low, axis=1, keepdims=True)
+    return [row.tobytes().hex() for row in np.packbits(bits, axis=1)]  # as str(ImageHash)
 
 
 def perceptual_hash(image: Image.Image) -> str:
-    """The 64-bit perceptual hash of a decoded image, as 16 hex digits."""
-    grey = image.convert("L")
-    factor = min(grey.size) // _REDUCE_TO
-    if factor > 1:
-        grey = grey.reduce(factor)
-    return str(imagehash.phash(grey))
+    """The perceptual hash of one decoded image (``hashes`` of its ``thumbnail``)."""
+    return hashes([thumbnail(image)])[0]
 
 
 def groups(hashes: Sequence[str], distance: int) -> np.ndarray:

@@ -85,7 +85,8 @@ def figure(result: IngestResult) -> str:
     if near.get("images"):
         text += f", {near['images']} near-duplicates"
         if near["conflicting_groups"]:
-            text += f" ({near['conflicting_groups']} groups labelled differently)"
+            groups = near["conflicting_groups"]
+            text += f" ({groups} group{'s' if groups > 1 else ''} labelled differently)"
     return text
 
 
