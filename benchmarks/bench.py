@@ -43,8 +43,14 @@ requests mixed with bombs, non-images, empty requests, too many rows and too lar
 bodies: requests/s, p50/p99, answers by kind, the server's peak memory
 (``benchmarks/load_bench.py``).
 
+Audit: label-flip recall and precision of evaluate's label audit against cleanlab on the
+network's in-sample probabilities, on shapes and glyphs; robustness of a model trained
+without and with brightness/contrast augmentation (``benchmarks/audit_bench.py``). The
+ingest rows include perceptual hashing against none.
+
 Usage: python benchmarks/bench.py --data data/sample
-       [--only pipeline|ingest|serving|trainer|quality|predict|edge|guard|load|monitor|runners]
+       [--only pipeline|ingest|serving|trainer|quality|predict|edge|guard|load|monitor|
+               runners|audit]
        [--set k=v ...]
 """
 
@@ -137,6 +143,7 @@ def main() -> int:
             "load",
             "monitor",
             "runners",
+            "audit",
         ),
     )
     parser.add_argument("--photos", type=int, default=3000)
@@ -188,6 +195,10 @@ def main() -> int:
             from benchmarks.runner_bench import bench_runners
 
             rows += bench_runners(Path(work) / "runners", photos=args.photos, repeats=args.repeats)
+        if args.only in (None, "audit"):
+            from benchmarks.audit_bench import bench_audit
+
+            rows += bench_audit(Path(work) / "audit", args.set)
         if args.only in (None, "pipeline"):
             rows += bench_pipeline(os.path.abspath(args.data), args.set, work)
     width = max(len(r[0]) for r in rows)

@@ -27,10 +27,11 @@ class Explained:
     truth: str | None = None
     name: str = ""
 
-    def caption(self, sep: str = ", ") -> str:
+    def caption(self, sep: str = ", ", words: tuple[str, str] = ("true", "predicted")) -> str:
         """``true T<sep>predicted P (p)``, or ``P (p)`` without a truth."""
         said = f"{self.predicted} ({self.probability:.2f})"
-        return f"true {self.truth}{sep}predicted {said}" if self.truth is not None else said
+        first, second = words
+        return f"{first} {self.truth}{sep}{second} {said}" if self.truth is not None else said
 
 
 def overlay(image: np.ndarray, heat: np.ndarray | None) -> np.ndarray:
@@ -75,8 +76,14 @@ def explanation_png(item: Explained, method: str) -> bytes:
     return _png(fig)
 
 
-def gallery_png(items: list[Explained], title: str, columns: int = 4) -> bytes:
-    """A grid of overlays, each captioned with its true and predicted class."""
+def gallery_png(
+    items: list[Explained],
+    title: str,
+    columns: int = 4,
+    words: tuple[str, str] = ("true", "predicted"),
+    empty: str = "no mistakes on the test split",
+) -> bytes:
+    """A grid of overlays, each captioned with its true and predicted class (``words``)."""
     plt = _pyplot()
     rows = max(1, -(-len(items) // columns))
     fig, axes = plt.subplots(rows, columns, figsize=(3.0 * columns, 3.2 * rows + 0.6))
@@ -84,9 +91,9 @@ def gallery_png(items: list[Explained], title: str, columns: int = 4) -> bytes:
         ax.axis("off")
     for ax, item in zip(np.asarray(axes).ravel(), items, strict=False):
         ax.imshow(overlay(item.image, item.heat), interpolation="nearest")
-        ax.set_title(item.caption("\n"), fontsize=9)
+        ax.set_title(item.caption("\n", words), fontsize=9)
     if not items:
-        fig.text(0.5, 0.5, "no mistakes on the test split", ha="center", va="center")
+        fig.text(0.5, 0.5, empty, ha="center", va="center")
     fig.suptitle(title, fontsize=12)
     fig.tight_layout()
     return _png(fig)
@@ -103,7 +110,13 @@ def _data_uri(image: np.ndarray, side: int = 160) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def gallery_html(items: list[Explained], title: str, note: str = "") -> bytes:
+def gallery_html(
+    items: list[Explained],
+    title: str,
+    note: str = "",
+    words: tuple[str, str] = ("true", "predicted"),
+    empty: str = "no mistakes on the test split",
+) -> bytes:
     """A self-contained page (images inline): one row per item, image and overlay."""
     rows = []
     for rank, item in enumerate(items, 1):
@@ -121,7 +134,7 @@ def gallery_html(items: list[Explained], title: str, note: str = "") -> bytes:
             f"<td>{heat}</td>"
             "</tr>"
         )
-    body = "\n".join(rows) or '<tr><td colspan="7">no mistakes on the test split</td></tr>'
+    body = "\n".join(rows) or f'<tr><td colspan="7">{html.escape(empty)}</td></tr>'
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
@@ -133,7 +146,7 @@ img {{ image-rendering: pixelated; }}
 <h1>{html.escape(title)}</h1>
 <p>{html.escape(note)}</p>
 <table>
-<tr><th>#</th><th>file</th><th>true</th><th>predicted</th><th>probability</th>
+<tr><th>#</th><th>file</th><th>{words[0]}</th><th>{words[1]}</th><th>probability</th>
 <th>image</th><th>Grad-CAM</th></tr>
 {body}
 </table></body></html>

@@ -38,6 +38,7 @@ _TAG_FIELDS = {
     "pushed_version": "pushed_version",
     "pushed_path": "pushed_path",
     "registered_version": "registered_version",
+    "label_issues_uri": "label_issues_uri",
 }
 # Fields stored as metrics (numbers), by the metric's name.
 _METRIC_FIELDS = {
@@ -47,6 +48,7 @@ _METRIC_FIELDS = {
     "anomalies": "anomalies",
     "pushed_version": "pushed_version",
     "trainer_test_accuracy": "trainer_test_accuracy",
+    "label_issues": "label_issues",
 }
 
 
@@ -74,6 +76,8 @@ class RunRecord:
     test_metrics: dict[str, float] = field(default_factory=dict)  # test_* of evaluate
     blessed: bool | None = None
     blessing_reason: str = ""
+    label_issues: int | None = None  # training images whose label is probably wrong
+    label_issues_uri: str = ""  # their CSV (path,label,suggested), for visionpipe relabel
     pushed_version: int | None = None
     pushed_path: str = ""
     registered_version: str = ""
@@ -132,6 +136,8 @@ class RunRecord:
             pushed_version=int(float(pushed)) if pushed not in (None, "") else None,
             pushed_path=tags.get("pushed_path", ""),
             registered_version=tags.get("registered_version", ""),
+            label_issues=int(metrics["label_issues"]) if "label_issues" in metrics else None,
+            label_issues_uri=tags.get("label_issues_uri", ""),
         )
 
 

@@ -9,12 +9,16 @@ decision (``gate``) and the report (``report``) are pure functions beside it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
 
 from components.evaluate.gallery import GALLERY_HTML, GALLERY_PNG, write_gallery
+from components.evaluate.gallery import contract as gallery_contract
+from components.evaluate.gallery import pixels as model_pixels
 from components.evaluate.gate import Blessing, check_threshold_classes, gate
+from components.evaluate.label_noise import ISSUES_HTML, ISSUES_PNG
 from components.evaluate.metrics import evaluate_model
 from components.evaluate.report import (
     CONFUSION_PNG,
@@ -23,12 +27,22 @@ from components.evaluate.report import (
     markdown_report,
     robustness_png,
 )
+from components.evaluate.slices import (
+    SLICES_FILE,
+    SLICES_PNG,
+    attributes_needed,
+    check_slice_thresholds,
+    score_slices,
+    slices_png,
+    values_of,
+)
 from visionpipe import features as F
 from visionpipe import storage
 from visionpipe.blessing import write_blessing
 from visionpipe.config import Config
 from visionpipe.drift import Observations, make_profile
 from visionpipe.serving import Classifier
+from visionpipe.slicing import SliceError, check_slice_names
 from visionpipe.transform_graph import load_raw_split
 
 log = logging.getLogger(__name__)
@@ -119,6 +133,36 @@ def robustness(test, cfg, candidate_uri, champion_uri, candidate, champion) -> d
     return {m: tuple(pair) for m, pair in found.items() if len(pair) == 2}
 
 
+def audit_labels(
+    raw_examples_uri: str, model_uri: str, output_uri: str, cfg
+) -> tuple[str, int] | None:
+    """Lists the training images whose label is probably wrong (``label_noise``).
+
+    Returns the report's note and the number of suspects, or None when
+    ``evaluate.label_noise`` is off, the examples have no train split, or the model has
+    no ``monitor`` signature (no embedding to learn from).
+    """
+    from components.evaluate.label_noise import find_issues, write_issues
+
+    if not cfg.label_noise:
+        return None
+    if not storage.glob(F.split_pattern(raw_examples_uri, "train")):
+        log.warning("evaluate: %s has no train split; labels not audited", raw_examples_uri)
+        return None
+    train = load_raw_split(raw_examples_uri, "train")
+    classifier = Classifier(model_uri, monitored=True)
+    if not classifier.monitored:
+        log.warning("evaluate: the candidate has no monitor signature; labels not audited")
+        return None
+    _, outputs = classify(classifier, train.images, cfg.batch_size)
+    embedding = Observations.from_outputs(outputs, train.names).embedding
+    classes = sorted(set(train.labels))
+    issues = find_issues(embedding, train.labels, classes, cfg.label_noise_folds)
+    size, mode = gallery_contract(model_uri)
+    note = write_issues(output_uri, issues, train, lambda b: model_pixels(b, size, mode))
+    return note, issues.count
+
+
 def run_evaluate(
     raw_examples_uri: str,
     candidate_model_uri: str,
@@ -133,17 +177,29 @@ def run_evaluate(
     ``mistakes.html``, unless ``evaluate.gallery_size`` is 0), ``robustness.png`` (both
     models on each ``evaluate.robustness`` variant), ``example_image`` (the
     first test image's bytes: the registered model's input example) and the candidate's
-    ``reference_profile.json`` (what monitoring compares the served model's inputs with).
+    ``reference_profile.json`` (what monitoring compares the served model's inputs with);
+    with ``evaluate.slices``, ``slices.json`` and ``slices.png`` (every metric per slice);
+    with ``evaluate.label_noise``, ``label_issues.csv``, ``.png`` and ``.html`` (the
+    training images whose label is probably wrong).
 
     Raises:
         ThresholdError: a threshold names a class the test data does not have (before
             any model is scored).
+        SliceError: a slice names a column the examples do not have, or a threshold a
+            slice value no test example has (before any model is scored; for
+            ``brightness``, once the candidate has measured it).
     """
     cfg = config.evaluate
-    test = load_raw_split(raw_examples_uri, "test")
+    stats_path = storage.join(raw_examples_uri, F.STATS_FILE)
+    if cfg.slices and storage.exists(stats_path):
+        attributes = storage.read_json(stats_path).get("attributes", [])
+        check_slice_names(raw_examples_uri, cfg.slices, attributes)
+    test = load_raw_split(raw_examples_uri, "test", attributes=attributes_needed(cfg.slices))
     truth = test.labels
     classes = sorted(set(truth))
     check_threshold_classes(cfg, classes)
+    values = values_of(cfg, test)  # all but brightness, which the candidate's outputs give
+    check_slice_thresholds(cfg, values)
 
     def scored(model_uri: str, monitored: bool = False):
         probabilities, outputs = score(model_uri, test.images, cfg.batch_size, monitored)
@@ -156,6 +212,16 @@ def run_evaluate(
     candidate, cand_report, cand_probabilities, cand_labels, outputs = scored(
         candidate_model_uri, monitored=True
     )
+    if "brightness" in cfg.slices:
+        if not outputs:
+            raise SliceError(
+                f"evaluate.slices names brightness, but {candidate_model_uri} has no "
+                "monitor signature to measure it"
+            )
+        brightness = Observations.from_outputs(outputs, test.names).properties["brightness"]
+        values = values_of(cfg, test, brightness)
+        check_slice_thresholds(cfg, values)
+    sliced = score_slices(cfg, values, truth, cand_probabilities, cand_labels)
     champion, champ_report = scored(champion_model_uri)[:2] if champion_model_uri else (None, None)
     correct = (
         {"accuracy": (cand_report["correct"], champ_report["correct"])} if champ_report else {}
@@ -163,7 +229,7 @@ def run_evaluate(
     under = robustness(test, cfg, candidate_model_uri, champion_model_uri, candidate, champion)
     if champion is not None:
         correct.update(under)
-    decision = gate(candidate, champion, cfg, classes, correct or None)
+    decision = gate(candidate, champion, cfg, classes, correct or None, sliced)
     blessing = Blessing(
         decision.blessed,
         decision.reason,
@@ -172,6 +238,7 @@ def run_evaluate(
         decision.checks,
         {k: v for k, v in cand_report.items() if k != "correct"},
         None if champ_report is None else {k: v for k, v in champ_report.items() if k != "correct"},
+        decision.slices,
     )
     write_blessing(output_uri, blessing.to_dict())
     write_profile(output_uri, test, outputs, cand_labels, candidate["accuracy"], config)
@@ -188,7 +255,22 @@ def run_evaluate(
     chart = robustness_png(blessing)
     if chart is not None:
         storage.write_bytes(storage.join(output_uri, ROBUSTNESS_PNG), chart)
-    report = markdown_report(blessing, CONFUSION_PNG, gallery, ROBUSTNESS_PNG if chart else None)
+    slice_chart = slices_png(blessing.slices)
+    if slice_chart is not None:
+        storage.write_bytes(storage.join(output_uri, SLICES_PNG), slice_chart)
+        storage.write_json(storage.join(output_uri, SLICES_FILE), blessing.slices)
+    audit = audit_labels(raw_examples_uri, candidate_model_uri, output_uri, cfg)
+    report = markdown_report(
+        blessing,
+        CONFUSION_PNG,
+        gallery,
+        ROBUSTNESS_PNG if chart else None,
+        (cfg.min_slice_examples, SLICES_PNG if slice_chart else None),
+        None if audit is None else (audit[0], ISSUES_PNG, ISSUES_HTML),
+    )
+    if audit is not None:
+        blessing = dataclasses.replace(blessing, label_issues=audit[1])
+        write_blessing(output_uri, blessing.to_dict())
     storage.write_bytes(storage.join(output_uri, F.REPORT_FILE), report.encode())
     log.info("evaluate: %s", blessing.reason)
     return blessing

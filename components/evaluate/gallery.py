@@ -60,7 +60,7 @@ def write_gallery(
     items: list[Explained] = []
     if chosen:
         try:
-            size, mode = _contract(model_dir)
+            size, mode = contract(model_dir)
             classifier = load_classifier(model_dir)
         except NotAVisionpipeModel as err:
             log.warning("evaluate: a gallery without heat maps: %s", err)
@@ -68,13 +68,13 @@ def write_gallery(
             note = (
                 f"{wrong} of {len(split.labels)} test images misclassified (no heat maps: {err})."
             )
-        pixels = np.stack([_pixels(split.images[i], size, mode) for i in chosen])
+        seen = np.stack([pixels(split.images[i], size, mode) for i in chosen])
         ids = predicted[chosen]
-        heat = gradcam(classifier, pixels, ids) if classifier is not None else [None] * len(ids)
+        heat = gradcam(classifier, seen, ids) if classifier is not None else [None] * len(ids)
         for n, i in enumerate(chosen):
             items.append(
                 Explained(
-                    pixels[n],
+                    seen[n],
                     heat[n],
                     labels[ids[n]],
                     float(probabilities[i, ids[n]]),
@@ -89,11 +89,16 @@ def write_gallery(
     return note
 
 
-def _contract(model_dir: str) -> tuple[int, str]:
-    contract = model_record(model_dir)["preprocessing"]
-    return int(contract["image_size"]), str(contract["resize_mode"])
+def contract(model_dir: str) -> tuple[int, str]:
+    """The model's input side and resize mode; ``(128, "pad")`` for a model without one."""
+    try:
+        preprocessing = model_record(model_dir)["preprocessing"]
+    except NotAVisionpipeModel:
+        return 128, "pad"
+    return int(preprocessing["image_size"]), str(preprocessing["resize_mode"])
 
 
-def _pixels(data: bytes, size: int, mode: str) -> np.ndarray:
+def pixels(data: bytes, size: int, mode: str) -> np.ndarray:
+    """The image as the model sees it (uint8 ``[size, size, 3]``)."""
     image = decode_one(data, size, mode)  # ingest kept only decodable images
     return image if image is not None else np.zeros((size, size, 3), np.uint8)

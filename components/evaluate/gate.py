@@ -60,6 +60,8 @@ class Blessing:
     checks: list[Check] = field(default_factory=list)
     candidate_report: dict[str, Any] | None = None
     champion_report: dict[str, Any] | None = None
+    slices: list[dict[str, Any]] = field(default_factory=list)  # the candidate's, per slice
+    label_issues: int | None = None  # training images whose label is probably wrong
 
     def to_dict(self) -> dict:
         """JSON-ready form (written as ``blessing.json``)."""
@@ -72,6 +74,7 @@ def gate(
     cfg: EvaluateConfig,
     classes: list[str] | None = None,
     correct: dict[str, tuple[list[bool], list[bool]]] | None = None,
+    slices: list[dict[str, Any]] | None = None,
 ) -> Blessing:
     """The decision: every configured check on the candidate (and against the champion).
 
@@ -83,17 +86,23 @@ def gate(
         correct: per-example correctness of candidate and champion, by accuracy metric
             (``accuracy``, ``accuracy_under_<variant>``), for significance tests: of the
             accuracy, and of every robustness metric a change threshold names.
+        slices: the candidate's per-slice results (``slices.score_slices``), for
+            thresholds with a ``slice`` and ``evaluate.slice_gaps``.
     """
     if classes is None:
         classes = sorted({k.split("/", 1)[1] for k in candidate if "/" in k})
     checks: list[Check] = []
     for t in cfg.value_thresholds():
+        if t.slice is not None:
+            checks.extend(_slice_checks(t, slices or []))
+            continue
         for key, label in _keys(t, classes):
             value = _metric(candidate, key, label, "candidate")
             if t.lower is not None:
                 checks.append(Check(f"{label} >= {t.lower:g}", value >= t.lower, value, t.lower))
             if t.upper is not None:
                 checks.append(Check(f"{label} <= {t.upper:g}", value <= t.upper, value, t.upper))
+    checks.extend(_gap_checks(cfg, slices or []))
     changes = cfg.all_change_thresholds()
     if champion is not None:
         for t in changes:
@@ -115,7 +124,7 @@ def gate(
             else f"not blessed: {what} (configure evaluate thresholds, or set "
             "evaluate.bless_without_thresholds: true)"
         )
-        return Blessing(blessed, reason, candidate, champion, checks)
+        return Blessing(blessed, reason, candidate, champion, checks, slices=slices or [])
     failed = [c for c in checks if not c.passed]
     if failed:
         reason = "not blessed: " + "; ".join(
@@ -126,7 +135,51 @@ def gate(
         reason = (
             f"blessed: {len(checks)} checks passed ({vs}); accuracy {candidate['accuracy']:.4f}"
         )
-    return Blessing(not failed, reason, candidate, champion, checks)
+    return Blessing(not failed, reason, candidate, champion, checks, slices=slices or [])
+
+
+def _slice_checks(t: Threshold, slices: list[dict[str, Any]]) -> list[Check]:
+    """A slice threshold's checks: one per bound and judged slice value it covers."""
+    wanted = t.slice.partition("=")[2]
+    checks = []
+    for r in slices:
+        if r["slice"] != t.slice_name or not r["judged"] or wanted not in ("*", r["value"]):
+            continue
+        value = r["metrics"][t.metric]
+        label = f"{t.metric}[{r['slice']}={r['value']}]"
+        detail = f"{r['examples']} examples"
+        if t.lower is not None:
+            checks.append(
+                Check(f"{label} >= {t.lower:g}", value >= t.lower, value, t.lower, detail)
+            )
+        if t.upper is not None:
+            checks.append(
+                Check(f"{label} <= {t.upper:g}", value <= t.upper, value, t.upper, detail)
+            )
+    return checks
+
+
+def _gap_checks(cfg: EvaluateConfig, slices: list[dict[str, Any]]) -> list[Check]:
+    """The largest gap of each ``evaluate.slice_gaps`` metric between judged slice values."""
+    checks = []
+    for g in cfg.slice_gaps:
+        judged = [r for r in slices if r["slice"] == g.slice and r["judged"]]
+        if len(judged) < 2:
+            continue
+        best = max(judged, key=lambda r: r["metrics"][g.metric])
+        worst = min(judged, key=lambda r: r["metrics"][g.metric])
+        gap = best["metrics"][g.metric] - worst["metrics"][g.metric]
+        checks.append(
+            Check(
+                f"{g.metric} gap over {g.slice} <= {g.max_gap:g}",
+                gap <= g.max_gap + 1e-12,
+                gap,
+                g.max_gap,
+                f"best {g.slice}={best['value']} {best['metrics'][g.metric]:.4f}, "
+                f"worst {g.slice}={worst['value']} {worst['metrics'][g.metric]:.4f}",
+            )
+        )
+    return checks
 
 
 def _keys(t: Threshold | ChangeThreshold, classes: list[str]) -> list[tuple[str, str]]:

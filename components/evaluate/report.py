@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from components.evaluate.gate import Blessing
+from components.evaluate.slices import markdown as slice_lines
 
 CONFUSION_PNG = "confusion_matrix.png"
 ROBUSTNESS_PNG = "robustness.png"
@@ -18,6 +19,8 @@ def markdown_report(
     confusion_picture: str | None = None,
     gallery: tuple[str, str, str] | None = None,
     robustness_picture: str | None = None,
+    slices: tuple[int, str | None] | None = None,
+    label_issues: tuple[str, str, str] | None = None,
 ) -> str:
     """A human-readable report: decision, checks, metrics, per-class table, confusion matrix.
 
@@ -26,6 +29,9 @@ def markdown_report(
         confusion_picture: the confusion matrix PNG's file name beside the report.
         gallery: ``(note, png, html)`` of the worst-mistakes gallery beside the report.
         robustness_picture: the robustness chart's file name beside the report.
+        slices: ``(evaluate.min_slice_examples, the slices chart's file name)``; the
+            section lists ``blessing.slices``.
+        label_issues: ``(note, png, html)`` of the suspect training labels.
     """
     lines = [
         f"# Evaluation: {'BLESSED' if blessing.blessed else 'NOT BLESSED'}",
@@ -52,6 +58,8 @@ def markdown_report(
     if robustness_picture:
         lines += ["", "## Robustness (accuracy on changed test images)", ""]
         lines += [f"![robustness]({robustness_picture})"]
+    if slices is not None:
+        lines += slice_lines(blessing.slices, *slices)
     report = blessing.candidate_report or {}
     if report:
         lines += [
@@ -76,6 +84,11 @@ def markdown_report(
         note, png, page = gallery
         lines += ["", "## Worst mistakes", "", note, "", f"![worst mistakes]({png})", ""]
         lines.append(f"[Every mistake shown, with its file and Grad-CAM]({page})")
+    if label_issues:
+        note, png, page = label_issues
+        lines += ["", "## Training labels that are probably wrong", "", note + ".", ""]
+        lines += [f"![suspect labels]({png})", "", f"[Each with its file]({page}); "]
+        lines[-1] += "`visionpipe relabel` writes them as a CSV to correct."
     return "\n".join(lines) + "\n"
 
 

@@ -29,8 +29,10 @@ def run(
     """Evaluates the candidate against the registry's champion (unless one is given)."""
     from components.evaluate.evaluate import run_evaluate
     from components.evaluate.gallery import GALLERY_HTML, GALLERY_PNG
+    from components.evaluate.label_noise import ISSUES_CSV, ISSUES_HTML, ISSUES_PNG
     from components.evaluate.metrics import metric_key
     from components.evaluate.report import CONFUSION_PNG, ROBUSTNESS_PNG
+    from components.evaluate.slices import SLICES_FILE, SLICES_PNG
 
     with tempfile.TemporaryDirectory(prefix="champion-") as download_dir:
         if champion is None and ctx.registry is not None:
@@ -47,19 +49,42 @@ def run(
                 if k != "examples"
             }
         )
+    metrics.update(slice_metrics(result))
+    issues_uri = storage.join(blessing, ISSUES_CSV)
+    suspects = result.label_issues
+    if suspects is not None:
+        metrics["label_issues"] = float(suspects)
     metrics["blessed"] = float(result.blessed)
     ctx.tracker.log_metrics(metrics)
     ctx.tracker.log_dict(result.to_dict(), "blessing.json")
     report = storage.read_bytes(storage.join(blessing, F.REPORT_FILE))  # run_evaluate's
     ctx.tracker.log_text(report.decode(), "evaluation_report.md")
-    for name in (CONFUSION_PNG, ROBUSTNESS_PNG, GALLERY_PNG, GALLERY_HTML, F.PROFILE_FILE):
+    shown = (CONFUSION_PNG, ROBUSTNESS_PNG, SLICES_PNG, SLICES_FILE, GALLERY_PNG, GALLERY_HTML)
+    for name in (*shown, ISSUES_CSV, ISSUES_PNG, ISSUES_HTML, F.PROFILE_FILE):
         if storage.exists(storage.join(blessing, name)):
             log_stored(ctx.tracker, storage.join(blessing, name))
     ctx.tracker.set_tags({"blessing_reason": result.reason})
     log.info("evaluate: %s", result.reason)
     ctx.pipeline.tracker.log_metrics(metrics)
-    ctx.pipeline.record(blessed=result.blessed, blessing_reason=result.reason)
+    audited = {} if suspects is None else {"label_issues": suspects, "label_issues_uri": issues_uri}
+    ctx.pipeline.record(blessed=result.blessed, blessing_reason=result.reason, **audited)
     return result
+
+
+def slice_metrics(result: Blessing) -> dict[str, float]:
+    """``test_slice/<slice>=<value>/<metric>`` for every slice, with its interval and size."""
+    from components.evaluate.metrics import metric_key
+
+    out = {}
+    for r in result.slices:
+        prefix = f"test_slice/{r['slice']}={r['value']}"
+        out[metric_key(f"{prefix}/examples")] = float(r["examples"])
+        for m, v in r["metrics"].items():
+            low, high = r["intervals"][m]
+            out[metric_key(f"{prefix}/{m}")] = v
+            out[metric_key(f"{prefix}/{m}_ci_low")] = low
+            out[metric_key(f"{prefix}/{m}_ci_high")] = high
+    return out
 
 
 def publish(result: Blessing, artifacts: dict) -> bool:
@@ -70,6 +95,8 @@ def publish(result: Blessing, artifacts: dict) -> bool:
     """
     for name, value in result.candidate.items():
         artifacts["metrics"].log_metric(name, value)
+    for name, value in slice_metrics(result).items():
+        artifacts["metrics"].log_metric(name.removeprefix("test_"), value)
     table = result.candidate_report
     artifacts["confusion"].log_confusion_matrix(table["classes"], table["confusion_matrix"])
     blessing = artifacts["blessing"]
@@ -80,9 +107,12 @@ def publish(result: Blessing, artifacts: dict) -> bool:
 
 
 def figure(result: Blessing) -> str:
-    """``test accuracy 0.9793, blessed``."""
+    """``test accuracy 0.9793, blessed``, and the suspect labels when there are any."""
     verdict = "blessed" if result.blessed else "not blessed"
-    return f"test accuracy {result.candidate.get('accuracy', 0.0):.4f}, {verdict}"
+    text = f"test accuracy {result.candidate.get('accuracy', 0.0):.4f}, {verdict}"
+    if result.label_issues:
+        text += f", {result.label_issues} training labels suspect (visionpipe relabel)"
+    return text
 
 
 def summary(record: RunRecord) -> list[tuple[str, str]]:

@@ -104,6 +104,24 @@ def add_verbs(command) -> None:
         "unchanged inputs (pipeline.cache: false)",
     )
 
+    p = command(
+        "relabel",
+        relabel,
+        "Training images whose label is probably wrong, as a CSV to correct; or apply one.",
+    )
+    p.add_argument(
+        "--issues",
+        help="a label_issues.csv (evaluate's output; default: the newest pipeline run's)",
+    )
+    p.add_argument("--apply", metavar="FIXES", help="a corrected path,label,suggested CSV")
+    p.add_argument("--data", help="with --apply: the dataset the fixes are for")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="the CSV to write: path,label,suggested; with --apply, the whole dataset as "
+        "path,label,... to run on",
+    )
+
     p = command("compare", compare, "Compare pipeline runs from MLflow: a table and a chart.")
     p.add_argument("--experiment", help="MLflow experiment (default: mlflow.experiment)")
     p.add_argument("--last", type=int, default=20, help="how many of the latest runs")
@@ -214,6 +232,28 @@ def _log_to_mlflow(run_id: str, log_path, config: Config) -> None:
         tracking.client(tracking.tracking_uri(config)).log_artifact(run_id, str(log_path))
     except Exception as err:  # noqa: BLE001 - an unreachable store must not hide the error
         logging.getLogger(__name__).warning("log not stored in MLflow: %s", err)
+
+
+def relabel(args, config: Config) -> None:
+    """Exports the suspect labels to correct, or applies corrections to a dataset."""
+    from pipelines import relabel as rl
+
+    if args.apply:
+        if not args.data:
+            raise ConfigError("relabel --apply needs --data, the dataset the fixes are for")
+        done = rl.apply(args.apply, args.data, args.out)
+        print(
+            f"wrote {done.out}: {done.images} images, {done.changed} relabelled; "
+            f"train on it: visionpipe run --data {done.out}"
+        )
+        return
+    issues = args.issues or rl.latest_issues(config)
+    count = rl.export(issues, args.out)
+    print(
+        f"wrote {args.out}: {count} training images whose label is probably wrong (from "
+        f"{issues}); correct 'suggested' (empty keeps the label), then: visionpipe relabel "
+        f"--apply {args.out} --data DATA --out labels.csv"
+    )
 
 
 def compare(args, config: Config) -> None:
