@@ -108,6 +108,44 @@ def bench_audit(work: Path, overrides: list[str]) -> list[tuple]:
     return rows
 
 
+def bench_evaluate_growth(work: Path, overrides: list[str]) -> list[tuple]:
+    """Evaluate's time at 1x and 10x the test split: plain, with the robustness variants,
+    with the label audit (the default has both)."""
+    from components.evaluate.evaluate import run_evaluate
+    from components.ingest.ingest import run_ingest
+    from pipelines.sample_data import SampleSpec, generate
+    from trainer.train import run_train
+    from visionpipe.config import load_config
+
+    small = work / "small"
+    generate(small / "images", SampleSpec(**SPECS["shapes"]))
+    config, examples, _ = prepare(small, str(small / "images"), overrides)
+    graph = str(small / "t" / "transform_graph")
+    model = run_train(examples, graph, None, str(small / "model"), config).model_uri
+    big = work / "big"
+    generate(big / "images", SampleSpec(**{**SPECS["shapes"], "per_class": 3000, "seed": 5}))
+    run_ingest(str(big / "images"), str(big / "raw"), load_config(overrides=overrides))
+    rows = []
+    modes = {
+        "plain": ["evaluate.robustness=[]", "evaluate.label_noise=false"],
+        "with robustness variants": ["evaluate.label_noise=false"],
+        "with variants and label audit (default)": [],
+    }
+    for root in (small, big):
+        base = None
+        for name, extra in modes.items():
+            cfg = config.with_overrides(extra)
+            started = time.monotonic()
+            blessing = run_evaluate(str(root / "raw"), model, str(root / f"e-{len(extra)}"), cfg)
+            seconds = time.monotonic() - started
+            base = base or seconds
+            test = int(blessing.candidate["examples"])
+            rows.append(
+                (f"evaluate {name}, {test} test images", seconds, f"{seconds / base:.2f}x plain")
+            )
+    return rows
+
+
 def _augmentation(work: Path, overrides: list[str]) -> list[tuple]:
     """Robustness of the shapes model trained without and with photometric augmentation."""
     from components.evaluate.evaluate import run_evaluate

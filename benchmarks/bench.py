@@ -196,9 +196,10 @@ def main() -> int:
 
             rows += bench_runners(Path(work) / "runners", photos=args.photos, repeats=args.repeats)
         if args.only in (None, "audit"):
-            from benchmarks.audit_bench import bench_audit
+            from benchmarks.audit_bench import bench_audit, bench_evaluate_growth
 
             rows += bench_audit(Path(work) / "audit", args.set)
+            rows += bench_evaluate_growth(Path(work) / "evaluate", args.set)
         if args.only in (None, "pipeline"):
             rows += bench_pipeline(os.path.abspath(args.data), args.set, work)
     width = max(len(r[0]) for r in rows)
