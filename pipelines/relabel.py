@@ -49,12 +49,7 @@ def latest_issues(config: Config) -> str:
 
 def export(issues_uri: str, out: str) -> int:
     """Writes ``path,label,suggested`` of every suspect to ``out``; returns how many."""
-    try:
-        rows = read_issues(issues_uri)
-    except FileNotFoundError:
-        raise RelabelError(f"--issues {issues_uri}: no such file") from None
-    except ValueError as err:
-        raise RelabelError(str(err)) from None
+    rows = _read(issues_uri, "--issues")
     _write(
         out, ["path", "label", "suggested"], [[r["path"], r["label"], r["suggested"]] for r in rows]
     )
@@ -79,12 +74,7 @@ def apply(fixes_uri: str, data: str, out: str) -> Applied:
         RelabelError: the fixes file is not ``path,label,suggested``, or names an
             image the dataset does not have, or under another label than it has.
     """
-    try:
-        fixes = read_issues(fixes_uri)
-    except FileNotFoundError:
-        raise RelabelError(f"--apply {fixes_uri}: no such file") from None
-    except ValueError as err:
-        raise RelabelError(str(err)) from None
+    fixes = _read(fixes_uri, "--apply")
     sources = list_sources(storage.absolute(data))
     label_of = {s.uri: s.label for s in sources}
     new = {}
@@ -106,6 +96,15 @@ def apply(fixes_uri: str, data: str, out: str) -> Applied:
         rows.append([s.uri, new.get(s.uri, s.label), *(attributes.get(c, "") for c in columns)])
     _write(out, ["path", "label", *columns], rows)
     return Applied(len(rows), len(new), out)
+
+
+def _read(uri: str, option: str) -> list[dict[str, str]]:
+    try:
+        return read_issues(uri)
+    except FileNotFoundError:
+        raise RelabelError(f"{option} {uri}: no such file") from None
+    except ValueError as err:
+        raise RelabelError(str(err)) from None
 
 
 def _write(out: str, header: list[str], rows: list[list[str]]) -> None:

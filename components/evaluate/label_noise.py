@@ -83,7 +83,9 @@ def find_issues(
         cv=StratifiedKFold(k, shuffle=True, random_state=0),
         method="predict_proba",
     )
-    ranked = find_label_issues(y, probabilities, return_indices_ranked_by="self_confidence")
+    ranked = find_label_issues(
+        y, probabilities, return_indices_ranked_by="self_confidence", n_jobs=1
+    )
     ranked = [int(i) for i in ranked]
     return LabelIssues(
         len(y),

@@ -92,6 +92,9 @@ def without_option(argv: list[str], name: str) -> list[str]:
 def _quiet_libraries() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
+    # MLflow draws a tqdm bar per artifact download where tqdm is installed (cleanlab
+    # brings it): a dozen lines of stderr for one champion download.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
