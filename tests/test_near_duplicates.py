@@ -158,3 +158,26 @@ def test_perceptual_hashing_can_be_switched_off(tmp_path, leaky_dataset):
     ).stats
     assert stats["near_duplicates"] == {"checked": False}
     assert not (tmp_path / "out" / F.NEAR_DUPLICATES_FILE).exists()
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt"),
+    [("RGBA", "PNG"), ("I;16", "PNG"), ("P", "GIF"), ("CMYK", "JPEG"), ("L", "PNG"), ("1", "BMP")],
+)
+def test_every_accepted_mode_gets_a_thumbnail(mode, fmt):
+    from components.ingest.images import inspect
+
+    buf = io.BytesIO()
+    Image.new(mode, (40, 30)).save(buf, format=fmt)
+    image = inspect(buf.getvalue(), 10_000, perceptual=True)
+    assert len(image.thumbnail) == 32 * 32
+    assert len(nd.hashes([image.thumbnail])[0]) == 16
+
+
+def test_an_image_without_a_hash_is_in_no_group():
+    same = "00000000000000ff"
+    plan = nd.plan([("a", "", "x", "s1"), ("b", same, "x", "s2"), ("c", same, "y", "s3")], 4)
+    assert plan["placement"] == {"b": "b", "c": "b"} and plan["conflicting"] == {
+        "b": ["x", "y"],
+        "c": ["x", "y"],
+    }

@@ -90,7 +90,9 @@ def inspect(
         image.load()
     except Exception as err:  # noqa: BLE001 - truncated or corrupt data
         raise Rejected("undecodable", str(err)) from None
-    small = thumbnail(image) if perceptual else b""
+    small = b""
+    if perceptual:  # other modes (16-bit, CMYK, palette, alpha) as the model will see them
+        small = thumbnail(image if image.mode in ("L", "RGB") else to_rgb(image))
     if _keep_as_is(image, max_side):
         channels = 1 if image.mode == "L" else 3
         return InspectedImage(data, image.format.lower(), height, width, channels, digest, small)

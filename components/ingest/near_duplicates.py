@@ -127,7 +127,7 @@ def plan(items: Iterable[tuple[str, str, str, str]], distance: int) -> dict[str,
         labels), and per group its members (``source``, ``label``) and labels, largest
         groups first.
     """
-    items = sorted(items)
+    items = sorted(i for i in items if i[1])  # an image without a hash is in no group
     if not items:
         return {"placement": {}, "conflicting": {}, "groups": []}
     numbers = groups([phash for _, phash, _, _ in items], distance)
