@@ -22,6 +22,7 @@ from visionpipe.sections import (  # noqa: F401 - the sections are part of the c
     LOWER_IS_BETTER,
     MODEL_METRICS,
     RESIZE_MODES,
+    ROBUSTNESS_PREFIX,
     SLICE_METRICS,
     TUNABLE,
     TUNER_ALGORITHMS,

@@ -19,7 +19,7 @@ from pydantic import (
     model_validator,
 )
 
-_SLICE_NAME = r"^[A-Za-z][A-Za-z0-9_]*$"  # visionpipe.slicing.NAME_PATTERN
+_SLICE_NAME = r"^[A-Za-z][A-Za-z0-9_]*$"  # a slice's (and a CSV attribute column's) name
 
 # The lists several layers read: each is defined once, here.
 Backbone = Literal["mobilenet_v2", "efficientnet_b0", "resnet50"]
@@ -34,7 +34,8 @@ TUNER_ALGORITHMS: tuple[str, ...] = get_args(TunerAlgorithm)  # trainer.tune run
 # ``accuracy_under_<variant>`` is a model metric like the others.
 RobustnessVariant = Literal["jpeg_q30", "rescale", "exposure", "noise", "blur", "png"]
 ROBUSTNESS_VARIANTS: tuple[str, ...] = get_args(RobustnessVariant)
-ROBUSTNESS_METRICS: tuple[str, ...] = tuple(f"accuracy_under_{v}" for v in ROBUSTNESS_VARIANTS)
+ROBUSTNESS_PREFIX = "accuracy_under_"
+ROBUSTNESS_METRICS: tuple[str, ...] = tuple(ROBUSTNESS_PREFIX + v for v in ROBUSTNESS_VARIANTS)
 ModelMetric = Literal[
     (
         "accuracy",

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from visionpipe.config import ChangeThreshold, EvaluateConfig, Threshold
+from visionpipe.config import ROBUSTNESS_PREFIX, ChangeThreshold, EvaluateConfig, Threshold
 from visionpipe.errors import UserError
 
 
@@ -97,11 +97,7 @@ def gate(
             checks.extend(_slice_checks(t, slices or []))
             continue
         for key, label in _keys(t, classes):
-            value = _metric(candidate, key, label, "candidate")
-            if t.lower is not None:
-                checks.append(Check(f"{label} >= {t.lower:g}", value >= t.lower, value, t.lower))
-            if t.upper is not None:
-                checks.append(Check(f"{label} <= {t.upper:g}", value <= t.upper, value, t.upper))
+            checks.extend(_bound_checks(t, label, _metric(candidate, key, label, "candidate")))
     checks.extend(_gap_checks(cfg, slices or []))
     changes = cfg.all_change_thresholds()
     if champion is not None:
@@ -145,17 +141,18 @@ def _slice_checks(t: Threshold, slices: list[dict[str, Any]]) -> list[Check]:
     for r in slices:
         if r["slice"] != t.slice_name or not r["judged"] or wanted not in ("*", r["value"]):
             continue
-        value = r["metrics"][t.metric]
         label = f"{t.metric}[{r['slice']}={r['value']}]"
-        detail = f"{r['examples']} examples"
-        if t.lower is not None:
-            checks.append(
-                Check(f"{label} >= {t.lower:g}", value >= t.lower, value, t.lower, detail)
-            )
-        if t.upper is not None:
-            checks.append(
-                Check(f"{label} <= {t.upper:g}", value <= t.upper, value, t.upper, detail)
-            )
+        checks += _bound_checks(t, label, r["metrics"][t.metric], f"{r['examples']} examples")
+    return checks
+
+
+def _bound_checks(t: Threshold, label: str, value: float, detail: str = "") -> list[Check]:
+    """A value threshold's lower and upper bound (those set) on one value."""
+    checks = []
+    if t.lower is not None:
+        checks.append(Check(f"{label} >= {t.lower:g}", value >= t.lower, value, t.lower, detail))
+    if t.upper is not None:
+        checks.append(Check(f"{label} <= {t.upper:g}", value <= t.upper, value, t.upper, detail))
     return checks
 
 
@@ -271,12 +268,12 @@ def check_threshold_classes(cfg: EvaluateConfig, classes: list[str]) -> None:
 
     Or a robustness metric whose variant ``evaluate.robustness`` does not make.
     """
-    made = {f"accuracy_under_{v}" for v in cfg.robustness}
+    made = {ROBUSTNESS_PREFIX + v for v in cfg.robustness}
     for t in (*cfg.value_thresholds(), *cfg.all_change_thresholds()):
-        if t.metric.startswith("accuracy_under_") and t.metric not in made:
+        if t.metric.startswith(ROBUSTNESS_PREFIX) and t.metric not in made:
             raise ThresholdError(
                 f"evaluate threshold on {t.metric}: evaluate.robustness does not make the "
-                f"{t.metric.removeprefix('accuracy_under_')} variant "
+                f"{t.metric.removeprefix(ROBUSTNESS_PREFIX)} variant "
                 f"(it makes: {', '.join(cfg.robustness) or 'none'})"
             )
     named = [

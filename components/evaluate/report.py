@@ -9,6 +9,7 @@ import numpy as np
 
 from components.evaluate.gate import Blessing
 from components.evaluate.slices import markdown as slice_lines
+from visionpipe.config import ROBUSTNESS_PREFIX
 
 CONFUSION_PNG = "confusion_matrix.png"
 ROBUSTNESS_PNG = "robustness.png"
@@ -120,7 +121,7 @@ def confusion_png(report: dict[str, Any]) -> bytes:
 
 def robustness_png(blessing: Blessing) -> bytes | None:
     """Accuracy on the clean test images and on each variant, candidate next to champion."""
-    names = [k for k in blessing.candidate if k.startswith("accuracy_under_")]
+    names = [k for k in blessing.candidate if k.startswith(ROBUSTNESS_PREFIX)]
     if not names:
         return None
     import matplotlib
@@ -129,7 +130,7 @@ def robustness_png(blessing: Blessing) -> bytes | None:
     from matplotlib import pyplot as plt
 
     keys = ["accuracy", *names]
-    labels = ["clean", *(k.removeprefix("accuracy_under_") for k in names)]
+    labels = ["clean", *(k.removeprefix(ROBUSTNESS_PREFIX) for k in names)]
     x = np.arange(len(keys))
     fig, ax = plt.subplots(figsize=(1.1 * len(keys) + 2, 3.5))
     models = [("candidate", blessing.candidate)]
