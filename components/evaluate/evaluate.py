@@ -9,7 +9,6 @@ decision (``gate``) and the report (``report``) are pure functions beside it.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 import numpy as np
@@ -39,7 +38,7 @@ from components.evaluate.slices import (
 from visionpipe import features as F
 from visionpipe import storage
 from visionpipe.blessing import write_blessing
-from visionpipe.config import Config
+from visionpipe.config import ROBUSTNESS_PREFIX, Config
 from visionpipe.drift import Observations, make_profile
 from visionpipe.serving import Classifier
 from visionpipe.slicing import SliceError, check_slice_names
@@ -114,13 +113,14 @@ def robustness(test, cfg, candidate_uri, champion_uri, candidate, champion) -> d
         models.append((champion_uri, champion))
     found: dict[str, list] = {}
     classifiers = {uri: Classifier(uri) for uri, _ in models}  # each model loaded once
+    labels = {uri: model_labels(uri) for uri, _ in models}
     for variant in cfg.robustness:
         images = variant_images(test.images, variant)
-        metric = f"accuracy_under_{variant}"
+        metric = ROBUSTNESS_PREFIX + variant
         for uri, metrics in models:
             right = correct_under(
                 lambda batch, uri=uri: classify(classifiers[uri], batch, cfg.batch_size)[0],
-                model_labels(uri),
+                labels[uri],
                 test.labels,
                 images,
             )
@@ -128,19 +128,24 @@ def robustness(test, cfg, candidate_uri, champion_uri, candidate, champion) -> d
             found.setdefault(metric, []).append(right.tolist())
     log.info(
         "evaluate: robustness %s",
-        ", ".join(f"{v} {candidate[f'accuracy_under_{v}']:.3f}" for v in cfg.robustness),
+        ", ".join(f"{v} {candidate[ROBUSTNESS_PREFIX + v]:.3f}" for v in cfg.robustness),
     )
     return {m: tuple(pair) for m, pair in found.items() if len(pair) == 2}
 
 
 def audit_labels(
-    raw_examples_uri: str, model_uri: str, output_uri: str, cfg
+    raw_examples_uri: str,
+    model_uri: str,
+    output_uri: str,
+    cfg,
+    classifier: Classifier | None = None,
 ) -> tuple[str, int] | None:
     """Lists the training images whose label is probably wrong (``label_noise``).
 
     Returns the report's note and the number of suspects, or None when
     ``evaluate.label_noise`` is off, the examples have no train split, or the model has
-    no ``monitor`` signature (no embedding to learn from).
+    no ``monitor`` signature (no embedding to learn from). ``classifier``: the model,
+    already loaded with ``monitored=True`` (loaded here when not given).
     """
     from components.evaluate.label_noise import find_issues, write_issues
 
@@ -150,7 +155,7 @@ def audit_labels(
         log.warning("evaluate: %s has no train split; labels not audited", raw_examples_uri)
         return None
     train = load_raw_split(raw_examples_uri, "train")
-    classifier = Classifier(model_uri, monitored=True)
+    classifier = classifier or Classifier(model_uri, monitored=True)
     if not classifier.monitored:
         log.warning("evaluate: the candidate has no monitor signature; labels not audited")
         return None
@@ -201,16 +206,19 @@ def run_evaluate(
     values = values_of(cfg, test)  # all but brightness, which the candidate's outputs give
     check_slice_thresholds(cfg, values)
 
-    def scored(model_uri: str, monitored: bool = False):
-        probabilities, outputs = score(model_uri, test.images, cfg.batch_size, monitored)
+    def scored(model_uri: str, classifier: Classifier | None = None):
+        classifier = classifier or Classifier(model_uri)
+        probabilities, outputs = classify(classifier, test.images, cfg.batch_size)
+        outputs = outputs if classifier.monitored else []
         labels = model_labels(model_uri)
         metrics, report = evaluate_model(
             truth, probabilities, labels, cfg.top_k, cfg.calibration_bins
         )
         return metrics, report, probabilities, labels, outputs
 
+    monitored = Classifier(candidate_model_uri, monitored=True)  # for the audit too
     candidate, cand_report, cand_probabilities, cand_labels, outputs = scored(
-        candidate_model_uri, monitored=True
+        candidate_model_uri, monitored
     )
     if "brightness" in cfg.slices:
         if not outputs:
@@ -230,6 +238,7 @@ def run_evaluate(
     if champion is not None:
         correct.update(under)
     decision = gate(candidate, champion, cfg, classes, correct or None, sliced)
+    audit = audit_labels(raw_examples_uri, candidate_model_uri, output_uri, cfg, monitored)
     blessing = Blessing(
         decision.blessed,
         decision.reason,
@@ -239,6 +248,7 @@ def run_evaluate(
         {k: v for k, v in cand_report.items() if k != "correct"},
         None if champ_report is None else {k: v for k, v in champ_report.items() if k != "correct"},
         decision.slices,
+        None if audit is None else audit[1],
     )
     write_blessing(output_uri, blessing.to_dict())
     write_profile(output_uri, test, outputs, cand_labels, candidate["accuracy"], config)
@@ -259,7 +269,6 @@ def run_evaluate(
     if slice_chart is not None:
         storage.write_bytes(storage.join(output_uri, SLICES_PNG), slice_chart)
         storage.write_json(storage.join(output_uri, SLICES_FILE), blessing.slices)
-    audit = audit_labels(raw_examples_uri, candidate_model_uri, output_uri, cfg)
     report = markdown_report(
         blessing,
         CONFUSION_PNG,
@@ -268,9 +277,6 @@ def run_evaluate(
         (cfg.min_slice_examples, SLICES_PNG if slice_chart else None),
         None if audit is None else (audit[0], ISSUES_PNG, ISSUES_HTML),
     )
-    if audit is not None:
-        blessing = dataclasses.replace(blessing, label_issues=audit[1])
-        write_blessing(output_uri, blessing.to_dict())
     storage.write_bytes(storage.join(output_uri, F.REPORT_FILE), report.encode())
     log.info("evaluate: %s", blessing.reason)
     return blessing
