@@ -43,14 +43,15 @@ def test_a_class_too_small_for_folds_is_not_checked():
 def audited(ingested, trained, tmp_path_factory):
     out = tmp_path_factory.mktemp("audited")
     config = load_config(overrides=["evaluate.min_accuracy=0.0", "evaluate.robustness=[]"])
-    run_evaluate(ingested.output_uri, trained.model_uri, str(out), config)
-    return out
+    return out, run_evaluate(ingested.output_uri, trained.model_uri, str(out), config)
 
 
 def test_evaluate_writes_the_suspects_their_gallery_and_links_them(audited):
+    audited, blessing = audited
     rows = list(csv.DictReader(open(audited / "label_issues.csv")))
     header = open(audited / "label_issues.csv").readline().strip()
     assert header == "path,label,suggested,label_quality"
+    assert len(rows) == blessing.label_issues  # the count the console and MLflow show
     assert all(r["suggested"] and float(r["label_quality"]) <= 1.0 for r in rows)
     assert (audited / "label_issues.png").stat().st_size > 1000
     page = (audited / "label_issues.html").read_text()

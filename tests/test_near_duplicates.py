@@ -54,8 +54,7 @@ def test_batched_hashes_equal_imagehash_phash_of_the_thumbnails():
 
 
 def _photo(seed, size=96):
-    generate_root = np.random.default_rng(seed)
-    smooth = generate_root.random((6, 6, 3))
+    smooth = np.random.default_rng(seed).random((6, 6, 3))
     img = Image.fromarray((smooth * 255).astype(np.uint8)).resize((size, size), Image.BICUBIC)
     return img
 
