@@ -120,10 +120,13 @@ def test_too_large_is_rejected_from_the_header():
     assert info.value.reason == "too_large"
 
 
-def test_truncated_image_is_rejected():
-    data = _encode("RGB", "JPEG", size=(64, 64))
+@pytest.mark.parametrize("perceptual", [False, True])
+@pytest.mark.parametrize("size", [(64, 64), (320, 240)])
+def test_truncated_image_is_rejected(size, perceptual):
+    # JPEGs kept as they are are decoded at a reduced scale: still every block is read.
+    data = _encode("RGB", "JPEG", size=size)
     with pytest.raises(Rejected) as info:
-        inspect(data[: len(data) // 2], 10**6)
+        inspect(data[: len(data) // 2], 10**6, perceptual=perceptual)
     assert info.value.reason == "undecodable"
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from components.ingest.near_duplicates import thumbnail
+from components.ingest.near_duplicates import THUMBNAIL_SIDE, thumbnail
 from visionpipe import storage
 from visionpipe.config import IngestConfig
 
@@ -86,6 +86,13 @@ def inspect(
     width, height = image.size
     if width * height > max_pixels:
         raise Rejected("too_large", f"{width}x{height} exceeds {max_pixels} pixels")
+    keep = _keep_as_is(image, max_side)
+    channels = 1 if image.mode == "L" else 3
+    if keep and image.format == "JPEG":
+        # Only checked, never used at full size: libjpeg still reads every entropy-coded
+        # block (so truncation and corruption are found) but inverse-transforms at 1/2 to
+        # 1/8 scale, to no less than the thumbnail's side.
+        image.draft("L" if perceptual else image.mode, (THUMBNAIL_SIDE, THUMBNAIL_SIDE))
     try:
         image.load()
     except Exception as err:  # noqa: BLE001 - truncated or corrupt data
@@ -93,8 +100,7 @@ def inspect(
     small = b""
     if perceptual:  # other modes (16-bit, CMYK, palette, alpha) as the model will see them
         small = thumbnail(image if image.mode in ("L", "RGB") else to_rgb(image))
-    if _keep_as_is(image, max_side):
-        channels = 1 if image.mode == "L" else 3
+    if keep:
         return InspectedImage(data, image.format.lower(), height, width, channels, digest, small)
     rgb = to_rgb(image)
     if max_side and max(rgb.size) > max_side:
