@@ -258,25 +258,25 @@ def IngestImages(batches, staging: str, config: IngestConfig):  # noqa: N802
         | "ByContent" >> beam.GroupByKey()
         | "Dedup" >> beam.ParDo(_DedupFn()).with_outputs("rejected", "duplicate", main="ok")
     )
-    kept, plan = unique.ok, []
+    # Only metadata went through the de-duplicating shuffle; the kept images are read
+    # again by the encoders and streamed to the shard writers, so memory does not grow
+    # with data.
+    kept = unique.ok | "Batch" >> beam.BatchElements(config.batch_size, config.batch_size)
+    plan = []
     if config.near_duplicate_distance >= 0:
-        # Only (hash, label, source) of every kept image meet in one place; what goes
-        # back to the encoders, as a side input, is each grouped image's split key.
+        # Only (hash, label, source) of every kept image meet in one place, a batch per
+        # element (per image, Beam's own overhead cost ingest 1.3x); what goes back to
+        # the encoders, as a side input, is each grouped image's split key.
         plan = [
             beam.pvalue.AsSingleton(
                 kept
-                | "HashKeys"
-                >> beam.Map(lambda r: (r["sha256"], r["phash"], r["label"], r["source"]))
+                | "HashKeys" >> beam.Map(_hash_keys)
                 | "AllHashes" >> beam.combiners.ToList()
                 | "NearDuplicates" >> beam.Map(_plan_near_duplicates, staging, config)
             )
         ]
-    # Only metadata went through the de-duplicating shuffle; the kept images are read
-    # again here and streamed to the shard writers, so memory does not grow with data.
-    encoded = (
-        kept
-        | "Batch" >> beam.BatchElements(config.batch_size, config.batch_size)
-        | "Encode" >> beam.ParDo(_EncodeFn(config), *plan).with_outputs("rejected", main="ok")
+    encoded = kept | "Encode" >> beam.ParDo(_EncodeFn(config), *plan).with_outputs(
+        "rejected", main="ok"
     )
     rejected = (
         inspected.rejected,
@@ -435,12 +435,18 @@ def _encode(rec: dict[str, Any], config: IngestConfig) -> _Written | dict[str, s
     return _Written(split, rec["label"], rec["sha256"], record)
 
 
-def _plan_near_duplicates(items, staging: str, config: IngestConfig) -> dict[str, tuple]:
-    """Groups the near-duplicates and writes their report to staging.
+def _hash_keys(batch: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
+    """What the near-duplicate plan needs of a batch of kept images."""
+    return [(r["sha256"], r["phash"], r["label"], r["source"]) for r in batch]
+
+
+def _plan_near_duplicates(batches, staging: str, config: IngestConfig) -> dict[str, tuple]:
+    """Groups the near-duplicates (``batches`` of ``_hash_keys``) and writes their report.
 
     Returns:
         ``{sha256: (split key, conflicting labels or None)}`` of each image in a group.
     """
+    items = (item for batch in batches for item in batch)
     plan = near_duplicates.plan(items, config.near_duplicate_distance)
     storage.write_json(storage.join(staging, _NEAR_FILE), plan["groups"])
     return {sha: (key, plan["conflicting"].get(sha)) for sha, key in plan["placement"].items()}

@@ -27,7 +27,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 _HASH_BITS = 64
-_SIDE = 32  # imagehash.phash's image: hash_size 8 x highfreq_factor 4
+THUMBNAIL_SIDE = 32  # imagehash.phash's image: hash_size 8 x highfreq_factor 4
 _LOW = 8
 
 
@@ -43,7 +43,7 @@ def thumbnail(image: Image.Image) -> bytes:
     of a 96 px image scaled to 200 px by up to 12 bits.
     """
     grey = image.convert("L")
-    return grey.resize((_SIDE, _SIDE), Image.LANCZOS, reducing_gap=2.0).tobytes()
+    return grey.resize((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.LANCZOS, reducing_gap=2.0).tobytes()
 
 
 def hashes(thumbnails: Sequence[bytes]) -> list[str]:
@@ -57,7 +57,7 @@ def hashes(thumbnails: Sequence[bytes]) -> list[str]:
     if not thumbnails:
         return []
     pixels = np.frombuffer(b"".join(thumbnails), dtype=np.uint8).astype(np.float64)
-    pixels = pixels.reshape(len(thumbnails), _SIDE, _SIDE)
+    pixels = pixels.reshape(len(thumbnails), THUMBNAIL_SIDE, THUMBNAIL_SIDE)
     low = dct(dct(pixels, axis=1), axis=2)[:, :_LOW, :_LOW].reshape(len(thumbnails), -1)
     bits = low > np.median(low, axis=1, keepdims=True)
     return [row.tobytes().hex() for row in np.packbits(bits, axis=1)]  # as str(ImageHash)
@@ -98,11 +98,11 @@ def _close_pairs(codes: np.ndarray, distance: int) -> tuple[np.ndarray, np.ndarr
         bits = min(width, _HASH_BITS - start)
         key = (codes >> np.uint64(start)) & np.uint64((1 << bits) - 1)
         order = np.argsort(key, kind="stable")
-        sorted_key = key[order]
-        edges = np.flatnonzero(np.diff(sorted_key)) + 1
-        for bucket in np.split(order, edges):
-            if len(bucket) < 2:
-                continue
+        starts = np.flatnonzero(np.r_[True, np.diff(key[order]) != 0])
+        sizes = np.diff(np.r_[starts, len(order)])
+        shared = sizes > 1  # only buckets of two or more: few
+        for start, size in zip(starts[shared].tolist(), sizes[shared].tolist(), strict=True):
+            bucket = order[start : start + size]
             xor = codes[bucket][:, None] ^ codes[bucket][None, :]
             i, j = np.nonzero(np.triu(np.bitwise_count(xor) <= distance, k=1))
             rows.append(bucket[i])
