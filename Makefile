@@ -31,12 +31,19 @@ $(SAMPLE)/labels.csv: | $(STAMP)
 run: setup $(SAMPLE)/labels.csv
 	$(BIN)/visionpipe run --data $(SAMPLE)
 
+# Tests run on TEST_WORKERS processes (pytest-xdist; default one per core, at most 4, as each
+# holds TensorFlow). Much of a test's time is one-core work (starting Python, importing
+# TensorFlow, Beam's start-up), so two workers on two cores finish sooner;
+# TEST_WORKERS=0 runs them all in one process.
+TEST_WORKERS ?= $(shell n=$$(nproc); [ $$n -gt 4 ] && n=4; echo $$n)
+PYTEST := $(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist worksteal
+
 test: setup postgres
-	$(BIN)/python -m pytest -q -ra
+	$(PYTEST)
 
 # The unit tier: no whole-pipeline runs and no tests that start visionpipe processes.
 test-fast: setup
-	$(BIN)/python -m pytest -q -ra -m 'not e2e and not processes'
+	$(PYTEST) -m 'not e2e and not processes'
 
 bench: setup $(SAMPLE)/labels.csv
 	$(BIN)/python benchmarks/bench.py --data $(SAMPLE) $(BENCH_ARGS)
