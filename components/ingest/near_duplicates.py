@@ -40,7 +40,10 @@ def thumbnail(image: Image.Image) -> bytes:
     0.13-0.15 ms. On the sample's edits (JPEG q30 and q50, down-up scaling, 3x up) it
     catches 99 % within 6 bits, with the same 26 close pairs of distinct images as phash.
     Cheaper ones (a reduction to 32-63 px, then bilinear or box: 0.08 ms) move the hash
-    of a 96 px image scaled to 200 px by up to 12 bits.
+    of a 96 px image scaled to 200 px by up to 12 bits. A JPEG that ingest keeps as it is
+    arrives here already decoded in grey at 1/2 to 1/8 scale (``images.inspect``: 80x60
+    for 320x240, then 0.11 ms here); its hash is within 2 bits of the full-size one for
+    99 % of the sample's photos, and its edits still stay within 6 bits.
     """
     grey = image.convert("L")
     return grey.resize((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.LANCZOS, reducing_gap=2.0).tobytes()
