@@ -34,9 +34,24 @@ def _visionpipe(home, *args):
 
 
 def _run(data, home, *options):
+    """``visionpipe run --json``: the summary (stdout) and the console (stderr)."""
     done = _cli(home, "run", "--data", str(data), "--json", *options)
     assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout)  # stdout is one JSON object and nothing else
+    return json.loads(done.stdout), done.stderr  # stdout is one JSON object and nothing else
+
+
+def _assert_short_console_and_full_log(console: str, log_path: str) -> None:
+    """The console shows the steps and no noise; the run's log file keeps everything."""
+    lines = console.strip().splitlines()
+    assert len(lines) <= 40, console
+    for noise in ("Warning", "warning", "absl", "executor_input", "Executing task", "Epoch 1/"):
+        assert noise not in console
+    for step in ("configure", "ingest", "data-check", "transform", "tune", "train", "evaluate"):
+        assert any(line.startswith(f"✓ {step} ") for line in lines), console
+    log = open(log_path).read()
+    for step in ("configure", "ingest", "data-check", "transform", "tune", "train", "push"):
+        assert f"Executing task '{step}'" in log.replace("\x1b[96m", "").replace("\x1b[0m", "")
+    assert "Epoch 1/2" in log
 
 
 def _count(pattern):
@@ -49,7 +64,8 @@ def test_pipeline_runs_end_to_end_then_retrains_for_drift_against_the_champion(
 ):
     from pipelines.sample_data import SampleSpec, generate
 
-    first = _run(tiny_dataset, isolated_home)
+    first, console = _run(tiny_dataset, isolated_home)
+    _assert_short_console_and_full_log(console, first["log"])
 
     # Ingest wrote what the summary says, split by split.
     [examples] = list(isolated_home.glob("pipeline_root/*/ingest/examples"))
@@ -220,23 +236,6 @@ def test_the_default_pipeline_learns_glyphs_that_mirroring_would_confuse(tmp_pat
     assert summary["blessed"] and summary["pushed_version"] == 1
     [record] = list(home.glob("pipeline_root/*/tune/hyperparameters/hyperparameters.json"))
     assert json.loads(record.read_text())["values"]["flip"] == "none"
-
-
-def test_the_console_shows_the_steps_and_the_log_file_keeps_everything(tiny_dataset, tmp_path):
-    done = _cli(tmp_path / "home", "run", "--data", str(tiny_dataset))
-    assert done.returncode == 0, done.stderr[-3000:]
-    console = done.stdout + done.stderr
-    lines = console.strip().splitlines()
-    assert len(lines) <= 40, console
-    for noise in ("Warning", "warning", "absl", "executor_input", "Executing task", "Epoch 1/"):
-        assert noise not in console
-    for step in ("configure", "ingest", "data-check", "transform", "tune", "train", "evaluate"):
-        assert any(line.startswith(f"✓ {step} ") for line in lines), console
-    log_path = next(line.split()[-1] for line in lines if line.strip().startswith("log "))
-    log = open(log_path).read()
-    for step in ("configure", "ingest", "data-check", "transform", "tune", "train", "push"):
-        assert f"Executing task '{step}'" in log.replace("\x1b[96m", "").replace("\x1b[0m", "")
-    assert "Epoch 1/2" in log
 
 
 def test_a_failing_step_shows_its_own_error_and_the_log_not_a_traceback(
