@@ -31,12 +31,12 @@ $(SAMPLE)/labels.csv: | $(STAMP)
 run: setup $(SAMPLE)/labels.csv
 	$(BIN)/visionpipe run --data $(SAMPLE)
 
-# Tests run on TEST_WORKERS processes (pytest-xdist; default one per core, at most 4, as each
-# holds TensorFlow). Much of a test's time is one-core work (starting Python, importing
-# TensorFlow, Beam's start-up), so two workers on two cores finish sooner;
-# TEST_WORKERS=0 runs them all in one process.
-TEST_WORKERS ?= $(shell n=$$(nproc); [ $$n -gt 4 ] && n=4; echo $$n)
-PYTEST := $(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist worksteal
+# Tests run on TEST_WORKERS processes (pytest-xdist; auto: one per core, at most 4, as each
+# holds TensorFlow; 0: all in one process). Much of a test's time leaves a core idle
+# (starting Python, importing TensorFlow, waiting on a subprocess): two workers on two
+# cores finish sooner.
+TEST_WORKERS ?= auto
+PYTEST := $(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --maxprocesses 4 --dist worksteal
 
 test: setup postgres
 	$(PYTEST)
