@@ -265,8 +265,9 @@ def IngestImages(batches, staging: str, config: IngestConfig):  # noqa: N802
     plan = []
     if config.near_duplicate_distance >= 0:
         # Only (hash, label, source) of every kept image meet in one place, a batch per
-        # element (per image, Beam's own overhead cost ingest 1.3x); what goes back to
-        # the encoders, as a side input, is each grouped image's split key.
+        # element (one per image, Beam's overhead in this branch was most of what hashing
+        # cost ingest); what goes back to the encoders, as a side input, is each grouped
+        # image's split key.
         plan = [
             beam.pvalue.AsSingleton(
                 kept
