@@ -100,7 +100,8 @@ def test_the_size_cap_removes_the_oldest_files_of_the_model(tmp_path):
 def test_reading_counts_what_it_cannot_use(tmp_path):
     _write(tmp_path, 30)
     _write(tmp_path, 7, identity={"name": "cats", "version": "2", "digest": "e" * 64})
-    bad = tmp_path / "cats" / "20261201" / "broken.jsonl"
+    # next to the records the log wrote: its folder is the day's, so no date is written here
+    bad = next(tmp_path.rglob("*.jsonl")).parent / "broken.jsonl"
     bad.write_text('{"time": "x"}\nnot json\n' + json.dumps({"digest": "d" * 64}) + "\n")
     window = read_log(str(tmp_path), IDENTITY["digest"])
     assert len(window.records) == 30 and window.unreadable == 3
