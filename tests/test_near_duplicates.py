@@ -45,17 +45,33 @@ def test_groups_equal_the_brute_force_components(distance):
         assert (got[:300] == got[600:900]).all()
 
 
-def test_batched_hashes_equal_imagehash_phash_of_the_thumbnails():
-    thumbs = [nd.thumbnail(_photo(seed, 60 + seed * 7)) for seed in range(12)]
-    expected = [str(imagehash.phash(Image.frombytes("L", (32, 32), t))) for t in thumbs]
-    assert nd.hashes(thumbs) == expected
-    assert nd.perceptual_hash(_photo(3, 81)) == expected[3]
+def test_hashes_equal_imagehash_phash_where_no_resize_rounds():
+    # 32x32 needs no resize: the DCT, the median and the bit order are phash's exactly
+    images = [_photo(seed, 32).convert("L") for seed in range(12)]
+    assert nd.hashes([nd.reduced(i) for i in images]) == [str(imagehash.phash(i)) for i in images]
     assert nd.hashes([]) == []
 
 
+def test_the_folded_resize_differs_from_phash_by_its_rounding_only():
+    sizes = [(40, 30), (81, 81), (96, 64), (200, 150), (640, 480), (1000, 90)]
+    images = [_photo(seed, size) for seed, size in enumerate(sizes * 4)]
+    ours = nd.hashes([nd.reduced(i) for i in images])  # mixed sizes in one call
+    pillow = [  # Pillow's own two-step resize, then phash
+        imagehash.phash(i.convert("L").resize((32, 32), Image.LANCZOS, reducing_gap=2.0))
+        for i in images
+    ]
+    distances = [
+        bin(int(h, 16) ^ int(str(p), 16)).count("1") for h, p in zip(ours, pillow, strict=True)
+    ]
+    assert max(distances) <= 3 and np.mean(distances) < 1
+    assert nd.perceptual_hash(images[3]) == ours[3]
+    assert all(max(nd.reduced(i).pixels.shape) < 128 for i in images)
+
+
 def _photo(seed, size=96):
+    size = (size, size) if isinstance(size, int) else size
     smooth = np.random.default_rng(seed).random((6, 6, 3))
-    img = Image.fromarray((smooth * 255).astype(np.uint8)).resize((size, size), Image.BICUBIC)
+    img = Image.fromarray((smooth * 255).astype(np.uint8)).resize(size, Image.BICUBIC)
     return img
 
 
@@ -163,14 +179,14 @@ def test_perceptual_hashing_can_be_switched_off(tmp_path, leaky_dataset):
     ("mode", "fmt"),
     [("RGBA", "PNG"), ("I;16", "PNG"), ("P", "GIF"), ("CMYK", "JPEG"), ("L", "PNG"), ("1", "BMP")],
 )
-def test_every_accepted_mode_gets_a_thumbnail(mode, fmt):
+def test_every_accepted_mode_gets_hashed(mode, fmt):
     from components.ingest.images import inspect
 
     buf = io.BytesIO()
     Image.new(mode, (40, 30)).save(buf, format=fmt)
     image = inspect(buf.getvalue(), 10_000, perceptual=True)
-    assert len(image.thumbnail) == 32 * 32
-    assert len(nd.hashes([image.thumbnail])[0]) == 16
+    assert image.grey.pixels.shape == (30, 40) and image.grey.pixels.dtype == np.uint8
+    assert len(nd.hashes([image.grey])[0]) == 16
 
 
 def test_an_image_without_a_hash_is_in_no_group():

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from components.ingest.near_duplicates import THUMBNAIL_SIDE, thumbnail
+from components.ingest.near_duplicates import THUMBNAIL_SIDE, Reduced, reduced
 from visionpipe import storage
 from visionpipe.config import IngestConfig
 
@@ -39,7 +39,7 @@ class InspectedImage:
     width: int
     channels: int
     sha256: str  # of the original bytes: identical files are duplicates
-    thumbnail: bytes = b""  # what the perceptual hash is made of; b"" when not asked
+    grey: Reduced | None = None  # what the perceptual hash is made of, when asked
 
 
 def inspect(
@@ -63,7 +63,7 @@ def inspect(
         max_pixels: reject images with more pixels than this.
         max_side: scale images whose longest side exceeds this down to it (0: never).
         jpeg_quality: quality of re-encoded JPEGs.
-        perceptual: also make the thumbnail of the perceptual hash (``near_duplicates``).
+        perceptual: also keep the grey pixels of the perceptual hash (``near_duplicates``).
 
     Raises:
         Rejected: empty, not an image, too large, or undecodable/truncated.
@@ -91,15 +91,15 @@ def inspect(
     if keep and image.format == "JPEG":
         # Only checked, never used at full size: libjpeg still reads every entropy-coded
         # block (so truncation and corruption are found) but inverse-transforms at 1/2 to
-        # 1/8 scale, to no less than the thumbnail's side.
+        # 1/8 scale, to no less than the hash's 32 pixels.
         image.draft("L" if perceptual else image.mode, (THUMBNAIL_SIDE, THUMBNAIL_SIDE))
     try:
         image.load()
     except Exception as err:  # noqa: BLE001 - truncated or corrupt data
         raise Rejected("undecodable", str(err)) from None
-    small = b""
+    small = None
     if perceptual:  # other modes (16-bit, CMYK, palette, alpha) as the model will see them
-        small = thumbnail(image if image.mode in ("L", "RGB") else to_rgb(image))
+        small = reduced(image if image.mode in ("L", "RGB") else to_rgb(image))
     if keep:
         return InspectedImage(data, image.format.lower(), height, width, channels, digest, small)
     rgb = to_rgb(image)
@@ -145,8 +145,8 @@ def inspect_source(
 
     Returns:
         ``("ok", (sha256, metadata tuple))`` for an accepted image (the metadata is
-        ``(uri, label, sha256, reencoded, format, height, width, channels, thumbnail,
-        attributes)``; ingest swaps the thumbnail for its hash, per batch), or
+        ``(uri, label, sha256, reencoded, format, height, width, channels, grey pixels,
+        attributes)``; ingest swaps the pixels for their hash, per batch), or
         ``("rejected", {source, label, reason, detail})``.
     """
     uri, label, attributes = source
@@ -180,7 +180,7 @@ def inspect_source(
         image.height,
         image.width,
         image.channels,
-        image.thumbnail,
+        image.grey,
         attributes,
     )
     return "ok", (image.sha256, metadata)

@@ -358,13 +358,13 @@ class _InspectFn(_PooledFn):
 
 
 def _with_hashes(accepted: list[tuple[str, tuple]]) -> list[tuple[str, tuple]]:
-    """The inspected images with their thumbnails replaced by perceptual hashes (one call)."""
+    """The inspected images with their grey pixels replaced by perceptual hashes (one call)."""
     at = _META_FIELDS.index("phash")
-    found = near_duplicates.hashes([meta[at] for _, meta in accepted if meta[at]])
+    found = near_duplicates.hashes([meta[at] for _, meta in accepted if meta[at] is not None])
     out, k = [], 0
     for sha, meta in accepted:
         phash = ""
-        if meta[at]:
+        if meta[at] is not None:
             phash, k = found[k], k + 1
         out.append((sha, (*meta[:at], phash, *meta[at + 1 :])))
     return out

@@ -17,8 +17,9 @@ sharing a band value are compared. The groups are scipy's connected components.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -31,44 +32,88 @@ THUMBNAIL_SIDE = 32  # imagehash.phash's image: hash_size 8 x highfreq_factor 4
 _LOW = 8
 
 
-def thumbnail(image: Image.Image) -> bytes:
-    """The 32x32 grey pixels a perceptual hash is computed from (1 KiB).
+class Reduced(NamedTuple):
+    """The grey pixels a perceptual hash is computed from, and the extent they cover."""
 
-    phash scales to 32x32 with LANCZOS from full size, which cost more than decoding a
-    320x240 JPEG (0.42 ms against 0.38 ms). Pillow's ``reducing_gap`` does the same
-    resize in two steps (a whole-pixel box reduction to within 2x of 32, then LANCZOS):
-    0.13-0.15 ms. On the sample's edits (JPEG q30 and q50, down-up scaling, 3x up) it
-    catches 99 % within 6 bits, with the same 26 close pairs of distinct images as phash.
-    Cheaper ones (a reduction to 32-63 px, then bilinear or box: 0.08 ms) move the hash
-    of a 96 px image scaled to 200 px by up to 12 bits. A JPEG that ingest keeps as it is
-    arrives here already decoded in grey at 1/2 to 1/8 scale (``images.inspect``: 80x60
-    for 320x240, then 0.11 ms here); its hash is within 2 bits of the full-size one for
-    each of 600 of the benchmark's 320x240 photos, and the edits of 400 stay within 6 bits.
+    pixels: np.ndarray  # uint8 [h, w], sides under 128
+    extent: tuple[float, float]  # (height, width) in these pixels; a last one may be partial
+
+
+def reduced(image: Image.Image) -> Reduced:
+    """The grey pixels of ``image`` that ``hashes`` resizes to 32x32, as Pillow would.
+
+    What Pillow's ``reducing_gap=2`` does before its LANCZOS resize: a whole-pixel box
+    reduction to within 2x of 32 (so memory is bounded whatever the image's size); the
+    last row and column may average fewer pixels, and the resize then covers a fractional
+    extent. A JPEG that ingest keeps as it is arrives here already decoded in grey at 1/2
+    to 1/8 scale (``images.inspect``: 80x60 for 320x240) and is not reduced further.
     """
     grey = image if image.mode == "L" else image.convert("L")  # convert("L") of L copies
-    return grey.resize((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.LANCZOS, reducing_gap=2.0).tobytes()
+    fx = max(grey.width // (2 * THUMBNAIL_SIDE), 1)
+    fy = max(grey.height // (2 * THUMBNAIL_SIDE), 1)
+    extent = (grey.height / fy, grey.width / fx)
+    if (fx, fy) != (1, 1):
+        grey = grey.reduce((fx, fy))
+    return Reduced(np.asarray(grey), extent)
 
 
-def hashes(thumbnails: Sequence[bytes]) -> list[str]:
-    """The 64-bit perceptual hashes of ``thumbnail``s, as 16 hex digits each.
+def hashes(images: Sequence[Reduced]) -> list[str]:
+    """The 64-bit perceptual hashes of ``reduced`` images, as 16 hex digits each.
 
-    ``imagehash.phash``'s computation (the 2-D DCT-II of the 32x32 pixels; the 8x8 lowest
-    frequencies against their median), over a whole batch in one call: per image, its
-    Python overhead held the GIL for 0.2 ms, which cost ingest 1.6x its time on 2 threads.
-    A test holds them equal to ``str(imagehash.phash(...))``.
+    ``imagehash.phash``'s computation: LANCZOS to 32x32, the 2-D DCT-II, the 8x8 lowest
+    frequencies against their median. Both the resize and the DCT are linear, so their
+    low frequencies are one product per axis, ``P(h) @ pixels @ P(w).T`` with
+    ``P(n) = DCT[:8] @ LANCZOS(n -> 32)``: one batched product per image size, instead of
+    a resize per image. Pillow's resize of an 80x60 image took 60 us holding the GIL
+    (2 threads ran it 1.3x slower than one), the largest part of what hashing cost
+    ingest's threads. The difference from phash is only the resize's rounding to 8 bits
+    between its two passes; a test bounds it.
     """
-    if not thumbnails:
-        return []
-    pixels = np.frombuffer(b"".join(thumbnails), dtype=np.uint8).astype(np.float64)
-    pixels = pixels.reshape(len(thumbnails), THUMBNAIL_SIDE, THUMBNAIL_SIDE)
-    low = dct(dct(pixels, axis=1), axis=2)[:, :_LOW, :_LOW].reshape(len(thumbnails), -1)
-    bits = low > np.median(low, axis=1, keepdims=True)
-    return [row.tobytes().hex() for row in np.packbits(bits, axis=1)]  # as str(ImageHash)
+    out: list[str] = [""] * len(images)
+    by_size: dict[tuple, list[int]] = {}
+    for i, image in enumerate(images):
+        by_size.setdefault((image.pixels.shape, image.extent), []).append(i)
+    for ((height, width), (tall, wide)), members in by_size.items():
+        stack = np.stack([images[i].pixels for i in members]).astype(np.float64)
+        rows, cols = _projection(height, tall), _projection(width, wide)
+        low = (rows @ stack @ cols.T).reshape(len(members), -1)
+        bits = low > np.median(low, axis=1, keepdims=True)
+        for i, row in zip(members, np.packbits(bits, axis=1), strict=True):
+            out[i] = row.tobytes().hex()  # as str(ImageHash)
+    return out
 
 
 def perceptual_hash(image: Image.Image) -> str:
-    """The perceptual hash of one decoded image (``hashes`` of its ``thumbnail``)."""
-    return hashes([thumbnail(image)])[0]
+    """The perceptual hash of one decoded image (``hashes`` of it ``reduced``)."""
+    return hashes([reduced(image)])[0]
+
+
+@functools.lru_cache(maxsize=256)
+def _projection(n: int, extent: float) -> np.ndarray:
+    """``[8, n]``: a side of ``n`` pixels to the 8 lowest DCT-II frequencies of its 32."""
+    return _DCT_LOW @ _lanczos(n, extent, THUMBNAIL_SIDE)
+
+
+def _lanczos(n_in: int, extent: float, n_out: int) -> np.ndarray:
+    """``[n_out, n_in]``: Pillow's LANCZOS resampling (a=3) of one axis, as a matrix.
+
+    Pillow's ``precompute_coeffs`` for the box ``[0, extent)``: the kernel widened by
+    the reduction factor, centred on each output pixel, clipped to the image, normalised.
+    """
+    scale = extent / n_out
+    widen = max(scale, 1.0)
+    support = 3.0 * widen
+    weights = np.zeros((n_out, n_in))
+    for i in range(n_out):
+        centre = (i + 0.5) * scale
+        lo, hi = max(int(centre - support + 0.5), 0), min(int(centre + support + 0.5), n_in)
+        x = (np.arange(lo, hi) - centre + 0.5) / widen
+        kernel = np.where(np.abs(x) < 3, np.sinc(x) * np.sinc(x / 3), 0.0)
+        weights[i, lo:hi] = kernel / kernel.sum()
+    return weights
+
+
+_DCT_LOW = dct(np.eye(THUMBNAIL_SIDE), axis=0)[:_LOW]  # scipy's unnormalised DCT-II, as phash
 
 
 def groups(hashes: Sequence[str], distance: int) -> np.ndarray:
