@@ -146,15 +146,18 @@ def _close_pairs(codes: np.ndarray, distance: int) -> tuple[np.ndarray, np.ndarr
         bits = min(width, _HASH_BITS - start)
         key = (codes >> np.uint64(start)) & np.uint64((1 << bits) - 1)
         order = np.argsort(key, kind="stable")
-        starts = np.flatnonzero(np.r_[True, np.diff(key[order]) != 0])
-        sizes = np.diff(np.r_[starts, len(order)])
-        shared = sizes > 1  # only buckets of two or more: few
-        for start, size in zip(starts[shared].tolist(), sizes[shared].tolist(), strict=True):
-            bucket = order[start : start + size]
-            xor = codes[bucket][:, None] ^ codes[bucket][None, :]
-            i, j = np.nonzero(np.triu(np.bitwise_count(xor) <= distance, k=1))
-            rows.append(bucket[i])
-            cols.append(bucket[j])
+        ordered = key[order]
+        # Equal band values are contiguous once sorted: the pairs d apart within a bucket
+        # are the positions d apart with equal values, for every bucket at once; there are
+        # none past the largest bucket (a loop per bucket cost 0.1 s at 3000 hashes).
+        for d in range(1, len(order)):
+            same = ordered[d:] == ordered[:-d]
+            if not same.any():
+                break
+            i, j = order[:-d][same], order[d:][same]
+            close = np.bitwise_count(codes[i] ^ codes[j]) <= distance
+            rows.append(i[close])
+            cols.append(j[close])
     if not rows:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     return np.concatenate(rows), np.concatenate(cols)
