@@ -9,7 +9,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 IMAGE ?= visionpipe:0.1.0
 
-.PHONY: setup postgres run test test-fast bench lint mlflow-ui mlflow-server serve beam-services compile image clean
+.PHONY: setup postgres run test test-fast bench lint mlflow-ui mlflow-server serve beam-services compile image base-image container-engine clean
 
 setup: $(STAMP)
 
@@ -75,11 +75,59 @@ mlflow-ui: setup
 		--backend-store-uri sqlite:///$(VISIONPIPE_HOME)/mlflow.db \
 		--default-artifact-root $(VISIONPIPE_HOME)/mlartifacts
 
-# The component images, CPU and GPU (needs a Docker engine; push them and set pipeline.image).
-image:
-	@docker info >/dev/null 2>&1 || { echo "make image: no Docker engine answers here (docker info failed)" >&2; exit 2; }
-	docker build -f infra/Dockerfile -t $(IMAGE) .
-	docker build -f infra/Dockerfile --build-arg EXTRAS=server,gpu -t $(IMAGE)-gpu .
+# The component images, CPU and GPU (push them and set pipeline.image), with Docker where
+# its engine answers, else Podman. BASE_IMAGE: any image with Python 3.11 (`make base-image`
+# makes one without a registry); CA_BUNDLE: a CA bundle pip needs (mounted during the
+# build only, never in the image); IMAGE_EXTRAS: the variants built.
+BASE_IMAGE ?= python:3.11-slim
+CA_BUNDLE ?=
+IMAGE_EXTRAS ?= server server,gpu
+LOCAL_BASE := localhost/visionpipe-base:bookworm
+# Looked up once, on first use only (not on every make): `docker info` can be slow.
+ENGINE = $(eval ENGINE := $(shell if docker info >/dev/null 2>&1; then echo docker; \
+	elif command -v podman >/dev/null 2>&1; then echo podman; fi))$(ENGINE)
+PODMAN_CONF := $(VISIONPIPE_HOME)/podman/containers.conf
+RUN_ENGINE = $(if $(filter podman,$(ENGINE)),CONTAINERS_CONF=$(PODMAN_CONF) )$(ENGINE)
+NO_CA := $(VISIONPIPE_HOME)/podman/no-ca
+
+# Podman on this kind of machine, in a file of the project's (not the machine's): Debian's
+# runc (crun refuses hybrid cgroups), file and process limits no higher than the host's
+# (raising them is refused; processes also no higher than pid_max).
+$(PODMAN_CONF):
+	@mkdir -p $(@D) && : > $(NO_CA)
+	@nproc=$$(awk '/^Max processes/ {print $$3}' /proc/self/limits); \
+	 max=$$(cat /proc/sys/kernel/pid_max); \
+	 case $$nproc in unlimited) nproc=$$max;; esac; [ "$$nproc" -le "$$max" ] || nproc=$$max; \
+	 printf '[containers]\ndefault_ulimits = ["nofile=%s:%s", "nproc=%s:%s"]\n[engine]\n%s\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\n' \
+	   "$$(ulimit -n)" "$$(ulimit -n)" "$$nproc" "$$nproc" \
+	   "$$(command -v runc >/dev/null && echo 'runtime = "runc"')" > $@
+	@echo "wrote $@"
+
+container-engine:
+	@[ -n "$(ENGINE)" ] || { echo "make image: no container engine here (no Docker engine answers, no podman); install Docker, or podman and runc (Debian: apt-get install podman runc)" >&2; exit 2; }
+	@[ "$(ENGINE)" != podman ] || [ -s $(PODMAN_CONF) ] || $(MAKE) -s --no-print-directory $(PODMAN_CONF)
+	@[ -z "$(CA_BUNDLE)" ] || [ -s "$(CA_BUNDLE)" ] || { echo "make image: CA_BUNDLE=$(CA_BUNDLE) is not a readable, non-empty file" >&2; exit 2; }
+
+image: container-engine
+	@$(RUN_ENGINE) image inspect $(BASE_IMAGE) >/dev/null 2>&1 || $(RUN_ENGINE) pull $(BASE_IMAGE) >/dev/null 2>&1 || \
+	 { echo "make image: base image $(BASE_IMAGE) is not here and cannot be pulled; make base-image, then BASE_IMAGE=$(LOCAL_BASE) make image" >&2; exit 2; }
+	@mkdir -p $(VISIONPIPE_HOME)/podman && : > $(NO_CA)
+	@for extras in $(IMAGE_EXTRAS); do \
+	  tag=$(IMAGE)$$(case $$extras in *gpu*) echo -gpu;; esac); \
+	  echo "building $$tag (EXTRAS=$$extras, FROM $(BASE_IMAGE)) with $(ENGINE)"; \
+	  $(RUN_ENGINE) build --network host -f infra/Dockerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) \
+	    --build-arg EXTRAS=$$extras --secret id=ca,src=$(or $(CA_BUNDLE),$(NO_CA)) -t $$tag . || exit 1; \
+	done
+
+# A Debian bookworm base with Python 3.11, from Debian's packages (no image registry):
+# debootstrap, then an import into the engine as $(LOCAL_BASE). Needs root.
+base-image: container-engine
+	@command -v debootstrap >/dev/null || { echo "make base-image: debootstrap is not installed (Debian: apt-get install debootstrap)" >&2; exit 2; }
+	rm -rf $(VISIONPIPE_HOME)/rootfs
+	debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm \
+		$(VISIONPIPE_HOME)/rootfs http://deb.debian.org/debian >/dev/null
+	tar -C $(VISIONPIPE_HOME)/rootfs -c . | $(RUN_ENGINE) import - $(LOCAL_BASE)
+	rm -rf $(VISIONPIPE_HOME)/rootfs
 
 clean:
 	rm -rf $(VISIONPIPE_HOME) $(SAMPLE) pipeline.yaml
