@@ -181,8 +181,9 @@ def _hashing_cost(data, work, count, overrides, tag, repeats=3):
     """Ingest with perceptual hashing (the default) against without, in this run.
 
     Alternated ``repeats`` times, medians compared: one pair varies by 10-20 % on a
-    shared 2-core machine (five at 3000 images, where a run takes 2-3 s). The replicated 10x set is ten pixel-identical copies of each
-    photo: every image is in a near-duplicate group, the most work the grouping can get.
+    shared 2-core machine (five at 3000 images, where a run takes 2-3 s). The replicated
+    10x set is ten pixel-identical copies of each photo: every image is in a
+    near-duplicate group, the most work the grouping can get.
     """
     on, off = [], []
     for k in range(repeats):
