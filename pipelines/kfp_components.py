@@ -54,7 +54,7 @@ def configure_source(parameters: Mapping[str, type]) -> str:
         "The run's config: the compiled-in config with this run's parameters applied. "
         "Fails (before any step) on a bad value."
     )
-    entry = "pipelines.pipeline import configure"
+    entry = "pipelines.parameters import configure"
     return _function("configure", args, " -> str", doc, "return configure(arguments)", entry)
 
 

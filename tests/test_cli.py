@@ -172,7 +172,7 @@ def test_compile_writes_a_strict_kfp_pipeline_spec(tmp_path, capsys):
 
 
 def test_run_parameters_are_applied_and_validated_by_the_configure_step():
-    from pipelines.pipeline import PARAMETERS, configure
+    from pipelines.parameters import PARAMETERS, configure
     from visionpipe.config import Config, ConfigError, load_config
 
     def run(*values, config_json):

@@ -1,6 +1,9 @@
 """The step specs are the one declaration: everything else is derived from them and agrees."""
 
+import inspect
 import json
+import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -89,7 +92,7 @@ def test_the_generated_component_reads_like_the_spec():
     import inspect
 
     from pipelines.kfp_components import component_functions
-    from pipelines.pipeline import PARAMETER_TYPES
+    from pipelines.parameters import PARAMETER_TYPES
 
     functions = component_functions(tuple(PARAMETER_TYPES.items()))
     push = inspect.signature(functions["push"])
@@ -108,6 +111,30 @@ def test_the_generated_component_reads_like_the_spec():
         *PARAMETER_TYPES,
         "config_json",
     }
+
+
+def test_every_component_imports_its_entry_where_kfp_runs_it():
+    # A component's body imports its entry inside kfp.dsl.executor_main, in a fresh
+    # interpreter (a subprocess, a container): there, importing kfp.compiler fails on a
+    # circular import in kfp 2.17. In this process kfp is already imported in full, so
+    # only a fresh one shows it.
+    from pipelines.kfp_components import component_functions
+    from pipelines.parameters import PARAMETER_TYPES
+
+    functions = component_functions(tuple(PARAMETER_TYPES.items()))
+    entries = set()
+    for function in functions.values():
+        source = inspect.getsource(function)
+        entries.update(re.findall(r"^    (from \S+ import \S+(?: as \S+)?)$", source, re.M))
+    assert len(entries) == 3, entries  # configure, the steps' execute, finish
+    for entry in sorted(entries):
+        done = subprocess.run(
+            [sys.executable, "-c", f"import kfp.dsl.executor_main\n{entry}"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "_KFP_RUNTIME": "true"},
+        )
+        assert done.returncode == 0, f"{entry}: {done.stderr.strip().splitlines()[-1:]}"
 
 
 def test_the_kfp_local_hook_this_project_swaps_is_still_there():

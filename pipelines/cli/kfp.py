@@ -144,7 +144,7 @@ def retrain_config(config: Config, reasons: str) -> Config:
 
 def retrain_override(reasons: str) -> str:
     """``pipeline.retrain_when=[...]`` for comma-separated reasons."""
-    from pipelines.pipeline import PARAMETERS
+    from pipelines.parameters import PARAMETERS
 
     return PARAMETERS["retrain_when"].as_override(reasons)
 
