@@ -9,6 +9,7 @@ start and end.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -117,6 +118,22 @@ def check_data(data_uri: str, config: Config) -> str:
     return data_uri
 
 
+@contextlib.contextmanager
+def local_containers(data_uri: str, config: Config):
+    """The container engine connected and ``pipeline.image`` found, for a local run's steps.
+
+    Raises:
+        ContainerError: no engine answers, or the image is not there.
+    """
+    from pipelines.containers import container_commands
+
+    home = Home.resolve()
+    uri = tracking.tracking_uri(config)
+    local = resolve_local(config, home)
+    with container_commands(storage.absolute(data_uri), local, home, uri) as commands:
+        yield commands
+
+
 def run_local(
     data_uri: str,
     config: Config,
@@ -124,6 +141,7 @@ def run_local(
     isolation: str = "process",
     observer=None,
     name: str | None = None,
+    containers=None,
 ) -> RunSummary:
     """Validates the data, then runs the whole pipeline locally and summarises it.
 
@@ -136,26 +154,43 @@ def run_local(
         config: the validated configuration.
         only_if_data_changed: stop after the data check when the data is unchanged.
         isolation: ``process`` runs every component in this process, ``subprocess``
-            one Python process per component (kfp.local's own way).
+            one Python process per component (kfp.local's own way), ``container`` one
+            container of ``pipeline.image`` per component (``pipelines.containers``).
         observer: told ``start(step)`` and ``end(step, ok)`` (the console), or None.
         name: the MLflow run's name (default: ``run_name(config)``).
+        containers: with ``isolation="container"``, the engine and image to use (from
+            ``local_containers``); default: connected here for this run.
 
     Raises:
         DataError: the data path is missing, empty or has fewer than two classes
             (raised before anything is created or written).
         StepFailed: a pipeline step failed, with its own error (the MLflow run is
             marked FAILED).
+        ContainerError: with ``isolation="container"``, no engine answers or the image
+            is not there (raised before the MLflow run is created).
     """
-    from kfp import local
-
     data_uri = check_data(data_uri, config)
     home = Home.resolve()
     home.root.mkdir(parents=True, exist_ok=True)
     config = resolve_local(config, home)
+    with contextlib.ExitStack() as stack:
+        if isolation == "container" and containers is None:
+            containers = stack.enter_context(local_containers(data_uri, config))
+        runner = TaskRunner(
+            isolation,
+            progress=observer is not None,
+            retries=step_retries(config),
+            containers=containers,
+        )
+        return _run(runner, data_uri, config, home, only_if_data_changed, observer, name)
+
+
+def _run(runner, data_uri, config, home, only_if_data_changed, observer, name) -> RunSummary:
+    from kfp import local
+
     session = Tracking.open(config)
     uri = session.uri
     run_id = session.start_pipeline(config, run_name=name or run_name(config))
-    runner = TaskRunner(isolation, progress=observer is not None, retries=step_retries(config))
     if observer is not None:
         runner.on_start, runner.on_end = observer.start, observer.end
         runner.on_retry = getattr(observer, "retry", runner.on_retry)

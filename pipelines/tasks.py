@@ -17,6 +17,10 @@ duration of one local run, for ``TaskRunner``:
 - ``isolation="subprocess"`` runs the command as kfp.local does, one Python process
   per step, relaying its output line by line and keeping its last line (a Python
   traceback ends with the exception).
+- ``isolation="container"`` runs the same command in the project image, one container
+  per step (``pipelines.adapters.containers``), relaying its output the same way. A
+  container that exits 0 without having written the component's executor output did not
+  run the component: that fails the step.
 
 Either way a ``TaskRunner`` reports each step's start and end to its listener and
 remembers the error a step died of, so the console can show the step's own message.
@@ -29,6 +33,7 @@ retries return at once, without running it.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import logging
 import os
@@ -40,11 +45,17 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from pipelines.adapters.kfp_local import argument, embedded_function, run_commands_with
+from pipelines.adapters.containers import ContainerCommands
+from pipelines.adapters.kfp_local import (
+    argument,
+    as_compiled,
+    embedded_function,
+    run_commands_with,
+)
 from pipelines.catalog import FINISH
 from visionpipe import progress
 
-ISOLATIONS = ("process", "subprocess")
+ISOLATIONS = ("process", "subprocess", "container")
 QUIET_STEPS = (FINISH,)  # the exit handler: no console line of its own
 
 
@@ -70,12 +81,15 @@ class TaskRunner:
     retries: Mapping[str, int] = field(default_factory=dict)  # step -> retries kfp makes
     attempts: dict[str, int] = field(default_factory=dict)
     settled: set[str] = field(default_factory=set)  # failed on bad input: retrying is moot
+    containers: ContainerCommands | None = None  # isolation="container": where commands run
 
     def __post_init__(self) -> None:
         if self.isolation not in ISOLATIONS:
             raise ValueError(
                 f"isolation must be one of {', '.join(ISOLATIONS)}. Received: {self.isolation!r}"
             )
+        if (self.isolation == "container") != (self.containers is not None):
+            raise ValueError("isolation='container' goes with containers, and only it")
 
     def __call__(self, full_command: list[str], env_vars: dict | None = None) -> int:
         """Runs one component command; returns its exit status (0: success)."""
@@ -90,6 +104,8 @@ class TaskRunner:
         env = {**(env_vars or {}), **({progress.ENV: "1"} if self.progress else {})}
         if self.isolation == "process":
             status = self._in_process(full_command, name, step, env)
+        elif self.isolation == "container":
+            status = self._in_container(full_command, step, env)
         else:
             status = self._in_subprocess(full_command, step, env)
         retry = status != 0 and step not in self.settled and attempt <= self.retries.get(step, 0)
@@ -102,7 +118,7 @@ class TaskRunner:
         return status
 
     def _in_subprocess(self, full_command: list[str], step: str, env: dict) -> int:
-        last = ""
+        relay = _Relay()
         with subprocess.Popen(
             full_command,
             stdout=subprocess.PIPE,
@@ -112,18 +128,45 @@ class TaskRunner:
             env={**os.environ, **env},
         ) as process:
             for line in process.stdout:
-                sys.stdout.write(line)
-                last = line.strip() or last
+                relay(line)
             status = process.wait()
         if status:
-            self.errors[step] = last or f"exited with status {status}"
+            self._failed(step, relay.last or f"exited with status {status}")
+        return status
+
+    def _failed(self, step: str, last_line: str) -> None:
+        """A step in a process of its own failed; ``last_line`` is its output's last line.
+
+        A traceback ends with ``module.Class: message``: when the class is one of this
+        project's ``UserError``s, the step failed on bad input, as in this process: the
+        message alone is its error, and retrying it is moot.
+        """
+        error = user_error_in(last_line)
+        if error is not None:
+            self.settled.add(step)
+        self.errors[step] = error or last_line
+
+    def _in_container(self, full_command: list[str], step: str, env: dict) -> int:
+        output = json.loads(argument(full_command, "--executor_input"))["outputs"]["outputFile"]
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(output)  # an earlier attempt's: only this attempt's may count
+        relay = _Relay()
+        status = self.containers.run(as_compiled(full_command), env, relay)
+        if status:
+            self._failed(step, relay.last or f"its container exited with status {status}")
+        elif not os.path.isfile(output):
+            self.errors[step] = (
+                f"its container exited 0 without writing the executor output {output}: "
+                "the component did not run (is the image visionpipe's?)"
+            )
+            status = 1
         return status
 
     def _in_process(self, full_command: list[str], name: str, step: str, env: dict) -> int:
         from kfp.dsl import executor
 
         from pipelines.kfp_components import component_functions
-        from pipelines.pipeline import PARAMETER_TYPES
+        from pipelines.parameters import PARAMETER_TYPES
         from visionpipe.errors import UserError
 
         generated = component_functions(tuple(PARAMETER_TYPES.items()))
@@ -142,6 +185,37 @@ class TaskRunner:
                 sys.stdout.flush()
                 sys.stderr.flush()
         return 0
+
+
+PROJECT_PACKAGES = ("visionpipe.", "components.", "trainer.", "pipelines.")
+
+
+def user_error_in(line: str) -> str | None:
+    """The message of ``line`` when it is a traceback's last line naming a ``UserError``."""
+    from visionpipe.errors import UserError
+
+    name, colon, message = line.partition(": ")
+    module, _, cls = name.rpartition(".")
+    if not colon or not cls.isidentifier() or not f"{module}.".startswith(PROJECT_PACKAGES):
+        return None
+    try:
+        found = getattr(importlib.import_module(module), cls, None)
+    except ImportError:
+        return None
+    if isinstance(found, type) and issubclass(found, UserError):
+        return message.strip()
+    return None
+
+
+class _Relay:
+    """Writes a step's output lines to this process's stdout and keeps the last non-blank."""
+
+    def __init__(self) -> None:
+        self.last = ""
+
+    def __call__(self, line: str) -> None:
+        sys.stdout.write(line)
+        self.last = line.strip() or self.last
 
 
 @contextlib.contextmanager

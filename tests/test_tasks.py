@@ -110,6 +110,16 @@ def test_a_failing_step_in_a_subprocess_fails_the_run_with_its_own_error(kfp_loc
     }
 
 
+def test_only_this_projects_user_errors_are_read_from_a_traceback():
+    from pipelines.tasks import user_error_in
+
+    assert user_error_in("visionpipe.sources.DataError: /x: no images") == "/x: no images"
+    assert user_error_in("ValueError: the input is broken") is None
+    assert user_error_in("numpy.linalg.LinAlgError: singular") is None  # not ours
+    assert user_error_in("pipelines.no_such_module.Error: x") is None
+    assert user_error_in("visionpipe.sources.Source: not an exception") is None
+
+
 def test_unknown_isolation_is_refused():
     with pytest.raises(ValueError, match="Received: 'thread'"):
         TaskRunner("thread")
@@ -171,10 +181,14 @@ def test_a_transient_failure_is_retried_as_set_retry_says_and_the_listener_hears
     assert runner.errors == {}
 
 
-def test_a_step_that_failed_on_bad_input_is_not_run_again_by_its_retries(kfp_local, tmp_path):
+@pytest.mark.parametrize("isolation", ["process", "subprocess"])
+def test_a_step_that_failed_on_bad_input_is_not_run_again_by_its_retries(
+    kfp_local, tmp_path, isolation
+):
+    # In a process of its own, the UserError is read from the traceback's last line.
     ended = []
     runner = TaskRunner(
-        "process", retries={"refuse-input": 2}, on_end=lambda s, ok: ended.append((s, ok))
+        isolation, retries={"refuse-input": 2}, on_end=lambda s, ok: ended.append((s, ok))
     )
     with task_runner(runner), pytest.raises(RuntimeError, match="refuse-input"):
         refused(counter=str(tmp_path))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 
@@ -83,3 +84,15 @@ def run_commands_with(runner: Callable[[list[str], dict | None], int]) -> Iterat
             yield
     finally:
         setattr(subprocess_task_handler, HOOK, previous)
+
+
+def as_compiled(command: list[str]) -> list[str]:
+    """A lightweight component's command with ``python3`` where kfp.local put this interpreter.
+
+    kfp.local's ``SubprocessRunner(use_venv=False)`` replaces ``python3`` in the command's
+    launcher script (``sh -ec SCRIPT``) with ``sys.executable`` before the hook sees it;
+    a container has its own ``python3`` (the image's), so the launcher gets it back.
+    """
+    if len(command) < 3 or command[:2] != ["sh", "-ec"]:
+        raise KfpInternalsChanged("a lightweight component's command no longer starts sh -ec")
+    return [*command[:2], command[2].replace(sys.executable, "python3"), *command[3:]]

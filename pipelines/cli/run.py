@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -81,8 +82,9 @@ def add_verbs(command) -> None:
         "--isolation",
         choices=ISOLATIONS,
         default="process",
-        help="run the components in this process (default; TensorFlow is imported once) "
-        "or each in a Python process of its own",
+        help="run the components in this process (default; TensorFlow is imported once), "
+        "each in a Python process of its own, or each in a container of pipeline.image "
+        "(Docker or Podman; build it with make image)",
     )
     p.add_argument(
         "--only-if-data-changed",
@@ -161,10 +163,7 @@ def sample_data(args, config: Config) -> None:
 
 def run(args, config: Config) -> int:
     """The whole pipeline under kfp.local: a line per step, a summary, the log in MLflow."""
-    from pipelines.console import OutputCapture, RunDisplay, format_summary
-    from pipelines.local import StepFailed, check_data, run_local, run_name
-    from pipelines.pipeline import pipeline_steps
-    from visionpipe.home import Home
+    from pipelines.local import check_data, local_containers
 
     if args.retrain_when:
         from pipelines.cli.kfp import retrain_config
@@ -173,6 +172,19 @@ def run(args, config: Config) -> int:
     if args.no_cache:
         config = config.with_overrides(["pipeline.cache=false"])
     check_data(args.data, config)  # bad data: one error line, nothing written
+    with contextlib.ExitStack() as stack:
+        containers = None
+        if args.isolation == "container":  # no engine, no image: one error line, no run
+            containers = stack.enter_context(local_containers(args.data, config))
+        return _run(args, config, containers)
+
+
+def _run(args, config: Config, containers) -> int:
+    from pipelines.console import OutputCapture, RunDisplay, format_summary
+    from pipelines.local import StepFailed, run_local, run_name
+    from pipelines.pipeline import pipeline_steps
+    from visionpipe.home import Home
+
     name = run_name(config)
     log_path = Home.resolve().root / "logs" / f"{name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -193,6 +205,7 @@ def run(args, config: Config) -> int:
                     isolation=args.isolation,
                     observer=display,
                     name=name,
+                    containers=containers,
                 )
         except StepFailed as failed:
             _log_to_mlflow(failed.mlflow_run_id, log_path, config)
