@@ -9,7 +9,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 IMAGE ?= visionpipe:0.1.0
 
-.PHONY: setup postgres run test test-fast bench lint mlflow-ui mlflow-server serve beam-services compile image base-image container-engine clean
+.PHONY: setup postgres run test test-fast bench lint mlflow-ui mlflow-server serve beam-services compile image test-image base-image container-engine containers clean
 
 setup: $(STAMP)
 
@@ -38,7 +38,7 @@ run: setup $(SAMPLE)/labels.csv
 TEST_WORKERS ?= auto
 PYTEST := $(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --maxprocesses 4 --dist worksteal
 
-test: setup postgres
+test: setup postgres containers
 	$(PYTEST)
 
 # The unit tier: no whole-pipeline runs and no tests that start visionpipe processes.
@@ -57,6 +57,12 @@ compile: setup
 	$(BIN)/visionpipe compile --out pipeline.yaml
 
 # An MLflow tracking server on PostgreSQL, artifacts served by it, on 127.0.0.1:5001.
+# What the container tests need where no Docker engine answers: Podman, Debian's runc, and
+# debootstrap for a base image without a registry (as postgres, from Debian's packages).
+containers:
+	@docker info >/dev/null 2>&1 || { command -v podman && command -v runc && command -v debootstrap; } >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap >/dev/null)
+
 mlflow-server: setup postgres
 	$(BIN)/python -m pipelines.adapters.mlflow_server --port 5001 --db-port 5433
 
@@ -92,16 +98,11 @@ NO_CA := $(VISIONPIPE_HOME)/podman/no-ca
 
 # Podman on this kind of machine, in a file of the project's (not the machine's): Debian's
 # runc (crun refuses hybrid cgroups), file and process limits no higher than the host's
-# (raising them is refused; processes also no higher than pid_max).
+# (raising them is refused; processes also no higher than pid_max). The same file
+# `visionpipe run --isolation container` writes; plain python3 (standard library) will do.
 $(PODMAN_CONF):
-	@mkdir -p $(@D) && : > $(NO_CA)
-	@nproc=$$(awk '/^Max processes/ {print $$3}' /proc/self/limits); \
-	 max=$$(cat /proc/sys/kernel/pid_max); \
-	 case $$nproc in unlimited) nproc=$$max;; esac; [ "$$nproc" -le "$$max" ] || nproc=$$max; \
-	 printf '[containers]\ndefault_ulimits = ["nofile=%s:%s", "nproc=%s:%s"]\n[engine]\n%s\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\n' \
-	   "$$(ulimit -n)" "$$(ulimit -n)" "$$nproc" "$$nproc" \
-	   "$$(command -v runc >/dev/null && echo 'runtime = "runc"')" > $@
-	@echo "wrote $@"
+	@mkdir -p $(@D)
+	@python3 -m pipelines.adapters.containers podman-conf $@
 
 container-engine:
 	@[ -n "$(ENGINE)" ] || { echo "make image: no container engine here (no Docker engine answers, no podman); install Docker, or podman and runc (Debian: apt-get install podman runc)" >&2; exit 2; }
@@ -118,6 +119,32 @@ image: container-engine
 	  $(RUN_ENGINE) build --network host -f infra/Dockerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) \
 	    --build-arg EXTRAS=$$extras --secret id=ca,src=$(or $(CA_BUNDLE),$(NO_CA)) -t $$tag . || exit 1; \
 	done
+
+# The CPU image the container tests run (tests/test_container_run.py), tagged by the content
+# of everything it is built from: built when that changes, reused otherwise (a code change
+# rebuilds only the code's layers, the engine's cache keeps the dependencies'). Its base is
+# BASE_IMAGE where it is here or can be pulled, else $(LOCAL_BASE) (made when missing).
+# pip trusts this host's CA bundle during the build (a build secret, not in the image).
+# Prints the tag last; older test tags are removed.
+TEST_IMAGE_REPO := visionpipe-test
+HOST_CA_BUNDLE := $(firstword $(wildcard /etc/ssl/certs/ca-certificates.crt /etc/pki/tls/certs/ca-bundle.crt))
+TEST_IMAGE_HASH = $(shell cat infra/Dockerfile constraints.txt pyproject.toml README.md .dockerignore \
+	$$(find visionpipe components trainer pipelines -type f -not -path '*/__pycache__/*' | LC_ALL=C sort) \
+	| sha256sum | cut -c1-12)
+test-image: container-engine
+	@tag=$(TEST_IMAGE_REPO):$(TEST_IMAGE_HASH); \
+	 if ! $(RUN_ENGINE) image inspect $$tag >/dev/null 2>&1; then \
+	   base=$(BASE_IMAGE); \
+	   if ! { $(RUN_ENGINE) image inspect $$base >/dev/null 2>&1 || $(RUN_ENGINE) pull -q $$base >/dev/null 2>&1; }; then \
+	     base=$(LOCAL_BASE); \
+	     $(RUN_ENGINE) image inspect $$base >/dev/null 2>&1 || $(MAKE) -s --no-print-directory base-image >&2 || exit 1; \
+	   fi; \
+	   $(MAKE) -s --no-print-directory image IMAGE=$$tag IMAGE_EXTRAS=server BASE_IMAGE=$$base \
+	     CA_BUNDLE=$(or $(CA_BUNDLE),$(HOST_CA_BUNDLE)) >&2 || exit 1; \
+	 fi; \
+	 for old in $$($(RUN_ENGINE) images --format '{{.Repository}}:{{.Tag}}' | grep '$(TEST_IMAGE_REPO):' | grep -v ":$(TEST_IMAGE_HASH)$$"); do \
+	   $(RUN_ENGINE) rmi $$old >/dev/null 2>&1 || true; done; \
+	 echo $$tag
 
 # A Debian bookworm base with Python 3.11, from Debian's packages (no image registry):
 # debootstrap, then an import into the engine as $(LOCAL_BASE). Needs root.

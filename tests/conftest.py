@@ -139,3 +139,9 @@ def webhook():
     yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
     server.shutdown()
     server.server_close()
+
+
+def pytest_collection_modifyitems(items):
+    """The container tests first: the first of them may build the image for minutes,
+    which overlaps the rest of the suite on the other workers instead of ending it."""
+    items.sort(key=lambda item: item.get_closest_marker("container") is None)
