@@ -84,7 +84,9 @@ mlflow-ui: setup
 # The component images, CPU and GPU (push them and set pipeline.image), with Docker where
 # its engine answers, else Podman. BASE_IMAGE: any image with Python 3.11 (`make base-image`
 # makes one without a registry); CA_BUNDLE: a CA bundle pip needs (mounted during the
-# build only, never in the image); IMAGE_EXTRAS: the variants built.
+# build only, never in the image); IMAGE_EXTRAS: the variants built; BUILD_NETWORK: the
+# build's network (host: the machine's proxy and DNS). Each build's output goes to a log;
+# a build that cannot reach the package index or a registry is one line, exit 2.
 BASE_IMAGE ?= python:3.11-slim
 CA_BUNDLE ?=
 IMAGE_EXTRAS ?= server server,gpu
@@ -93,7 +95,9 @@ LOCAL_BASE := localhost/visionpipe-base:bookworm
 ENGINE = $(eval ENGINE := $(shell if docker info >/dev/null 2>&1; then echo docker; \
 	elif command -v podman >/dev/null 2>&1; then echo podman; fi))$(ENGINE)
 PODMAN_CONF := $(VISIONPIPE_HOME)/podman/containers.conf
-RUN_ENGINE = $(if $(filter podman,$(ENGINE)),CONTAINERS_CONF=$(PODMAN_CONF) )$(ENGINE)
+ENGINE_ENV = $(if $(filter podman,$(ENGINE)),CONTAINERS_CONF=$(PODMAN_CONF) )
+RUN_ENGINE = $(ENGINE_ENV)$(ENGINE)
+BUILD_NETWORK ?= host
 NO_CA := $(VISIONPIPE_HOME)/podman/no-ca
 
 # Podman on this kind of machine, in a file of the project's (not the machine's): Debian's
@@ -115,9 +119,10 @@ image: container-engine
 	@mkdir -p $(VISIONPIPE_HOME)/podman && : > $(NO_CA)
 	@for extras in $(IMAGE_EXTRAS); do \
 	  tag=$(IMAGE)$$(case $$extras in *gpu*) echo -gpu;; esac); \
-	  echo "building $$tag (EXTRAS=$$extras, FROM $(BASE_IMAGE)) with $(ENGINE)"; \
-	  $(RUN_ENGINE) build --network host -f infra/Dockerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) \
-	    --build-arg EXTRAS=$$extras --secret id=ca,src=$(or $(CA_BUNDLE),$(NO_CA)) -t $$tag . || exit 1; \
+	  log=$(VISIONPIPE_HOME)/logs/image-$$(echo $$tag | tr '/:' '__').log; \
+	  echo "building $$tag (EXTRAS=$$extras, FROM $(BASE_IMAGE)) with $(ENGINE); log: $$log"; \
+	  $(ENGINE_ENV)python3 -m pipelines.adapters.containers build $(ENGINE) $$tag $$extras \
+	    $(BASE_IMAGE) $(or $(CA_BUNDLE),$(NO_CA)) $(BUILD_NETWORK) $$log || exit $$?; \
 	done
 
 # The CPU image the container tests run (tests/test_container_run.py), tagged by the content

@@ -11,6 +11,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -200,3 +201,29 @@ def _same_as_debian() -> bool:
     """The host's bundle is Debian's own (no extra CA): then the same file is no leak."""
     extra = Path("/usr/local/share/ca-certificates")
     return not extra.is_dir() or not any(extra.rglob("*.crt"))
+
+
+def test_a_build_that_cannot_reach_the_package_index_is_one_line_and_exit_2(image, tmp_path):
+    # With no network the dependencies' layer cannot install (EXTRAS=dev is no layer
+    # any other build caches); the base is the one the test image was built on.
+    base = "localhost/visionpipe-base:bookworm"
+    engine = "podman" if shutil.which("podman") else "docker"
+    if subprocess.run([engine, "image", "inspect", base], capture_output=True).returncode:
+        base = "python:3.11-slim"
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    done = subprocess.run(
+        ["make", "-s", "--no-print-directory", "image", "IMAGE=visionpipe-test:offline",
+         "IMAGE_EXTRAS=dev", f"BASE_IMAGE={base}", "BUILD_NETWORK=none",
+         f"VISIONPIPE_HOME={tmp_path}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    said = [
+        line for line in done.stderr.splitlines() if not re.match(r"make(\[\d+\])?: \*\*\*", line)
+    ]
+    assert said == [
+        "make image: visionpipe-test:offline: the build could not reach the package index "
+        "(pip); check the network or proxy ($HTTPS_PROXY) of this machine, which the build "
+        f"shares (full log: {tmp_path}/logs/image-visionpipe-test_offline.log)"
+    ]
+    assert "STEP" in done.stdout  # the steps as they went

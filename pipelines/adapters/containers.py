@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -307,14 +308,97 @@ def _lines(chunks: Iterable[bytes]) -> Iterator[str]:
         yield pending.decode("utf-8", errors="replace") + "\n"
 
 
+# -- Building the image (make image) ----------------------------------------------------
+
+# What a failed build's log says when the build could not reach a package index or a
+# registry, and what to do then: (a pattern in the log, the one line make image prints).
+UNREACHABLE = (
+    (
+        re.compile(r"CERTIFICATE_VERIFY_FAILED|SSLCertVerificationError"),
+        "the build's TLS to the package index was refused (an intercepting proxy?): pass its "
+        "CA bundle with CA_BUNDLE=/path/to/ca.crt",
+    ),
+    (
+        re.compile(
+            r"Failed to establish a new connection|Temporary failure in name resolution|"
+            r"Network is unreachable|Could not fetch URL|No matching distribution found|"
+            r"Max retries exceeded|Connection refused"
+        ),
+        "the build could not reach the package index (pip); check the network or proxy "
+        "($HTTPS_PROXY) of this machine, which the build shares",
+    ),
+    (
+        re.compile(
+            r"pinging container registry|manifest unknown|requested access to the "
+            r"resource is denied|failed to resolve source metadata"
+        ),
+        "the build could not pull its base image; make base-image, then "
+        "BASE_IMAGE=localhost/visionpipe-base:bookworm make image",
+    ),
+)
+STEP_LINE = re.compile(r"^(STEP \d+/\d+: |#\d+ \[)")  # Podman's, BuildKit's plain progress
+
+
+def diagnose(log_lines: Sequence[str]) -> tuple[str, bool]:
+    """Why a build failed, in one line, and whether it could not reach a registry."""
+    text = "".join(log_lines)
+    for pattern, said in UNREACHABLE:
+        if pattern.search(text):
+            return said, True
+    steps = [line.strip() for line in log_lines if STEP_LINE.match(line)]
+    last = next((line.strip() for line in reversed(log_lines) if line.strip()), "no output")
+    where = f" at {steps[-1][:80]}" if steps else ""
+    return f"the build failed{where}: {last[:200]}", False
+
+
+def build_image(args: list[str]) -> int:
+    """``build ENGINE TAG EXTRAS BASE CA NETWORK LOG``: ``make image``'s build of one variant.
+
+    The engine's whole output goes to LOG; the console gets its step lines. A failure is
+    one line: exit 2 when the build could not reach a package index or a registry (with
+    what to do), else 1 with the step and its last line.
+    """
+    engine, tag, extras, base, ca, network, log = args
+    command = [engine, "build", "--network", network, "-f", "infra/Dockerfile"]
+    command += ["--progress=plain"] if Path(engine).name == "docker" else []
+    command += ["--build-arg", f"BASE_IMAGE={base}", "--build-arg", f"EXTRAS={extras}"]
+    command += ["--secret", f"id=ca,src={ca}", "-t", tag, "."]
+    Path(log).parent.mkdir(parents=True, exist_ok=True)
+    lines: list[str] = []
+    with (
+        open(log, "w") as out,
+        subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+        ) as process,
+    ):
+        for line in process.stdout:
+            out.write(line)
+            lines.append(line)
+            if STEP_LINE.match(line):
+                print(f"  {line.strip()[:110]}", flush=True)
+        status = process.wait()
+    if status == 0:
+        return 0
+    said, unreachable = diagnose(lines)
+    print(f"make image: {tag}: {said} (full log: {log})", file=sys.stderr)
+    return 2 if unreachable else 1
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``podman-conf PATH``: writes Podman's configuration for this host to PATH."""
+    """``podman-conf PATH`` (Podman's configuration for this host) or ``build ...``."""
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2 or args[0] != "podman-conf":
-        print("usage: python3 -m pipelines.adapters.containers podman-conf PATH", file=sys.stderr)
-        return 2
-    print(f"wrote {write_podman_conf(Path(args[1]))}")
-    return 0
+    if len(args) == 2 and args[0] == "podman-conf":
+        print(f"wrote {write_podman_conf(Path(args[1]))}")
+        return 0
+    if len(args) == 8 and args[0] == "build":
+        return build_image(args[1:])
+    print(
+        "usage: python3 -m pipelines.adapters.containers podman-conf PATH\n"
+        "       python3 -m pipelines.adapters.containers build ENGINE TAG EXTRAS BASE CA "
+        "NETWORK LOG",
+        file=sys.stderr,
+    )
+    return 2
 
 
 if __name__ == "__main__":
