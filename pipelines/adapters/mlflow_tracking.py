@@ -42,6 +42,10 @@ from visionpipe.tracker import NullTracker, PipelineRun, Tracker
 log = logging.getLogger(__name__)
 
 PARENT_TAG = "mlflow.parentRunId"
+# What MLflow 3's UI opens an experiment as: without it, an experiment whose runs have no
+# logged model opens in GenAI mode (traces, token usage). A kind the user set is kept.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
 
 
 def tracking_uri(config: Config, explicit: str = "") -> str:
@@ -369,12 +373,23 @@ def _experiment(mlflow_client, name: str, uri: str) -> str:
         experiment = mlflow_client.get_experiment_by_name(name)
         _write_ahead_log(uri)
     if experiment is not None:
+        if EXPERIMENT_KIND_TAG not in experiment.tags:  # first used by this project
+            retrying(
+                mlflow_client.set_experiment_tag,
+                experiment.experiment_id,
+                EXPERIMENT_KIND_TAG,
+                MODEL_TRAINING_KIND,
+            )
         return experiment.experiment_id
     artifact_location = None
     if uri.startswith("sqlite:"):
         artifact_location = Home.resolve().mlflow_artifacts.as_uri()
     try:
-        return mlflow_client.create_experiment(name, artifact_location=artifact_location)
+        return mlflow_client.create_experiment(
+            name,
+            artifact_location=artifact_location,
+            tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND},
+        )
     except MlflowException:  # created meanwhile by another process
         return mlflow_client.get_experiment_by_name(name).experiment_id
 

@@ -1,0 +1,34 @@
+"""What MLflow 3 shows of the project: the experiment's kind, models, datasets, descriptions.
+
+Real runs in a real (SQLite) store, made with the calls the pipeline makes.
+"""
+
+from pipelines.adapters import mlflow_tracking as tracking
+from pipelines.adapters.mlflow_tracking import EXPERIMENT_KIND_TAG, Tracking
+from visionpipe.config import load_config
+
+
+def _experiment_tags(config):
+    client = tracking.client(tracking.tracking_uri(config))
+    return client.get_experiment_by_name(config.mlflow.experiment).tags
+
+
+def test_the_experiment_opens_as_model_training_and_a_kind_the_user_set_is_kept(tiny_config):
+    Tracking.open(tiny_config)  # creates the experiment
+    assert _experiment_tags(tiny_config)[EXPERIMENT_KIND_TAG] == "custom_model_development"
+
+    # One made before (by an older visionpipe, or by hand) gets the kind on first use...
+    other = load_config(overrides=["mlflow.experiment=made-elsewhere"])
+    client = tracking.client(tracking.tracking_uri(other))
+    client.create_experiment("made-elsewhere")
+    Tracking.open(other)
+    assert _experiment_tags(other)[EXPERIMENT_KIND_TAG] == "custom_model_development"
+
+    # ...but a kind set by the user stays.
+    client.set_experiment_tag(
+        client.get_experiment_by_name("made-elsewhere").experiment_id,
+        EXPERIMENT_KIND_TAG,
+        "genai_development",
+    )
+    Tracking.open(other)
+    assert _experiment_tags(other)[EXPERIMENT_KIND_TAG] == "genai_development"
