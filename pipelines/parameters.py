@@ -70,7 +70,7 @@ def configure(arguments: dict[str, Any]) -> str:
     shown = ", ".join(
         [
             f"image size {arguments['image_size']}",
-            f"{arguments['epochs']} epochs",
+            f"{arguments['epochs'] or 'auto'} epochs",
             f"{arguments['max_trials']} trials",
         ]
     )

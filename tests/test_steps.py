@@ -61,7 +61,8 @@ def test_the_compiled_pipeline_is_the_one_written_by_hand_before_the_specs(
     # Recorded from the hand-written components and pipeline this design replaced:
     # the same components, inputs, outputs, executors and DAG (not the same bytes).
     # Changed since on purpose only: the retrain_when run parameter (configure's input),
-    # the exit handler (every step in its "run" group, then finish), and validate.
+    # the exit handler (every step in its "run" group, then finish), validate, and the
+    # epochs default (0: auto, so that a set value means what it says).
     expected = json.loads((REPO / "tests" / "data" / "ir_substance.json").read_text())[name]
     out = str(tmp_path / "p.yaml")
     compile_fn(load_config(overrides=overrides), out)

@@ -26,7 +26,7 @@ from trainer.model import (
     served_part,
     unfreeze_top,
 )
-from trainer.plan import class_weights, planned_epochs
+from trainer.plan import class_weights, epochs_reason, planned_epochs
 from visionpipe.config import ConfigError, load_config
 from visionpipe.sections import BACKBONES
 
@@ -161,12 +161,15 @@ def test_class_weights_balance_only_imbalanced_classes():
     assert class_weights(labels, {"a": 30, "b": 1, "c": 1}, "none") is None
 
 
-def test_small_datasets_get_epochs_enough_for_the_minimum_steps():
-    trainer = load_config().trainer  # 20 epochs, at least 750 steps
+def test_auto_epochs_make_the_minimum_steps_and_a_set_value_means_what_it_says():
+    trainer = load_config().trainer  # epochs 0 (auto): 20 or more, at least 750 steps
     assert planned_epochs(trainer, examples=1222, batch_size=32) == 20  # 39 steps an epoch
+    assert epochs_reason(trainer, examples=1222, batch_size=32) == "auto"
     assert planned_epochs(trainer, examples=480, batch_size=32) == 50  # 15 steps an epoch
-    off = load_config(overrides=["trainer.min_steps=0", "trainer.epochs=3"]).trainer
-    assert planned_epochs(off, examples=30, batch_size=8) == 3
+    assert epochs_reason(trainer, 480, 32) == "auto: at least 750 steps, 15 an epoch"
+    set_by_user = load_config(overrides=["trainer.epochs=3"]).trainer  # min_steps stays 750
+    assert planned_epochs(set_by_user, examples=480, batch_size=32) == 3
+    assert epochs_reason(set_by_user, 480, 32) == "trainer.epochs"
 
 
 def test_learning_rate_schedules():
@@ -279,3 +282,23 @@ def test_a_batch_smaller_than_the_replicas_fails_before_training(transformed, tm
     assert done.returncode != 0
     assert "smaller than the 2 replicas" in done.stderr
     assert not (tmp_path / "model" / "saved_model.pb").exists()
+
+
+def test_the_train_line_says_how_many_epochs_ran_and_why():
+    from components.train.spec import figure
+    from trainer.train import TrainResult
+
+    def line(run, planned, reason, resumed=0):
+        metrics = {"val_accuracy": 0.9}
+        return figure(
+            TrainResult(
+                "m", {}, run, metrics, resumed, epochs_planned=planned, epochs_reason=reason
+            )
+        )
+
+    assert line(20, 20, "auto") == "20 epochs (auto), val_accuracy 0.900"
+    assert line(50, 50, "auto: at least 750 steps, 15 an epoch").startswith(
+        "50 epochs (auto: at least 750 steps, 15 an epoch)"
+    )
+    assert line(3, 3, "trainer.epochs") == "3 epochs, val_accuracy 0.900"
+    assert line(12, 30, "trainer.epochs") == "12 of 30 epochs, val_accuracy 0.900"  # stopped

@@ -39,6 +39,12 @@ class TrainPlan:
     # Multi-worker only: steps per training epoch, and per evaluated split (None: to the end).
     train_steps: int | None = None
     eval_steps: dict[str, int | None] = field(default_factory=dict)
+    epochs_reason: str = ""  # why the head phase has its epochs (``epochs_reason``)
+
+    @property
+    def epochs(self) -> int:
+        """The epochs planned over all phases."""
+        return self.phases[-1].last
 
     def describe(self, model: str, mixed_precision: bool) -> str:
         """One line for the log."""
@@ -85,6 +91,7 @@ def plan_training(
         replicas if trainer.scale_learning_rate else 1
     )
     epochs = planned_epochs(trainer, counts.get("train", 0), batch_size)
+    reason = epochs_reason(trainer, counts.get("train", 0), batch_size)
     phases = [Phase("head", 0, epochs, rate)]
     if is_transfer(trainer) and trainer.fine_tune_epochs:
         tuned = rate * trainer.fine_tune_learning_rate_factor
@@ -92,13 +99,15 @@ def plan_training(
     labels = list(statistics.get("labels", []))
     weights = class_weights(labels, statistics.get("label_counts", {}), trainer.class_weights)
     if not multi_worker:
-        return TrainPlan(batch_size, replicas, rate, weights, phases)
+        return TrainPlan(batch_size, replicas, rate, weights, phases, epochs_reason=reason)
     # Every worker runs the same number of whole batches: an empty replica batch breaks
     # the step. Evaluation runs ceil(n / batch) whole batches of the repeated split (the
     # last wraps around to the first examples: fewer than a batch counted twice).
     train_steps = max(1, counts.get("train", 0) // batch_size)
     eval_steps = {s: max(1, math.ceil(counts.get(s, 0) / batch_size)) for s in ("valid", "test")}
-    return TrainPlan(batch_size, replicas, rate, weights, phases, True, train_steps, eval_steps)
+    return TrainPlan(
+        batch_size, replicas, rate, weights, phases, True, train_steps, eval_steps, reason
+    )
 
 
 def class_weights(
@@ -116,13 +125,32 @@ def class_weights(
     return {i: total / (len(n) * c) for i, c in enumerate(n)}
 
 
+AUTO_EPOCHS = 20  # trainer.epochs=0 (auto): at least this many
+
+
 def planned_epochs(trainer: TrainerConfig, examples: int, batch_size: int) -> int:
-    """``trainer.epochs``, or more when that makes fewer than ``trainer.min_steps`` steps.
+    """``trainer.epochs`` as set; when it is 0 (auto), 20 or more to make ``min_steps`` steps.
 
     What a model learns depends on its optimizer steps more than on its epochs: on
     generated glyphs, 4 classes x 150 images, 20 epochs (300 steps) reached 0.39 test
     accuracy and 50 epochs (750 steps) 1.0. The default, 750, is about what 20 epochs
-    make on the 1,222 training images of the sample data.
+    make on the 1,222 training images of the sample data. A value the user set wins.
     """
-    steps_per_epoch = max(1, math.ceil(examples / batch_size)) if examples else 1
-    return max(trainer.epochs, math.ceil(trainer.min_steps / steps_per_epoch))
+    if trainer.epochs:
+        return trainer.epochs
+    return max(AUTO_EPOCHS, math.ceil(trainer.min_steps / _steps_per_epoch(examples, batch_size)))
+
+
+def epochs_reason(trainer: TrainerConfig, examples: int, batch_size: int) -> str:
+    """Why ``planned_epochs`` chose its number, in a few words (console and MLflow)."""
+    if trainer.epochs:
+        return "trainer.epochs"
+    epochs = planned_epochs(trainer, examples, batch_size)
+    if epochs == AUTO_EPOCHS:
+        return "auto"
+    steps = _steps_per_epoch(examples, batch_size)
+    return f"auto: at least {trainer.min_steps} steps, {steps} an epoch"
+
+
+def _steps_per_epoch(examples: int, batch_size: int) -> int:
+    return max(1, math.ceil(examples / batch_size)) if examples else 1

@@ -47,6 +47,8 @@ class TrainResult:
     epochs_run: int  # epochs run by this call (after a resume: the remaining ones)
     metrics: dict[str, float]  # final train/valid and test metrics from the trainer's path
     resumed_from_epoch: int = 0  # the first epoch this call ran (0: a fresh start)
+    epochs_planned: int = 0  # over all phases; early stopping may end sooner
+    epochs_reason: str = ""  # trainer.epochs, auto, or auto raised to make min_steps
     replicas: int = 1
     chief: bool = True
 
@@ -138,6 +140,8 @@ def run_train(
         resumed_from_epoch=first_epoch,
         replicas=plan.replicas,
         chief=chief,
+        epochs_planned=plan.epochs,
+        epochs_reason=plan.epochs_reason,
     )
 
 

@@ -131,11 +131,17 @@ class TransformConfig(_Section):
 class TrainerConfig(_Section):
     """Model and training loop; model values are the hyperparameter defaults."""
 
-    epochs: int = Field(20, ge=1)
+    epochs: int = Field(
+        0,
+        ge=0,
+        description="Epochs to train, as set; 0 (the default): auto, 20 or more so that "
+        "training makes at least min_steps optimizer steps.",
+    )
     min_steps: int = Field(
         750,
         ge=0,
-        description="Train at least this many optimizer steps: small datasets get more epochs.",
+        description="With epochs auto (0): train at least this many optimizer steps, so "
+        "small datasets get more epochs.",
     )
     batch_size: int = Field(32, ge=1, description="The global batch, over all replicas.")
     learning_rate: float = Field(3e-3, gt=0, lt=1)

@@ -45,7 +45,14 @@ def run(
             tracker=ctx.tracker,
         )
         ctx.tracker.log_params({f"hp.{k}": v for k, v in result.hyperparameters.items()})
-        ctx.tracker.log_params({"model": ctx.config.trainer.model, "replicas": result.replicas})
+        ctx.tracker.log_params(
+            {
+                "model": ctx.config.trainer.model,
+                "replicas": result.replicas,
+                "epochs_planned": result.epochs_planned,
+                "epochs_reason": result.epochs_reason,
+            }
+        )
         ctx.tracker.log_metrics({f"final_{k}": v for k, v in result.metrics.items()})
         ctx.tracker.log_metrics(
             {"epochs_run": result.epochs_run, "resumed_from_epoch": result.resumed_from_epoch}
@@ -64,9 +71,16 @@ def publish(result: TrainResult, artifacts: dict) -> None:
 
 
 def figure(result: TrainResult) -> str:
-    """``20 epochs, val_accuracy 0.940``."""
+    """``20 epochs (auto), val_accuracy 0.940``; ``12 of 30 epochs (...)`` on an early stop."""
     valid = result.metrics.get("val_accuracy")
-    text = f"{result.epochs_run} epochs"
+    run, planned = result.epochs_run, result.epochs_planned
+    text = (
+        f"{run} epochs"
+        if run >= planned or result.resumed_from_epoch
+        else f"{run} of {planned} epochs"
+    )
+    if result.epochs_reason and result.epochs_reason != "trainer.epochs":
+        text += f" ({result.epochs_reason})"
     return text + (f", val_accuracy {valid:.3f}" if valid is not None else "")
 
 
