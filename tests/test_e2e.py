@@ -54,6 +54,30 @@ def _assert_short_console_and_full_log(console: str, log_path: str) -> None:
     assert "Epoch 1/2" in log
 
 
+def _assert_mlflow_3_sees_a_trained_model(client, run, evaluate_run, champion, summary):
+    """The experiment opens as model training, and lists the candidate as a logged model
+    with its test metrics; the registered version is made from it, described, and linked
+    to the pipeline run."""
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    [model] = client.search_logged_models([run.info.experiment_id])
+    assert str(model.status) == "READY" and model.source_run_id == evaluate_run.info.run_id
+    metrics = {m.key: m for m in model.metrics}
+    assert metrics["test_accuracy"].value == pytest.approx(summary["test_accuracy"])
+    assert metrics["test_accuracy"].dataset_digest == summary["data_fingerprint"][:32]
+    outputs = [o.model_id for o in client.get_run(run.info.run_id).outputs.model_outputs]
+    assert outputs == [model.model_id]  # the pipeline run's model
+    assert champion.tags["logged_model_id"] == model.model_id
+    assert champion.run_id == run.info.run_id  # "Registered models" on the pipeline run
+    linked = json.loads(client.get_logged_model(model.model_id).tags["mlflow.modelVersions"])
+    assert linked == [{"name": "visionpipe-classifier", "version": "1"}]
+    assert champion.description.startswith("blessed: ") and "| accuracy >= 0 |" in (
+        champion.description
+    )
+    described = client.get_registered_model("visionpipe-classifier").description
+    assert "over 3 classes (" in described and "encoded image bytes" in described
+
+
 def _count(pattern):
     files = tf.io.gfile.glob(pattern)
     return sum(1 for _ in tf.data.TFRecordDataset(files, compression_type="GZIP"))
@@ -111,6 +135,7 @@ def test_pipeline_runs_end_to_end_then_retrains_for_drift_against_the_champion(
     champion = client.get_model_version_by_alias("visionpipe-classifier", "champion")
     assert champion.tags["serving_version"] == "1"
     assert champion.tags["pipeline_run_id"] == first["mlflow_run_id"]
+    _assert_mlflow_3_sees_a_trained_model(client, run, evaluate_run, champion, first)
 
     # The champion is given darker images than it was tested on, through `predict`.
     dark = isolated_home.parent / "dark"

@@ -32,3 +32,24 @@ def test_the_experiment_opens_as_model_training_and_a_kind_the_user_set_is_kept(
     )
     Tracking.open(other)
     assert _experiment_tags(other)[EXPERIMENT_KIND_TAG] == "genai_development"
+
+
+def test_a_version_says_why_it_was_blessed_and_the_model_what_it_classifies(tmp_path):
+    from components.push.release import model_description, version_description
+
+    blessing = {
+        "reason": "blessed: 2 checks passed; accuracy 0.9862",
+        "checks": [
+            {"name": "accuracy >= 0.9", "value": 0.9862, "threshold": 0.9, "passed": True},
+            {"name": "beats champion", "value": 0.9862, "threshold": 0.97, "passed": True},
+        ],
+    }
+    text = version_description(blessing)
+    assert text.splitlines()[0] == blessing["reason"]
+    assert "| accuracy >= 0.9 | 0.9862 | 0.9000 | yes |" in text.splitlines()
+
+    (tmp_path / "assets").mkdir()
+    (tmp_path / "assets" / "label_vocabulary").write_text("cat\ndog\n")
+    described = model_description("pets", str(tmp_path))
+    assert described.startswith("pets: an image classifier over 2 classes (cat, dog)")
+    assert "`champion`" in described

@@ -18,7 +18,8 @@ READY_FILE = "saved_model.pb"
 PUSH_RECORD = "assets.extra/visionpipe_push.json"
 # Added to each pushed version from its evaluation (``visionpipe.features``); like the
 # push record, not part of the model's digest, so a version and its source share one.
-_NOT_DIGESTED = (PUSH_RECORD, REFERENCE_PROFILE)
+PUSH_ADDED = (PUSH_RECORD, REFERENCE_PROFILE)  # what push adds to a served version
+_NOT_DIGESTED = PUSH_ADDED
 
 
 # The SavedModel's key among an MLflow Model's artifacts (``pipelines.adapters.pyfunc_model``).
@@ -30,17 +31,22 @@ def saved_model_in(model_dir: str) -> str | None:
 
     Its place is the wrapper's ``saved_model`` artifact, as ``MLmodel`` records it.
     """
-    import yaml
-
     mlmodel = storage.join(model_dir, "MLmodel")
     if not storage.exists(mlmodel):
         return None
-    spec = yaml.safe_load(storage.read_text(mlmodel)) or {}
-    artifacts = spec.get("flavors", {}).get("python_function", {}).get("artifacts", {})
-    path = (artifacts.get(SAVED_MODEL_ARTIFACT) or {}).get("path")
+    path = saved_model_path(storage.read_text(mlmodel))
     if not path or not storage.exists(storage.join(model_dir, path, READY_FILE)):
         return None
     return storage.join(model_dir, path)
+
+
+def saved_model_path(mlmodel_text: str) -> str | None:
+    """Where an MLflow Model of this project (its ``MLmodel`` file's text) keeps its SavedModel."""
+    import yaml
+
+    spec = yaml.safe_load(mlmodel_text) or {}
+    artifacts = spec.get("flavors", {}).get("python_function", {}).get("artifacts", {})
+    return (artifacts.get(SAVED_MODEL_ARTIFACT) or {}).get("path")
 
 
 def versions(model_root: str, servable_only: bool = False) -> dict[int, str]:

@@ -28,6 +28,8 @@ class ModelVersion:
     tags: dict[str, str] = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
     run_id: str = ""
+    description: str = ""
+    model_id: str = ""  # the logged model it was made from ("" where there is none)
 
 
 class RegistryError(UserError, LookupError):
@@ -58,12 +60,23 @@ class Registry:
         tags: dict[str, str],
         run_id: str = "",
         example: bytes | None = None,
+        model_id: str = "",
+        description: str = "",
     ) -> str:
         """Registers the SavedModel at ``model_dir`` as a new version; returns its number.
 
         ``run_id`` is the run that records the registration (MLflow logs the model
-        there); ``example`` an input example (encoded image bytes).
+        there, unless ``model_id`` names the logged model it already is); ``example`` an
+        input example (encoded image bytes); ``description`` the version's.
         """
+        raise NotImplementedError
+
+    def describe(self, name: str, description: str) -> None:
+        """Sets the registered model's description."""
+        raise NotImplementedError
+
+    def description(self, name: str) -> str:
+        """The registered model's description ("" when it has none)."""
         raise NotImplementedError
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
@@ -87,6 +100,7 @@ class InMemoryRegistry(Registry):
     def __init__(self) -> None:
         self._versions: dict[str, dict[str, dict]] = {}
         self._aliases: dict[str, dict[str, str]] = {}
+        self._descriptions: dict[str, str] = {}
 
     def _entry(self, name: str, version: str) -> dict:
         try:
@@ -97,7 +111,15 @@ class InMemoryRegistry(Registry):
     def _view(self, name: str, version: str) -> ModelVersion:
         entry = self._entry(name, version)
         aliases = tuple(a for a, v in self._aliases.get(name, {}).items() if v == version)
-        return ModelVersion(name, version, dict(entry["tags"]), aliases, entry["run_id"])
+        return ModelVersion(
+            name,
+            version,
+            dict(entry["tags"]),
+            aliases,
+            entry["run_id"],
+            entry["description"],
+            entry["model_id"],
+        )
 
     def version(self, name: str, version: str) -> ModelVersion:
         """The version; RegistryError if there is none."""
@@ -112,12 +134,28 @@ class InMemoryRegistry(Registry):
         """Every version, oldest first."""
         return [self._view(name, v) for v in self._versions.get(name, {})]
 
-    def create_version(self, name, model_dir, tags, run_id="", example=None) -> str:
+    def create_version(
+        self, name, model_dir, tags, run_id="", example=None, model_id="", description=""
+    ) -> str:
         """A new version holding ``model_dir``."""
         versions = self._versions.setdefault(name, {})
         version = str(len(versions) + 1)
-        versions[version] = {"tags": dict(tags), "run_id": run_id, "path": model_dir}
+        versions[version] = {
+            "tags": dict(tags),
+            "run_id": run_id,
+            "path": model_dir,
+            "model_id": model_id,
+            "description": description,
+        }
         return version
+
+    def describe(self, name: str, description: str) -> None:
+        """Sets the registered model's description."""
+        self._descriptions[name] = description
+
+    def description(self, name: str) -> str:
+        """The registered model's description."""
+        return self._descriptions.get(name, "")
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
         """Points ``alias`` at ``version``."""

@@ -43,6 +43,28 @@ class Tracker:
     def log_dataset(self, uri: str, digest: str, context: str) -> None:
         """Records the input data: where it is and its content digest."""
 
+    def log_model(
+        self,
+        model_dir: str,
+        name: str,
+        digest: str,
+        metrics: Mapping[str, float],
+        example: bytes | None = None,
+        dataset: tuple[str, str] | None = None,
+        extra_files: Mapping[str, str] | None = None,
+    ) -> str:
+        """Records the served SavedModel at ``model_dir`` as a model this run made.
+
+        ``metrics`` are recorded against the model (measured on ``dataset``: its name and
+        digest); ``extra_files`` (path in the SavedModel -> source) are added to it as
+        push adds them to the served copy. Returns the model's id in the store ("" where
+        nothing records); a registry version can be made from it (``create_version``).
+        """
+        return ""
+
+    def link_model(self, model_id: str, output: bool = False) -> None:
+        """Records that this run used the model ``model_id``, or (``output``) made it."""
+
     def child(self, name: str, tags: Mapping[str, str] | None = None) -> Tracker:
         """A nested run (a tuning trial) under this one; finish it with ``finish``."""
         return self

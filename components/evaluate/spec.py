@@ -55,7 +55,9 @@ def run(
     if suspects is not None:
         metrics["label_issues"] = float(suspects)
     metrics["blessed"] = float(result.blessed)
-    ctx.tracker.log_metrics(metrics)
+    own = {metric_key(f"test_{k}") for k in result.candidate if k != "examples"}
+    model_id = log_candidate(ctx, model, blessing, {k: metrics[k] for k in own})
+    ctx.tracker.log_metrics({k: v for k, v in metrics.items() if not model_id or k not in own})
     ctx.tracker.log_dict(result.to_dict(), "blessing.json")
     report = storage.read_bytes(storage.join(blessing, F.REPORT_FILE))  # run_evaluate's
     ctx.tracker.log_text(report.decode(), "evaluation_report.md")
@@ -69,6 +71,32 @@ def run(
     audited = {} if suspects is None else {"label_issues": suspects, "label_issues_uri": issues_uri}
     ctx.pipeline.record(blessed=result.blessed, blessing_reason=result.reason, **audited)
     return result
+
+
+def log_candidate(ctx: StepContext, model: str, blessing: str, metrics: dict) -> str:
+    """The candidate as a model of this run, its test metrics against it; its id or "".
+
+    The id goes into ``blessing.json`` (``model_id``): push registers that model rather
+    than logging the same files again.
+    """
+    from visionpipe.blessing import example_image, read_blessing, write_blessing
+    from visionpipe.layout import model_digest
+
+    fingerprint = ctx.pipeline.read().data_fingerprint
+    profile = storage.join(blessing, F.PROFILE_FILE)  # push adds it to the served copy too
+    model_id = ctx.tracker.log_model(
+        model,
+        ctx.config.push.model_name,
+        model_digest(model),
+        metrics,
+        example_image(blessing),
+        ("images", fingerprint[:32]) if fingerprint else None,
+        {F.REFERENCE_PROFILE: profile} if storage.exists(profile) else None,
+    )
+    if model_id:
+        write_blessing(blessing, {**read_blessing(blessing), "model_id": model_id})
+        ctx.pipeline.tracker.link_model(model_id, output=True)  # the pipeline run's model
+    return model_id
 
 
 def slice_metrics(result: Blessing) -> dict[str, float]:

@@ -22,6 +22,7 @@ from components.push.push import (
     serving_lock,
 )
 from visionpipe import faults, storage
+from visionpipe import features as F
 from visionpipe.blessing import example_image, read_blessing
 from visionpipe.errors import UserError
 from visionpipe.registry import CHAMPION, PREVIOUS, ModelVersion, Registry, version_by_digest
@@ -136,6 +137,45 @@ def version_tags(
     }
 
 
+def version_description(blessing: dict) -> str:
+    """Why a version was blessed, and the gate's checks as a Markdown table."""
+    lines = [blessing.get("reason", ""), "", "| check | value | threshold | passed |"]
+    lines.append("| --- | --- | --- | --- |")
+    for check in blessing.get("checks", []):
+        value, threshold = check.get("value"), check.get("threshold")
+        lines.append(
+            f"| {check.get('name', '')} | {_shown(value)} | {_shown(threshold)} | "
+            f"{'yes' if check.get('passed') else 'no'} |"
+        )
+    return "\n".join(lines)
+
+
+def _shown(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else ("" if value is None else str(value))
+
+
+def model_description(name: str, model_dir: str) -> str:
+    """What the registered model is: its task, its labels, what goes in and comes out."""
+    labels = saved_model_labels(model_dir)
+    return (
+        f"{name}: an image classifier over {len(labels)} classes ({', '.join(labels)}), "
+        "trained and gated by visionpipe.\n\n"
+        "Input: encoded image bytes (JPEG, PNG, GIF, BMP or WebP), one image per row "
+        f"(`image`; the TF Serving signature `{F.SERVING_SIGNATURE}` takes "
+        f"`{F.SERVING_INPUT}`). Decoding, resizing and normalising are inside the model; "
+        "an image over the pixel limit is refused per row.\n"
+        "Output per image: `class_name`, `class_id`, `probability`, `probabilities` (in "
+        "the label order above), `error`.\n"
+        "The champion is the alias `champion`; the one before it, `previous`."
+    )
+
+
+def saved_model_labels(model_dir: str) -> list[str]:
+    """The label vocabulary the served SavedModel carries (its class order)."""
+    text = storage.read_text(storage.join(model_dir, "assets", F.LABEL_VOCABULARY))
+    return [line for line in text.splitlines() if line]
+
+
 def release(
     model_uri: str,
     blessing_uri: str,
@@ -160,13 +200,22 @@ def release(
         pushed = run_push(model_uri, blessing_uri, serving_root, name)
         faults.point("push.renamed")
         existing = version_by_digest(registry, name, pushed.digest)
+        blessing = read_blessing(blessing_uri)
         if existing is None:
             tags = version_tags(pushed, blessing_uri, pipeline_run_id, data_fingerprint)
-            example = example_image(blessing_uri)
-            registered = registry.create_version(name, pushed.path, tags, run_id, example)
+            registered = registry.create_version(
+                name,
+                pushed.path,
+                tags,
+                run_id,
+                example_image(blessing_uri),
+                model_id=blessing.get("model_id", ""),
+                description=version_description(blessing),
+            )
             faults.point("push.registered")
         else:
             registered = existing.version
+        registry.describe(name, model_description(name, pushed.path))
         moved = promote(registry, name, registered) or existing is None
         deleted = apply_retention(
             storage.join(serving_root, name),

@@ -24,7 +24,7 @@ from importlib import metadata as importlib_metadata
 
 from visionpipe import features as F
 from visionpipe import storage
-from visionpipe.layout import SAVED_MODEL_ARTIFACT, saved_model_in  # noqa: F401
+from visionpipe.layout import SAVED_MODEL_ARTIFACT, saved_model_in
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,11 @@ def signature():
 
 
 def save_mlflow_model(
-    saved_model_dir: str, out_dir: str, example_image: bytes | None, digest: str
+    saved_model_dir: str,
+    out_dir: str,
+    example_image: bytes | None,
+    digest: str,
+    extra_files: dict[str, str] | None = None,
 ) -> str:
     """Writes the MLflow Model of a served SavedModel to ``out_dir`` (which must not exist).
 
@@ -82,6 +86,8 @@ def save_mlflow_model(
         out_dir: a new local directory for the MLflow Model.
         example_image: encoded bytes of a real image for the input example, or None.
         digest: the model's content digest (also in the metadata).
+        extra_files: files to add to the SavedModel's copy, as push adds them to the
+            served one (path in the SavedModel -> source), e.g. the reference profile.
     """
     import pandas as pd
 
@@ -104,6 +110,12 @@ def save_mlflow_model(
             pip_requirements=requirements(),
             metadata=model_metadata(saved_model_dir, digest),
         )
+    copied = saved_model_in(out_dir)  # where MLflow put its copy, as MLmodel records it
+    for rel, source in (extra_files or {}).items():
+        target = os.path.join(copied, rel)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(target, "wb") as out:
+            out.write(storage.read_bytes(source))
     return out_dir
 
 

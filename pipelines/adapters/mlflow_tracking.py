@@ -45,6 +45,7 @@ PARENT_TAG = "mlflow.parentRunId"
 # What MLflow 3's UI opens an experiment as: without it, an experiment whose runs have no
 # logged model opens in GenAI mode (traces, token usage). A kind the user set is kept.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_DIGEST_TAG = "visionpipe.model_digest"
 MODEL_TRAINING_KIND = "custom_model_development"
 
 
@@ -166,6 +167,59 @@ class MlflowTracker(Tracker):
             dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)]
         )
         retrying(self.client.log_inputs, self.run_id, datasets=[entry])
+
+    def log_model(
+        self, model_dir, name, digest, metrics, example=None, dataset=None, extra_files=None
+    ) -> str:
+        """An MLflow LoggedModel (the registered pyfunc flavour) made by this run, READY.
+
+        Its metrics are logged against it (``model_id``, and the dataset when given), and
+        it is this run's output, so the run page and the experiment's Models tab list it.
+        """
+        import tempfile
+
+        from pipelines.adapters.mlflow_model import save_mlflow_model
+
+        if not self._experiment_id:
+            self._experiment_id = retrying(self.client.get_run, self.run_id).info.experiment_id
+        model = retrying(
+            self.client.create_logged_model,
+            self._experiment_id,
+            name=name,
+            source_run_id=self.run_id,
+            tags={MODEL_DIGEST_TAG: digest},
+            model_type="image-classifier",
+        )
+        try:
+            with tempfile.TemporaryDirectory(prefix="logged-model-") as tmp:
+                out = os.path.join(tmp, "model")
+                path = save_mlflow_model(model_dir, out, example, digest, dict(extra_files or {}))
+                self.client.log_model_artifacts(model.model_id, path)
+        except BaseException:
+            retrying(self.client.finalize_logged_model, model.model_id, "FAILED")
+            raise
+        retrying(self.client.finalize_logged_model, model.model_id, "READY")
+        name_digest = {"dataset_name": dataset[0], "dataset_digest": dataset[1]} if dataset else {}
+        for key, value in metrics.items():
+            retrying(
+                self.client.log_metric,
+                self.run_id,
+                key,
+                float(value),
+                model_id=model.model_id,
+                **name_digest,
+            )
+        self.link_model(model.model_id, output=True)
+        return model.model_id
+
+    def link_model(self, model_id: str, output: bool = False) -> None:
+        """Links ``model_id`` to this run: an input (used) or, with ``output``, made here."""
+        from mlflow.entities import LoggedModelInput, LoggedModelOutput
+
+        if output:
+            retrying(self.client.log_outputs, self.run_id, [LoggedModelOutput(model_id, 0)])
+        else:
+            retrying(self.client.log_inputs, self.run_id, models=[LoggedModelInput(model_id)])
 
     def child(self, name: str, tags: Mapping[str, str] | None = None) -> MlflowTracker:
         """A run nested under this one (``mlflow.parentRunId``)."""
