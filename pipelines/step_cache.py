@@ -114,9 +114,10 @@ class _Recorder(Tracker):
         self._keep("log_text", text=text, path=path)
         self.inner.log_text(text, path)
 
-    def log_dataset(self, uri, digest, context):
-        self._keep("log_dataset", uri=uri, digest=digest, context=context)
-        self.inner.log_dataset(uri, digest, context)
+    def log_dataset(self, uri, digest, context, profile=None):
+        shown = dict(profile) if profile else None
+        self._keep("log_dataset", uri=uri, digest=digest, context=context, profile=shown)
+        self.inner.log_dataset(uri, digest, context, profile)
 
     def log_artifact(self, local_path, path=None):
         kept = str(len(self.calls))

@@ -40,8 +40,14 @@ class Tracker:
     def log_artifact(self, local_path: str, path: str | None = None) -> None:
         """Stores a local file, or a directory's contents, under ``path``."""
 
-    def log_dataset(self, uri: str, digest: str, context: str) -> None:
-        """Records the input data: where it is and its content digest."""
+    def log_dataset(
+        self, uri: str, digest: str, context: str, profile: Mapping[str, Any] | None = None
+    ) -> None:
+        """Records the input data: where it is, its content digest, and more.
+
+        ``context`` is how this run used it (ingest, training, test); ``profile`` its
+        counts (per split).
+        """
 
     def log_model(
         self,
@@ -178,3 +184,22 @@ def log_stored(tracker: Tracker, uri: str, path: str | None = None) -> None:
             with open(local, "wb") as f:
                 f.write(storage.read_bytes(uri))
         tracker.log_artifact(local, path)
+
+
+SPLIT_OF_CONTEXT = {"training": "train", "validation": "valid", "test": "test"}
+
+
+def log_run_dataset(tracker: Tracker, record, context: str) -> None:
+    """The pipeline run's ingested data (its ``RunRecord``) as an input of a step's run.
+
+    ``context`` (training, test) names how the step used it; the profile has that
+    split's examples and the whole dataset's. Nothing where the run has no data yet.
+    """
+    if not record.data_fingerprint or not record.data_source:
+        return
+    split = SPLIT_OF_CONTEXT.get(context)
+    profile = {"num_rows": sum(record.examples.values()), **record.examples}
+    if split:
+        profile["used_split"] = split
+    first = record.data_source.split(",")[0]
+    tracker.log_dataset(first, record.data_fingerprint, context, profile)

@@ -11,7 +11,7 @@ from visionpipe import features as F
 from visionpipe import registry, storage
 from visionpipe.record import RunRecord
 from visionpipe.step import Step, StepContext, Verb
-from visionpipe.tracker import log_stored
+from visionpipe.tracker import log_run_dataset, log_stored
 
 if TYPE_CHECKING:
     from components.evaluate.gate import Blessing
@@ -82,7 +82,9 @@ def log_candidate(ctx: StepContext, model: str, blessing: str, metrics: dict) ->
     from visionpipe.blessing import example_image, read_blessing, write_blessing
     from visionpipe.layout import model_digest
 
-    fingerprint = ctx.pipeline.read().data_fingerprint
+    record = ctx.pipeline.read()
+    fingerprint = record.data_fingerprint
+    log_run_dataset(ctx.tracker, record, "test")
     profile = storage.join(blessing, F.PROFILE_FILE)  # push adds it to the served copy too
     model_id = ctx.tracker.log_model(
         model,

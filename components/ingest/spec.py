@@ -44,7 +44,9 @@ def run(ctx: StepContext, data: str | list[str], examples: str) -> IngestResult:
         log_stored(ctx.tracker, storage.join(examples, F.NEAR_DUPLICATES_FILE))
     first = data if isinstance(data, str) else data[0]
     source = data if isinstance(data, str) else ",".join(data)
-    ctx.tracker.log_dataset(first, stats["fingerprint"], context="ingest")
+    profile = dataset_profile(result.examples, counts)
+    ctx.tracker.log_dataset(first, stats["fingerprint"], "ingest", profile)
+    ctx.pipeline.tracker.log_dataset(first, stats["fingerprint"], "training", profile)
     ctx.tracker.set_tags({"data_source": source, "data_fingerprint": stats["fingerprint"]})
     ctx.pipeline.record(
         examples=result.examples,
@@ -53,6 +55,11 @@ def run(ctx: StepContext, data: str | list[str], examples: str) -> IngestResult:
         **counts,
     )
     return result
+
+
+def dataset_profile(examples: Mapping[str, int], counts: Mapping[str, int]) -> dict[str, int]:
+    """The dataset's profile in MLflow: examples in all and per split, what ingest dropped."""
+    return {"num_rows": sum(examples.values()), **examples, **counts}
 
 
 def cache_key(config: Config, ports: Mapping[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from trainer.roles import is_chief
 from visionpipe import progress, storage
 from visionpipe.config import ConfigError
 from visionpipe.step import Step, StepContext, Verb
+from visionpipe.tracker import log_run_dataset
 
 if TYPE_CHECKING:
     from trainer.train import TrainResult
@@ -58,6 +59,7 @@ def run(
             {"epochs_run": result.epochs_run, "resumed_from_epoch": result.resumed_from_epoch}
         )
         ctx.tracker.log_dict(result.hyperparameters, "hyperparameters.json")
+        log_run_dataset(ctx.tracker, ctx.pipeline.read(), "training")
         ctx.tracker.log_artifact(artifacts)
     ctx.pipeline.record(trainer_test_accuracy=result.metrics.get("test_accuracy", 0.0))
     return result

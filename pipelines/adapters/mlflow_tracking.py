@@ -150,22 +150,32 @@ class MlflowTracker(Tracker):
         else:
             self.client.log_artifact(self.run_id, local_path, path)
 
-    def log_dataset(self, uri: str, digest: str, context: str) -> None:
-        """Records the input dataset with ``digest`` (MLflow keeps its first 36 characters)."""
+    def log_dataset(self, uri: str, digest: str, context: str, profile=None) -> None:
+        """Records the input dataset ``images``: digest, source, schema, profile, context.
+
+        The digest is kept to its first 32 characters; the schema is a labelled image's.
+        """
+        import json
         import warnings
 
         from mlflow.data.dataset_source_registry import resolve_dataset_source
-        from mlflow.data.meta_dataset import MetaDataset
-        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.types import ColSpec, DataType, Schema
         from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "source can be interpreted in multiple ways"
             source = resolve_dataset_source(uri)
-        dataset = MetaDataset(source=source, name="images", digest=digest[:32])
-        entry = DatasetInput(
-            dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)]
+        schema = Schema([ColSpec(DataType.binary, "image"), ColSpec(DataType.string, "label")])
+        dataset = Dataset(
+            name="images",
+            digest=digest[:32],
+            source_type=source._get_source_type(),
+            source=source.to_json(),
+            schema=json.dumps({"mlflow_colspec": schema.to_dict()}),
+            profile=json.dumps(dict(profile)) if profile else None,
         )
+        entry = DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
         retrying(self.client.log_inputs, self.run_id, datasets=[entry])
 
     def log_model(
