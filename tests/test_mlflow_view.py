@@ -53,3 +53,25 @@ def test_a_version_says_why_it_was_blessed_and_the_model_what_it_classifies(tmp_
     described = model_description("pets", str(tmp_path))
     assert described.startswith("pets: an image classifier over 2 classes (cat, dog)")
     assert "`champion`" in described
+
+
+def test_the_pipeline_run_and_the_long_steps_get_system_metrics(tiny_config):
+    import time
+
+    config = tiny_config.with_overrides(["mlflow.system_metrics_interval_s=0.05"])
+    session = Tracking.open(config)
+    run_id = session.start_pipeline(config)
+    with session.step("train") as train, session.step("push") as push:
+        deadline = time.monotonic() + 60  # a wait for the first sample, not a timing claim
+        while time.monotonic() < deadline:
+            seen = [session.client.get_run(r).data.metrics for r in (train.run_id, run_id)]
+            if all("system/cpu_utilization_percentage" in m for m in seen):
+                break
+            time.sleep(0.05)
+    session.end_pipeline(True)
+    assert "system/cpu_utilization_percentage" in session.client.get_run(train.run_id).data.metrics
+    assert "system/system_memory_usage_megabytes" in session.client.get_run(run_id).data.metrics
+    assert not any(
+        k.startswith("system/") for k in session.client.get_run(push.run_id).data.metrics
+    )
+    assert not session._monitors  # every monitor stopped

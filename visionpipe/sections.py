@@ -473,6 +473,12 @@ class MlflowConfig(_Section):
 
     tracking_uri: str = Field("", description="Empty: SQLite under VISIONPIPE_HOME.")
     experiment: str = Field("visionpipe", min_length=1)
+    system_metrics_interval_s: float = Field(
+        10.0,
+        ge=0,
+        description="Seconds between samples of CPU, memory and disk (MLflow's system "
+        "metrics) on the pipeline run and the long steps' runs; 0: none.",
+    )
 
 
 class BeamConfig(_Section):

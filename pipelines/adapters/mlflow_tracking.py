@@ -46,6 +46,8 @@ PARENT_TAG = "mlflow.parentRunId"
 # logged model opens in GenAI mode (traces, token usage). A kind the user set is kept.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_DIGEST_TAG = "visionpipe.model_digest"
+# The steps whose runs get system metrics (the long ones), besides the pipeline run.
+WATCHED_STEPS = ("transform", "tune", "train", "evaluate")
 MODEL_TRAINING_KIND = "custom_model_development"
 
 
@@ -258,6 +260,8 @@ class Tracking:
     experiment_id: str
     pipeline_run_id: str = ""
     _client: Any = field(default=None, repr=False)
+    system_metrics_s: float = 0.0  # mlflow.system_metrics_interval_s; 0: none
+    _monitors: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def open(cls, config: Config, uri: str = "", pipeline_run_id: str = "") -> Tracking:
@@ -270,7 +274,8 @@ class Tracking:
         mlflow_client = client(uri)
         experiment_id = _experiment(mlflow_client, config.mlflow.experiment, uri)
         parent = pipeline_run_id or os.environ.get("MLFLOW_RUN_ID", "")
-        return cls(uri, experiment_id, parent, mlflow_client)
+        interval = config.mlflow.system_metrics_interval_s
+        return cls(uri, experiment_id, parent, mlflow_client, interval)
 
     @property
     def client(self):
@@ -286,11 +291,30 @@ class Tracking:
         )
         self.pipeline_run_id = run.info.run_id
         self.tracker(self.pipeline_run_id).log_params(config.flat())
+        self._watch(self.pipeline_run_id)
         return self.pipeline_run_id
 
     def end_pipeline(self, ok: bool) -> None:
         """Marks the pipeline run finished or failed."""
+        self._unwatch(self.pipeline_run_id)
         self.tracker(self.pipeline_run_id).finish(ok)
+
+    def _watch(self, run_id: str) -> None:
+        """Starts MLflow's system-metrics monitor (CPU, memory, disk, network) on a run."""
+        if self.system_metrics_s <= 0:
+            return
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(
+            run_id, sampling_interval=self.system_metrics_s, tracking_uri=self.uri
+        )
+        monitor.start()
+        self._monitors[run_id] = monitor
+
+    def _unwatch(self, run_id: str) -> None:
+        monitor = self._monitors.pop(run_id, None)
+        if monitor is not None:
+            monitor.finish()
 
     def tracker(self, run_id: str) -> MlflowTracker:
         """A tracker recording into an existing run."""
@@ -307,11 +331,15 @@ class Tracking:
             tags[PARENT_TAG] = self.pipeline_run_id
         run = retrying(self.client.create_run, self.experiment_id, run_name=name, tags=tags)
         tracker = self.tracker(run.info.run_id)
+        if name in WATCHED_STEPS:
+            self._watch(run.info.run_id)
         try:
             yield tracker
         except BaseException as err:
+            self._unwatch(run.info.run_id)
             tracker.finish(False, f"{type(err).__name__}: {err}")
             raise
+        self._unwatch(run.info.run_id)
         tracker.finish(True)
 
     def pipeline(self) -> MlflowPipelineRun:
