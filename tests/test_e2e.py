@@ -136,6 +136,14 @@ def test_pipeline_runs_end_to_end_then_retrains_for_drift_against_the_champion(
     assert champion.tags["serving_version"] == "1"
     assert champion.tags["pipeline_run_id"] == first["mlflow_run_id"]
     _assert_mlflow_3_sees_a_trained_model(client, run, evaluate_run, champion, first)
+    # The champion's version knows its pipeline run, and so its examples.
+    edge = isolated_home.parent / "champion-edge"
+    done = _cli(
+        isolated_home, "export-edge", "--model", "models:/visionpipe-classifier@champion",
+        "--format", "onnx", "--out", str(edge),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (edge / "onnx" / "model.onnx").is_file()
 
     # The champion is given darker images than it was tested on, through `predict`.
     dark = isolated_home.parent / "dark"

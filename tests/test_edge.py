@@ -157,6 +157,11 @@ def test_export_edge_command_records_and_refuses_bad_input(learned, tmp_path, ca
         [*base, "--model", str(tmp_path / "nowhere"), "--format", "onnx"], capsys, out
     )
     assert "nowhere" in err
+    no_examples = [a for a in base if a not in ("--examples", examples)]
+    err = fails_in_one_line(
+        [*no_examples, "--model", trained.model_uri, "--format", "onnx"], capsys, out
+    )
+    assert "--examples is needed" in err and "only a models:/ version" in err
 
     assert (
         main([*base, "--model", trained.model_uri, "--format", "onnx", "--format", "tflite_int8"])

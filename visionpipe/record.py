@@ -30,6 +30,7 @@ _TAG_FIELDS = {
     "retrain_trigger": "retrain_trigger",
     "data_source": "data_source",
     "data_fingerprint": "data_fingerprint",
+    "examples_uri": "examples_uri",
     "validation": "validation",
     "model_settings": "model_settings",
     "visionpipe_version": "visionpipe_version",
@@ -64,6 +65,7 @@ class RunRecord:
     retrain_trigger: str = ""  # what made the run train (first run, data changed, drift, ...)
     data_source: str = ""
     data_fingerprint: str = ""
+    examples_uri: str = ""  # ingest's examples (TFRecords by split) of this run
     validation: str = ""  # the data validation's verdict, one line
     anomalies: int = 0
     model_settings: dict[str, Any] | None = None  # None: not recorded
@@ -119,6 +121,7 @@ class RunRecord:
             retrain_trigger=tags.get("retrain_trigger", ""),
             data_source=tags.get("data_source", ""),
             data_fingerprint=tags.get("data_fingerprint", ""),
+            examples_uri=tags.get("examples_uri", ""),
             validation=tags.get("validation", ""),
             anomalies=int(metrics.get("anomalies", 0)),
             model_settings=json.loads(settings) if settings else None,

@@ -114,6 +114,10 @@ class PipelineRun:
         """The newest finished monitor run's ``MonitorRecord`` for ``model_name``; or None."""
         return None
 
+    def read_run(self, run_id: str):
+        """The ``RunRecord`` of another pipeline run of this store; None if there is none."""
+        return None
+
     def load_dict(self, run_id: str, path: str):
         """A JSON file an earlier pipeline run logged (``tracker.log_dict``); None if none."""
         return None
@@ -145,6 +149,10 @@ class InMemoryPipelineRun(PipelineRun):
         from visionpipe.record import RunRecord
 
         return RunRecord.from_store(self.run_id, "RUNNING", self.tags, self.metrics)
+
+    def read_run(self, run_id: str):
+        """The record of ``history`` with ``run_id``, or None."""
+        return next((r for r in self.history if r.run_id == run_id), None)
 
     def last_successful(self):
         """The newest of ``history`` that finished and was not skipped."""

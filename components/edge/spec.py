@@ -11,7 +11,8 @@ from __future__ import annotations
 import tempfile
 from typing import TYPE_CHECKING
 
-from visionpipe import registry
+from visionpipe import registry, storage
+from visionpipe.errors import UserError
 from visionpipe.layout import model_digest
 from visionpipe.sections import EDGE_FORMATS
 from visionpipe.serving import add_model_argument, resolve_model
@@ -29,10 +30,38 @@ def check_formats(formats: list[str]) -> list[str]:
     return check(formats)
 
 
+class ExamplesNotFoundError(UserError):
+    """No --examples, and the model's version does not lead to its pipeline run's."""
+
+
+def examples_of(ctx: StepContext, model: str) -> str:
+    """Ingest's examples of the pipeline run that made a ``models:/`` version.
+
+    Raises:
+        ExamplesNotFoundError: ``model`` is no registry URI, its version names no pipeline
+            run, or that run's examples are gone; the message says to pass --examples.
+    """
+    if not model.startswith(registry.MODELS_SCHEME) or ctx.registry is None:
+        raise ExamplesNotFoundError(
+            f"--examples is needed for {model}: only a models:/ version knows its pipeline run"
+        )
+    version = registry.resolve_version(ctx.registry, model)
+    run_id = version.tags.get("pipeline_run_id", "")
+    record = ctx.pipeline.read_run(run_id) if run_id else None
+    examples = record.examples_uri if record else ""
+    if not examples or not storage.exists(examples):
+        where = f"pipeline run {run_id}" if run_id else "no pipeline run"
+        raise ExamplesNotFoundError(
+            f"{model} (version {version.version}, {where}): its ingested examples "
+            f"{'are gone from ' + examples if examples else 'are not recorded'}; pass --examples"
+        )
+    return examples
+
+
 def run(
     ctx: StepContext,
     model: str,
-    raw_examples: str,
+    raw_examples: str | None,
     edge: str,
     formats: list[str] | None = None,
     overwrite: bool = False,
@@ -42,6 +71,7 @@ def run(
     from trainer.export import naming
 
     formats = check_formats(list(formats or ctx.config.pipeline.edge_export))
+    raw_examples = raw_examples or examples_of(ctx, model)
     owner = ctx.pipeline.tracker if ctx.pipeline.run_id else ctx.tracker
     with tempfile.TemporaryDirectory(prefix="visionpipe-edge-") as tmp:
         model_dir = resolve_model(model, tmp, ctx.registry)
@@ -104,8 +134,8 @@ def _arguments(p) -> None:
     add_model_argument(p)
     p.add_argument(
         "--examples",
-        required=True,
-        help="ingest's examples (train split: int8 calibration; test split: parity)",
+        help="ingest's examples (train split: int8 calibration; test split: parity); "
+        "default for a models:/ version: those of the pipeline run that made it",
     )
     p.add_argument(
         "--format",

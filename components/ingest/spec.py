@@ -52,6 +52,7 @@ def run(ctx: StepContext, data: str | list[str], examples: str) -> IngestResult:
         examples=result.examples,
         data_source=source,
         data_fingerprint=stats["fingerprint"],
+        examples_uri=examples,
         **counts,
     )
     return result

@@ -441,6 +441,15 @@ class MlflowPipelineRun(PipelineRun):
             return None
         return MonitorRecord.from_store(run.info.run_id, run.data.tags, run.info.start_time)
 
+    def read_run(self, run_id: str) -> RunRecord | None:
+        """Another pipeline run's record, or None when the store has no such run."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return record_of(retrying(self.session.client.get_run, run_id))
+        except MlflowException:
+            return None
+
     def load_dict(self, run_id: str, path: str) -> Any | None:
         """A JSON artifact of run ``run_id``; None if it has none at ``path``."""
         import json
