@@ -112,6 +112,13 @@ class MlflowTracker(Tracker):
         self.run_id = run_id
         self._experiment_id = experiment_id
 
+    @property
+    def experiment_id(self) -> str:
+        """The run's experiment (looked up once when not given)."""
+        if not self._experiment_id:
+            self._experiment_id = retrying(self.client.get_run, self.run_id).info.experiment_id
+        return self._experiment_id
+
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Records parameters (long values are cut to MLflow's limit)."""
         from mlflow.entities import Param
@@ -192,11 +199,9 @@ class MlflowTracker(Tracker):
 
         from pipelines.adapters.mlflow_model import save_mlflow_model
 
-        if not self._experiment_id:
-            self._experiment_id = retrying(self.client.get_run, self.run_id).info.experiment_id
         model = retrying(
             self.client.create_logged_model,
-            self._experiment_id,
+            self.experiment_id,
             name=name,
             source_run_id=self.run_id,
             tags={MODEL_DIGEST_TAG: digest},
@@ -235,11 +240,9 @@ class MlflowTracker(Tracker):
 
     def child(self, name: str, tags: Mapping[str, str] | None = None) -> MlflowTracker:
         """A run nested under this one (``mlflow.parentRunId``)."""
-        if not self._experiment_id:
-            self._experiment_id = retrying(self.client.get_run, self.run_id).info.experiment_id
         run = retrying(
             self.client.create_run,
-            self._experiment_id,
+            self.experiment_id,
             run_name=name,
             tags={PARENT_TAG: self.run_id, **(tags or {})},
         )
