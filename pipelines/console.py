@@ -261,11 +261,12 @@ class OutputCapture:
                     pass
 
 
-def format_summary(summary, steps: list[str], ui_hint: str) -> str:
+def format_summary(summary, steps: list[str], ui_hint: str, page: str = "") -> str:
     """The lines after a run: its verdict, then each step's summary lines, then MLflow.
 
     ``steps`` are the pipeline's steps in order; each contributes the lines its spec's
-    ``summary`` gives for the run's record (``components/<step>/spec.py``).
+    ``summary`` gives for the run's record (``components/<step>/spec.py``). ``page`` is
+    the run's page in the MLflow UI, when known.
     """
     from pipelines import catalog
 
@@ -284,4 +285,6 @@ def format_summary(summary, steps: list[str], ui_hint: str) -> str:
     rows.append(("MLflow run", record.run_id))
     if not record.skipped:
         rows.append(("MLflow UI", ui_hint))
+    if page:
+        rows.append(("run page", page))
     return "\n".join(["", head, *(f"  {label:<11} {text}" for label, text in rows)])

@@ -75,3 +75,19 @@ def test_the_pipeline_run_and_the_long_steps_get_system_metrics(tiny_config):
         k.startswith("system/") for k in session.client.get_run(push.run_id).data.metrics
     )
     assert not session._monitors  # every monitor stopped
+
+
+def test_the_run_page_link_opens_the_model_training_view(tiny_config):
+    from pipelines.cli.run import run_page
+    from pipelines.local import RunSummary
+    from visionpipe.record import RunRecord
+
+    session = Tracking.open(tiny_config)
+    run_id = session.start_pipeline(tiny_config)
+    page = run_page(RunSummary(RunRecord(run_id=run_id), 1.0, session.uri))
+    assert page == (
+        f"http://127.0.0.1:5000/#/experiments/{session.experiment_id}/runs/{run_id}"
+        "?workflowType=machine_learning"
+    )
+    gone = RunSummary(RunRecord(run_id="no-such-run"), 1.0, session.uri)
+    assert run_page(gone) == ""  # a link is a convenience, never an error

@@ -232,9 +232,34 @@ def _run(args, config: Config, containers) -> int:
         f"make mlflow-ui   (or: mlflow ui --backend-store-uri {summary.tracking_uri} "
         f"--default-artifact-root {home.mlflow_artifacts})"
     )
-    print(format_summary(summary, steps, ui_hint))
+    print(format_summary(summary, steps, ui_hint, run_page(summary)))
     print(f"  log         {log_path}")
     return 0
+
+
+LOCAL_UI = "http://127.0.0.1:5000"  # make mlflow-ui
+
+
+def run_page(summary) -> str:
+    """The pipeline run's page in the MLflow UI, in its model-training view.
+
+    MLflow 3.17's UI opens every experiment in its GenAI view (traces, token usage)
+    unless the browser chose otherwise or the link says ``workflowType=machine_learning``;
+    the experiment's ``mlflow.experimentKind`` tag is not what it reads. A local store's
+    page is the one ``make mlflow-ui`` serves; a tracking server's is on that server.
+    """
+    from pipelines.adapters import mlflow_tracking as tracking
+
+    uri = summary.tracking_uri
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
+    try:
+        experiment = tracking.client(uri).get_run(summary.mlflow_run_id).info.experiment_id
+    except Exception:  # noqa: BLE001 - a link is a convenience, never an error
+        return ""
+    return (
+        f"{base}/#/experiments/{experiment}/runs/{summary.mlflow_run_id}"
+        "?workflowType=machine_learning"
+    )
 
 
 def _log_to_mlflow(run_id: str, log_path, config: Config) -> None:
