@@ -77,6 +77,7 @@ beam-services: setup
 	$(BIN)/python -m pipelines.beam_services
 
 mlflow-ui: setup
+	@echo "MLflow UI: http://127.0.0.1:5000/#/?workflowType=machine_learning (the model-training view; or its toggle, top left)"
 	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 \
 		--backend-store-uri sqlite:///$(VISIONPIPE_HOME)/mlflow.db \
 		--default-artifact-root $(VISIONPIPE_HOME)/mlartifacts
