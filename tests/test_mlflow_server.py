@@ -90,14 +90,21 @@ def test_the_pipeline_logs_runs_metrics_and_the_registry_through_the_server(
     assert "training_curves.png" in names
     champion = client.get_model_version_by_alias("visionpipe-classifier", "champion")
     assert champion.tags["pipeline_run_id"] == summary["mlflow_run_id"]
-    model_dir = client.download_artifacts(
-        champion.run_id, "model", str(isolated_home / "downloaded")
+    # The version is the logged model evaluate made, its files stored through the server.
+    model = client.get_logged_model(champion.tags["logged_model_id"])
+    assert model.artifact_location.startswith("mlflow-artifacts:")
+    model_dir = mlflow.artifacts.download_artifacts(
+        artifact_uri=champion.source,
+        dst_path=str(isolated_home / "downloaded"),
+        tracking_uri=server,
     )
-    # An MLflow Model (MLmodel) around the served SavedModel.
+    # An MLflow Model (MLmodel) around the served SavedModel, with push's record in it.
     from pipelines.adapters.mlflow_model import saved_model_in
+    from visionpipe.layout import PUSH_RECORD
 
     assert os.path.exists(os.path.join(model_dir, "MLmodel"))
     assert os.path.exists(os.path.join(saved_model_in(model_dir), "saved_model.pb"))
+    assert os.path.exists(os.path.join(saved_model_in(model_dir), PUSH_RECORD))
 
 
 def _versions(url: str) -> list[tuple[str, str]]:
