@@ -132,6 +132,17 @@ def test_pipeline_runs_end_to_end_then_retrains_for_drift_against_the_champion(
     ingest_run = next(c for c in children if c.data.tags["visionpipe.step"] == "ingest")
     [dataset] = ingest_run.inputs.dataset_inputs
     assert run.data.tags["data_fingerprint"].startswith(dataset.dataset.digest)
+    # The data is an input of the pipeline run and of the steps that read it, with its
+    # source, digest, schema and counts per split.
+    tune_run = next(c for c in children if c.data.tags["visionpipe.step"] == "tune")
+    used_by = [(run, "training"), (tune_run, "validation"), (train_run, "training")]
+    for logged, context in [*used_by, (evaluate_run, "test")]:
+        [used] = client.get_run(logged.info.run_id).inputs.dataset_inputs
+        assert {t.key: t.value for t in used.tags}["mlflow.data.context"] == context
+        assert used.dataset.digest == dataset.dataset.digest
+        assert json.loads(used.dataset.profile)["num_rows"] == 36
+        assert json.loads(used.dataset.source)["uri"].endswith("tiny_dataset0")
+        assert "label" in used.dataset.schema and "image" in used.dataset.schema
     champion = client.get_model_version_by_alias("visionpipe-classifier", "champion")
     assert champion.tags["serving_version"] == "1"
     assert champion.tags["pipeline_run_id"] == first["mlflow_run_id"]

@@ -13,6 +13,7 @@ from trainer.roles import tuner_role
 from visionpipe import storage
 from visionpipe.config import ConfigError
 from visionpipe.step import Step, StepContext, Verb
+from visionpipe.tracker import log_run_dataset
 
 if TYPE_CHECKING:
     from trainer.tune import TuneResult
@@ -49,6 +50,8 @@ def run(
     if result.best_score is not None:
         ctx.tracker.log_metrics({"best_val_accuracy": result.best_score})
     ctx.tracker.log_dict(result.best_hyperparameters, "best_hyperparameters.json")
+    if result.trials:  # trials are scored on the validation split
+        log_run_dataset(ctx.tracker, ctx.pipeline.read(), "validation")
     return result
 
 
