@@ -48,8 +48,8 @@ def test_a_version_says_why_it_was_blessed_and_the_model_what_it_classifies(tmp_
     assert text.splitlines()[0] == blessing["reason"]
     assert "| accuracy >= 0.9 | 0.9862 | 0.9000 | yes |" in text.splitlines()
 
-    (tmp_path / "assets").mkdir()
-    (tmp_path / "assets" / "label_vocabulary").write_text("cat\ndog\n")
+    (tmp_path / "assets.extra").mkdir()  # the exported model's training record
+    (tmp_path / "assets.extra" / "training.json").write_text('{"labels": ["cat", "dog"]}')
     described = model_description("pets", str(tmp_path))
     assert described.startswith("pets: an image classifier over 2 classes (cat, dog)")
     assert "`champion`" in described

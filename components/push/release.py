@@ -42,6 +42,7 @@ class Released:
     registered_version: str
     aliases_moved: bool
     retention_deleted: list[int]
+    model_id: str = ""  # the logged model (evaluate's) the version was made from
 
     @property
     def already_pushed(self) -> bool:
@@ -119,10 +120,10 @@ def protected_digests(registry: Registry, name: str) -> set[str]:
 
 
 def version_tags(
-    pushed: PushResult, blessing_uri: str, pipeline_run_id: str, data_fingerprint: str
+    pushed: PushResult, blessing: dict, pipeline_run_id: str, data_fingerprint: str
 ) -> dict[str, str]:
     """A registry version's tags: where it is served, its digest, data and test metrics."""
-    candidate = read_blessing(blessing_uri).get("candidate", {})
+    candidate = blessing.get("candidate", {})
     return {
         "pipeline_run_id": pipeline_run_id,
         "serving_path": pushed.path,
@@ -171,9 +172,8 @@ def model_description(name: str, model_dir: str) -> str:
 
 
 def saved_model_labels(model_dir: str) -> list[str]:
-    """The label vocabulary the served SavedModel carries (its class order)."""
-    text = storage.read_text(storage.join(model_dir, "assets", F.LABEL_VOCABULARY))
-    return [line for line in text.splitlines() if line]
+    """The labels of an exported model, in class order (its training record's)."""
+    return list(storage.read_json(storage.join(model_dir, F.TRAINING_RECORD))["labels"])
 
 
 def release(
@@ -202,7 +202,7 @@ def release(
         existing = version_by_digest(registry, name, pushed.digest)
         blessing = read_blessing(blessing_uri)
         if existing is None:
-            tags = version_tags(pushed, blessing_uri, pipeline_run_id, data_fingerprint)
+            tags = version_tags(pushed, blessing, pipeline_run_id, data_fingerprint)
             registered = registry.create_version(
                 name,
                 pushed.path,
@@ -222,7 +222,7 @@ def release(
             keep_versions,
             protected_digests(registry, name) | {pushed.digest},
         )
-    return Released(pushed, registered, moved, deleted)
+    return Released(pushed, registered, moved, deleted, blessing.get("model_id", ""))
 
 
 def rollback(serving_root: str, name: str, registry: Registry) -> dict:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from components.push.release import Released, release
 from components.push.release import rollback as rollback_release
-from visionpipe.blessing import read_blessing
 from visionpipe.home import Home
 from visionpipe.record import RunRecord
 from visionpipe.step import Step, StepContext, Verb, named
@@ -28,9 +27,8 @@ def run(ctx: StepContext, model: str, blessing: str) -> Released:
         data_fingerprint=ctx.pipeline.read().data_fingerprint,
     )
     pushed = released.pushed
-    model_id = read_blessing(blessing).get("model_id")
-    if model_id:
-        ctx.tracker.link_model(model_id)  # the logged model this push registered
+    if released.model_id:
+        ctx.tracker.link_model(released.model_id)  # the logged model this push registered
     if released.retention_deleted:
         deleted = ",".join(map(str, released.retention_deleted))
         ctx.tracker.set_tags({"retention_deleted_versions": deleted})
