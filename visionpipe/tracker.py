@@ -194,6 +194,11 @@ def log_stored(tracker: Tracker, uri: str, path: str | None = None) -> None:
         tracker.log_artifact(local, path)
 
 
+def dataset_profile(examples: Mapping[str, int], **counts: int) -> dict[str, int]:
+    """A dataset's profile as MLflow shows it: examples in all and per split, and ``counts``."""
+    return {"num_rows": sum(examples.values()), **examples, **counts}
+
+
 SPLIT_OF_CONTEXT = {"training": "train", "validation": "valid", "test": "test"}
 
 
@@ -206,7 +211,7 @@ def log_run_dataset(tracker: Tracker, record, context: str) -> None:
     if not record.data_fingerprint or not record.data_source:
         return
     split = SPLIT_OF_CONTEXT.get(context)
-    profile = {"num_rows": sum(record.examples.values()), **record.examples}
+    profile = dataset_profile(record.examples)
     if split:
         profile["used_split"] = split
     first = record.data_source.split(",")[0]

@@ -18,7 +18,7 @@ def run(ctx: StepContext, data: str | list[str], examples: str) -> IngestResult:
     from components.ingest.ingest import run_ingest
     from visionpipe import features as F
     from visionpipe import storage
-    from visionpipe.tracker import log_stored
+    from visionpipe.tracker import dataset_profile, log_stored
 
     result = run_ingest(data, examples, ctx.config)
     stats = result.stats
@@ -44,7 +44,7 @@ def run(ctx: StepContext, data: str | list[str], examples: str) -> IngestResult:
         log_stored(ctx.tracker, storage.join(examples, F.NEAR_DUPLICATES_FILE))
     first = data if isinstance(data, str) else data[0]
     source = data if isinstance(data, str) else ",".join(data)
-    profile = dataset_profile(result.examples, counts)
+    profile = dataset_profile(result.examples, **counts)
     ctx.tracker.log_dataset(first, stats["fingerprint"], "ingest", profile)
     ctx.pipeline.tracker.log_dataset(first, stats["fingerprint"], "training", profile)
     ctx.tracker.set_tags({"data_source": source, "data_fingerprint": stats["fingerprint"]})
@@ -56,11 +56,6 @@ def run(ctx: StepContext, data: str | list[str], examples: str) -> IngestResult:
         **counts,
     )
     return result
-
-
-def dataset_profile(examples: Mapping[str, int], counts: Mapping[str, int]) -> dict[str, int]:
-    """The dataset's profile in MLflow: examples in all and per split, what ingest dropped."""
-    return {"num_rows": sum(examples.values()), **examples, **counts}
 
 
 def cache_key(config: Config, ports: Mapping[str, Any]) -> dict[str, Any]:
