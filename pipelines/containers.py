@@ -30,6 +30,7 @@ from pipelines.adapters import containers
 from pipelines.adapters.containers import ContainerCommands, Mount
 from visionpipe.config import Config
 from visionpipe.home import Home
+from visionpipe.sections import NAMED_WEIGHTS
 from visionpipe.sources import list_sources
 
 PASSED_ENV = (
@@ -91,7 +92,7 @@ def mounts_for(data_uri: str, config: Config, home: Home, tracking_uri: str) -> 
     db = local_path(tracking_uri)
     writable.append(db.parent if db is not None else None)
     readable = [local_path(config.validation.schema_uri)]
-    if config.trainer.weights not in ("none", "imagenet"):
+    if config.trainer.weights not in NAMED_WEIGHTS:
         readable.append(local_path(config.trainer.weights))
     readable.append(local_path(os.environ.get("GOOGLE_APPLICATION_CREDENTIALS", "")))
     chosen = [Mount(str(p)) for p in writable if p is not None]

@@ -18,6 +18,7 @@ import keras_tuner as kt
 
 from visionpipe.config import TrainerConfig, TunerConfig
 from visionpipe.errors import UserError
+from visionpipe.sections import NAMED_WEIGHTS
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +246,7 @@ def make_backbone(name: str, weights: str, input_shape: tuple[int, int, int]) ->
             neither found in the Keras cache nor downloaded. Never a silent fallback.
     """
     constructor = getattr(keras.applications, _BACKBONES[name][0])
-    if weights not in ("none", "imagenet") and not Path(weights).is_file():
+    if weights not in NAMED_WEIGHTS and not Path(weights).is_file():
         raise WeightsError(f"trainer.weights: no such weights file: {weights}")
     try:
         backbone = constructor(

@@ -128,6 +128,9 @@ class TransformConfig(_Section):
     resize_mode: ResizeMode = "stretch"
 
 
+NAMED_WEIGHTS = ("none", "imagenet")  # trainer.weights that are no file
+
+
 class TrainerConfig(_Section):
     """Model and training loop; model values are the hyperparameter defaults."""
 
