@@ -6,6 +6,11 @@ run when there is one), a ``StepContext`` on the MLflow adapters, and the step's
 figure as a progress line. ``execute_component`` is what a generated KFP body calls:
 it maps the KFP artifacts to paths, runs the step, and fills the output artifacts'
 metadata through the step's ``publish``.
+
+Each step run also records ``peak_memory_mb``: the process's peak resident memory
+(Linux's VmHWM, reset when the step starts) while the step ran. In-process runs share
+one process, so the reset is what makes the figure the step's own; worker processes
+(``trainer.workers``) and Beam's worker processes are not in it.
 """
 
 from __future__ import annotations
@@ -61,7 +66,11 @@ def run_step(
         return run(NullTracker(), PipelineRun())
     if step.own_run:
         with session.step(step.name) as tracker:
+            reset = reset_peak_memory()
             result = run(tracker, session.pipeline())
+            peak = peak_memory_mb()
+            if reset and peak is not None:
+                tracker.log_metrics({"peak_memory_mb": peak})
     else:
         result = run(NullTracker(), session.pipeline())
     figure = step.figure(result)
@@ -69,6 +78,31 @@ def run_step(
         figure = f"{figure} (cached)".lstrip()
     progress.done(step.name, figure)
     return result
+
+
+_STATUS = "/proc/self/status"
+
+
+def reset_peak_memory() -> bool:
+    """Resets this process's peak resident memory to its current one (Linux); False elsewhere."""
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")  # 5: reset the peak RSS (proc(5), Linux 4.0+)
+        return True
+    except OSError:
+        return False
+
+
+def peak_memory_mb() -> float | None:
+    """This process's peak resident memory (VmHWM) in MB, or None where there is no /proc."""
+    try:
+        with open(_STATUS) as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
 
 
 def component_context(

@@ -230,3 +230,25 @@ def test_a_dataset_logged_by_two_runs_at_once_is_retried_and_other_conflicts_are
     with pytest.raises(MlflowException, match="runs.run_uuid"):
         tracking.retrying(other_conflict)
     assert len(calls) == 1
+
+
+def test_a_step_run_records_its_own_peak_memory_not_the_process_s(tiny_config):
+    from pipelines.execute import peak_memory_mb
+    from visionpipe.step import Step
+
+    def allocate(ctx, megabytes):
+        held = bytearray(megabytes * 2**20)
+        held[::4096] = b"x" * len(held[::4096])  # touched: resident
+        return len(held)
+
+    step = Step("allocate", allocate, params={"megabytes": int})
+    session = _started(tiny_config)
+    allocate(None, 400)  # raises this process's peak by 400 MB first
+    before = peak_memory_mb()
+    run_step(step, tiny_config, session, megabytes=100)
+    (run,) = session.client.search_runs(
+        [session.experiment_id], f"tags.mlflow.parentRunId = '{session.pipeline_run_id}'"
+    )
+    peak = run.data.metrics["peak_memory_mb"]
+    # Reset when the step started: its 100 MB are in it, the earlier 400 MB are not.
+    assert peak >= 100 and peak < before - 250
