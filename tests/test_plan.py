@@ -35,7 +35,7 @@ def test_short_data_gets_enough_steps_and_replicas_scale_the_rate():
     )
     plan = plan_training(trainer, STATS, {"batch_size": 10, "learning_rate": 0.01}, replicas=4)
     assert plan.phases[0].last == 30  # 10 steps per epoch: 30 epochs make 300 steps
-    assert plan.epochs_reason == "auto: at least 300 steps, 10 an epoch"
+    assert plan.epochs_reason == "auto, 300 steps"
     assert plan.rate == pytest.approx(0.04)
     set_by_user = _trainer("trainer.epochs=5", "trainer.min_steps=300")
     plan = plan_training(set_by_user, STATS, {"batch_size": 10, "learning_rate": 0.01})

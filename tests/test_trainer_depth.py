@@ -162,11 +162,15 @@ def test_class_weights_balance_only_imbalanced_classes():
 
 
 def test_auto_epochs_make_the_minimum_steps_and_a_set_value_means_what_it_says():
-    trainer = load_config().trainer  # epochs 0 (auto): 20 or more, at least 750 steps
+    trainer = load_config().trainer  # epochs 0 (auto): 750 steps, at least 3 epochs
     assert planned_epochs(trainer, examples=1222, batch_size=32) == 20  # 39 steps an epoch
-    assert epochs_reason(trainer, examples=1222, batch_size=32) == "auto"
+    assert epochs_reason(trainer, examples=1222, batch_size=32) == "auto, 780 steps"
     assert planned_epochs(trainer, examples=480, batch_size=32) == 50  # 15 steps an epoch
-    assert epochs_reason(trainer, 480, 32) == "auto: at least 750 steps, 15 an epoch"
+    assert epochs_reason(trainer, 480, 32) == "auto, 750 steps"
+    # Ten times the sample: 375 steps an epoch; 2 would do, 3 is the least.
+    assert planned_epochs(trainer, examples=12_000, batch_size=32) == 3
+    assert epochs_reason(trainer, 12_000, 32) == "auto, 1125 steps"
+    assert planned_epochs(trainer, examples=4_000, batch_size=32) == 6  # 125 an epoch
     set_by_user = load_config(overrides=["trainer.epochs=3"]).trainer  # min_steps stays 750
     assert planned_epochs(set_by_user, examples=480, batch_size=32) == 3
     assert epochs_reason(set_by_user, 480, 32) == "trainer.epochs"
@@ -296,9 +300,6 @@ def test_the_train_line_says_how_many_epochs_ran_and_why():
             )
         )
 
-    assert line(20, 20, "auto") == "20 epochs (auto), val_accuracy 0.900"
-    assert line(50, 50, "auto: at least 750 steps, 15 an epoch").startswith(
-        "50 epochs (auto: at least 750 steps, 15 an epoch)"
-    )
+    assert line(20, 20, "auto, 780 steps") == "20 epochs (auto, 780 steps), val_accuracy 0.900"
     assert line(3, 3, "trainer.epochs") == "3 epochs, val_accuracy 0.900"
     assert line(12, 30, "trainer.epochs") == "12 of 30 epochs, val_accuracy 0.900"  # stopped

@@ -137,14 +137,14 @@ class TrainerConfig(_Section):
     epochs: int = Field(
         0,
         ge=0,
-        description="Epochs to train, as set; 0 (the default): auto, 20 or more so that "
-        "training makes at least min_steps optimizer steps.",
+        description="Epochs to train, as set; 0 (the default): auto, the epochs that make "
+        "min_steps optimizer steps, and at least 3.",
     )
     min_steps: int = Field(
         750,
         ge=0,
-        description="With epochs auto (0): train at least this many optimizer steps, so "
-        "small datasets get more epochs.",
+        description="With epochs auto (0): train this many optimizer steps (at least 3 "
+        "epochs), so small datasets get more epochs and large ones fewer.",
     )
     batch_size: int = Field(32, ge=1, description="The global batch, over all replicas.")
     learning_rate: float = Field(3e-3, gt=0, lt=1)
