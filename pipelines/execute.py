@@ -94,7 +94,7 @@ def reset_peak_memory() -> bool:
 
 
 def peak_memory_mb() -> float | None:
-    """This process's peak resident memory (VmHWM) in MB, or None where there is no /proc."""
+    """The peak resident memory (VmHWM) of this process in MB; None where there is no /proc."""
     try:
         with open(_STATUS) as status:
             for line in status:
