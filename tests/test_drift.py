@@ -86,6 +86,20 @@ def test_estimated_accuracy_follows_the_real_accuracy_without_labels(profile):
     assert "estimated_accuracy" in report.alarms
 
 
+def test_a_test_split_without_errors_still_estimates_lower_accuracy_for_unsure_images():
+    test = _draw(400, seed=21)
+    test.classes[:] = test.labels  # a model that made no test error (test accuracy 1.0)
+    test.confidence[:] = np.random.default_rng(21).beta(40, 1, 400)  # and sure of it
+    perfect = make_profile(test, CLASSES, 1.0)
+    same = test.take(np.arange(300))
+    same.labels = None
+    report = detect(perfect, same)  # what it was tested on
+    assert report.estimated_accuracy > 0.97 and "estimated_accuracy" not in report.alarms
+    unsure = detect(perfect, _draw(300, seed=23, confident=False))  # confidences 0.34-0.94
+    # Below every test confidence the estimate falls towards chance (1/3), not 1.0.
+    assert unsure.estimated_accuracy < 0.85 and "estimated_accuracy" in unsure.alarms
+
+
 def test_live_accuracy_is_a_verdict_with_an_interval_and_per_class(profile):
     labelled = _draw(200, seed=13, confident=False)
     report = detect(profile, _draw(150, seed=14), labels=labelled)

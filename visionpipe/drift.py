@@ -21,7 +21,10 @@ The detectors, each with its statistic, p-value (or threshold) and verdict:
   since ingest re-encodes some formats;
 - ``estimated_accuracy``: the mean calibrated confidence (isotonic calibration on the
   test split, the idea of NannyML's CBPE) against the gate's test accuracy, alarming
-  below it by more than ``accuracy_margin``;
+  below it by more than ``accuracy_margin``. The calibration is anchored at chance (a
+  confidence of 1/K is right 1/K of the time, K classes): below the test split's least
+  confidence it falls linearly to chance instead of staying at the lowest value seen,
+  which for a test split without errors was 1.0 whatever the confidence;
 - ``live_accuracy`` (with labels): the accuracy with its Wilson interval, alarming
   when the interval's upper end is below the gate's figure less the margin.
 
@@ -141,8 +144,12 @@ def make_profile(
     if obs.labels is None or not len(obs):
         raise ValueError("a reference profile needs labelled test observations")
     correct = (obs.classes == obs.labels).astype(float)
+    chance = 1.0 / max(len(model_labels), 1)
     iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
-    iso.fit(obs.confidence, correct)
+    # One pseudo-observation at chance: a top-1 confidence is never below 1/K, and there
+    # the model is right 1/K of the time; without it, confidences below every test
+    # image's took the accuracy of the least confident test images.
+    iso.fit(np.append(obs.confidence, chance), np.append(correct, chance))
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.permutation(len(obs))[:sample])
     kept = obs.take(rows)
