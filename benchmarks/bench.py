@@ -48,9 +48,14 @@ network's in-sample probabilities, on shapes and glyphs; robustness of a model t
 without and with brightness/contrast augmentation (``benchmarks/audit_bench.py``). The
 ingest rows include perceptual hashing against none.
 
+Scale: the whole default pipeline at 1x and 10x (``--scale 1,10,30`` adds 30x) the
+sample's images, each step's time and peak memory beside its plain baseline (a loop,
+a ``tf.data`` map, a plain ``model.fit``), and how each grows
+(``benchmarks/scale_bench.py``).
+
 Usage: python benchmarks/bench.py --data data/sample
        [--only pipeline|ingest|serving|trainer|quality|predict|edge|guard|load|monitor|
-               runners|audit]
+               runners|audit|scale] [--scale 1,10,30]
        [--set k=v ...]
 """
 
@@ -68,19 +73,42 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def step_times(run_id: str, tracking_uri: str) -> dict[str, float]:
-    """Seconds each step's MLflow run lasted, for a pipeline run in the store given."""
+def step_runs(run_id: str, tracking_uri: str) -> dict[str, dict]:
+    """Each step run of a pipeline run: seconds, peak memory (MB), params, metrics, hp.*."""
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri)
     run = client.get_run(run_id)
     children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
-    times = {}
+    steps = {}
     for child in children:
         step = child.data.tags.get("visionpipe.step")
         if step and child.info.end_time:
-            times[step] = (child.info.end_time - child.info.start_time) / 1000
-    return times
+            params, metrics = child.data.params, child.data.metrics
+            steps[step] = {
+                "seconds": (child.info.end_time - child.info.start_time) / 1000,
+                "peak_mb": metrics.get("peak_memory_mb", float("nan")),
+                "params": params,
+                "metrics": metrics,
+                "hyperparameters": {
+                    k[3:]: _number(v) for k, v in params.items() if k.startswith("hp.")
+                },
+            }
+    return steps
+
+
+def _number(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"True": True, "False": False}.get(text, text)
+
+
+def step_times(run_id: str, tracking_uri: str) -> dict[str, float]:
+    """Seconds each step's MLflow run lasted, for a pipeline run in the store given."""
+    return {step: run["seconds"] for step, run in step_runs(run_id, tracking_uri).items()}
 
 
 def bench_pipeline(data: str, overrides: list[str], work: str) -> list[tuple[str, float, str]]:
@@ -144,10 +172,17 @@ def main() -> int:
             "monitor",
             "runners",
             "audit",
+            "scale",
         ),
     )
     parser.add_argument("--photos", type=int, default=3000)
     parser.add_argument("--repeats", type=int, default=20, help="runs of the runners' repeat test")
+    parser.add_argument(
+        "--scale",
+        default="1,10",
+        help="scale benchmark: factors of the sample's 1,500 images (comma-separated; 30 too "
+        "if it fits in 20 minutes here)",
+    )
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     rows = []
@@ -202,6 +237,18 @@ def main() -> int:
             rows += bench_evaluate_growth(Path(work) / "evaluate", args.set)
         if args.only in (None, "pipeline"):
             rows += bench_pipeline(os.path.abspath(args.data), args.set, work)
+        if args.only in (None, "scale"):
+            from benchmarks.scale_bench import ScaleError, bench_scale
+
+            try:
+                factors = [int(f) for f in args.scale.split(",")]
+            except ValueError:
+                parser.error(f"--scale {args.scale!r}: factors are whole numbers, e.g. 1,10,30")
+            try:
+                rows += bench_scale(Path(work) / "scale", args.set, factors)
+            except ScaleError as err:
+                print(f"bench: {err}", file=sys.stderr)
+                return 2
     width = max(len(r[0]) for r in rows)
     print(f"\n{'benchmark'.ljust(width)}  {'seconds':>8}  note")
     print(f"{'-' * width}  {'-' * 8}  {'-' * 24}")
