@@ -37,6 +37,7 @@ KINDS = {
     "glyphs": dict(kind="glyphs", classes=6, per_class=200, size=64, seed=1),
 }
 WINDOWS = 20
+ATTEMPTS = 5  # predict-batch with and without the log: one pair varied by +-10% here
 
 
 def _trained(work: Path, spec: dict, overrides: list[str]):
@@ -147,19 +148,21 @@ def bench_costs(work: Path, overrides: list[str], photos: int) -> list[tuple]:
     make_photos(images, photos)
     rows = []
     times = {"off": [], "on": []}
-    for attempt in range(2):  # alternated, so drift of the machine hits both alike
+    for attempt in range(ATTEMPTS):  # alternated, so drift of the machine hits both alike
         for mode in ("off", "on"):
             os.environ[HOME_ENV] = str(work / f"home-{mode}-{attempt}")
             run_config = config.with_overrides([f"monitor.log={str(mode == 'on').lower()}"])
             started = time.monotonic()
             run_batch_predict(model, str(images), str(work / f"out-{mode}-{attempt}"), run_config)
             times[mode].append(time.monotonic() - started)
-    off, on = min(times["off"]), min(times["on"])
+    off, on = statistics.median(times["off"]), statistics.median(times["on"])
+    pairs = sorted(b / a - 1 for a, b in zip(times["off"], times["on"], strict=True))
     rows.append(
         (
             f"predict-batch {photos} JPEGs 320x240, log on",
             on,
-            f"log off (the same job): {off:.1f} s; overhead {on / off - 1:+.1%}",
+            f"log off (the same job): {off:.1f} s; overhead {on / off - 1:+.1%} (medians of "
+            f"{ATTEMPTS}; pairs {', '.join(f'{r:+.0%}' for r in pairs)})",
         )
     )
     logged = sorted((work / "home-on-0" / "predictions").rglob("*.jsonl"))
