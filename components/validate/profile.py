@@ -9,6 +9,7 @@ definition, so a property means one thing in validation and in monitoring.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from typing import Any
 
@@ -28,9 +29,6 @@ def _values(raw_examples: str, split: str, config: Config, sample: int) -> dict[
     """Every example's label, format and sizes; pixel properties of the first ``sample``."""
     import tensorflow as tf
 
-    from visionpipe.pixels import decode_and_resize
-    from visionpipe.profile import image_properties
-
     files = sorted(storage.glob(F.split_pattern(raw_examples, split)))
     spec = {
         F.IMAGE_ENCODED: tf.io.FixedLenFeature([], tf.string),
@@ -39,7 +37,7 @@ def _values(raw_examples: str, split: str, config: Config, sample: int) -> dict[
         F.IMAGE_HEIGHT: tf.io.FixedLenFeature([], tf.int64, 0),
         F.IMAGE_WIDTH: tf.io.FixedLenFeature([], tf.int64, 0),
     }
-    size, mode = config.transform.image_size, config.transform.resize_mode
+    properties_of = _pixel_properties(config.transform.image_size, config.transform.resize_mode)
     out: dict[str, list] = {k: [] for k in ("label", "format", *SIZE_PROPERTIES)}
     out.update({p: [] for p in PIXEL_PROPERTIES})
     if not files:
@@ -58,11 +56,30 @@ def _values(raw_examples: str, split: str, config: Config, sample: int) -> dict[
         out["file_kb"] += (tf.strings.length(parsed[F.IMAGE_ENCODED]).numpy() / 1024).tolist()
         if measured < sample:
             encoded = parsed[F.IMAGE_ENCODED][: sample - measured]
-            properties = image_properties(decode_and_resize(encoded, size, mode))
+            properties = properties_of(encoded)
             for name in PIXEL_PROPERTIES:
                 out[name] += properties[name].numpy().tolist()
             measured += int(encoded.shape[0])
     return out
+
+
+@functools.lru_cache(maxsize=4)
+def _pixel_properties(size: int, mode: str):
+    """The pixel properties of a batch of encoded images, as one traced graph.
+
+    Eagerly, ``decode_and_resize``'s ``map_fn`` ran its body in Python once per image:
+    9.5 of validate's 12 s on the 1,500 sample images.
+    """
+    import tensorflow as tf
+
+    from visionpipe.pixels import decode_and_resize
+    from visionpipe.profile import image_properties
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def properties(encoded):
+        return image_properties(decode_and_resize(encoded, size, mode))
+
+    return properties
 
 
 def _distribution(values: list[float]) -> dict[str, Any]:
