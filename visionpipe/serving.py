@@ -7,6 +7,7 @@ module only moves bytes in and results out.
 from __future__ import annotations
 
 import base64
+import copy
 import functools
 from dataclasses import dataclass
 from typing import Any
@@ -104,6 +105,15 @@ class Classifier:
         self.monitored = monitored and F.MONITOR_SIGNATURE in signatures
         name = F.MONITOR_SIGNATURE if self.monitored else F.SERVING_SIGNATURE
         self.signature = signatures[name]
+
+    def plain(self) -> Classifier:
+        """The same loaded model answering through ``serving_default`` (no monitor outputs)."""
+        if not self.monitored:
+            return self
+        other = copy.copy(self)
+        other.monitored = False
+        other.signature = self._loaded.signatures[F.SERVING_SIGNATURE]
+        return other
 
     def classify(self, images: list[bytes]) -> dict[str, Any]:
         """The signature's outputs for a batch of encoded images, as numpy arrays."""

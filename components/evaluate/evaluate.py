@@ -97,8 +97,10 @@ def write_profile(output_uri: str, test, outputs: list[dict], labels, accuracy, 
     return True
 
 
-def robustness(test, cfg, candidate_uri, champion_uri, candidate, champion) -> dict:
+def robustness(test, cfg, candidate_uri, champion_uri, candidate, champion, loaded) -> dict:
     """Adds ``accuracy_under_<variant>`` to both models' metrics; returns their correctness.
+
+    ``loaded``: the models' ``Classifier`` by URI, already loaded for scoring.
 
     Returns:
         ``{metric: (candidate correct, champion correct)}`` per variant, for the gate's
@@ -112,7 +114,7 @@ def robustness(test, cfg, candidate_uri, champion_uri, candidate, champion) -> d
     if champion_uri and champion is not None:
         models.append((champion_uri, champion))
     found: dict[str, list] = {}
-    classifiers = {uri: Classifier(uri) for uri, _ in models}  # each model loaded once
+    classifiers = {uri: loaded[uri].plain() for uri, _ in models}  # loaded once, for both
     labels = {uri: model_labels(uri) for uri, _ in models}
     for variant in cfg.robustness:
         images = variant_images(test.images, variant)
@@ -206,8 +208,7 @@ def run_evaluate(
     values = values_of(cfg, test)  # all but brightness, which the candidate's outputs give
     check_slice_thresholds(cfg, values)
 
-    def scored(model_uri: str, classifier: Classifier | None = None):
-        classifier = classifier or Classifier(model_uri)
+    def scored(model_uri: str, classifier: Classifier):
         probabilities, outputs = classify(classifier, test.images, cfg.batch_size)
         outputs = outputs if classifier.monitored else []
         labels = model_labels(model_uri)
@@ -217,6 +218,9 @@ def run_evaluate(
         return metrics, report, probabilities, labels, outputs
 
     monitored = Classifier(candidate_model_uri, monitored=True)  # for the audit too
+    loaded = {candidate_model_uri: monitored}  # every model is loaded once (1.6 s each)
+    if champion_model_uri:
+        loaded[champion_model_uri] = Classifier(champion_model_uri)
     candidate, cand_report, cand_probabilities, cand_labels, outputs = scored(
         candidate_model_uri, monitored
     )
@@ -230,11 +234,17 @@ def run_evaluate(
         values = values_of(cfg, test, brightness)
         check_slice_thresholds(cfg, values)
     sliced = score_slices(cfg, values, truth, cand_probabilities, cand_labels)
-    champion, champ_report = scored(champion_model_uri)[:2] if champion_model_uri else (None, None)
+    champion, champ_report = (
+        scored(champion_model_uri, loaded[champion_model_uri])[:2]
+        if champion_model_uri
+        else (None, None)
+    )
     correct = (
         {"accuracy": (cand_report["correct"], champ_report["correct"])} if champ_report else {}
     )
-    under = robustness(test, cfg, candidate_model_uri, champion_model_uri, candidate, champion)
+    under = robustness(
+        test, cfg, candidate_model_uri, champion_model_uri, candidate, champion, loaded
+    )
     if champion is not None:
         correct.update(under)
     decision = gate(candidate, champion, cfg, classes, correct or None, sliced)
