@@ -117,6 +117,11 @@ def check_declared(images: tf.Tensor, max_pixels: int) -> tf.Tensor:
     nothing before the whole batch has passed. The error names the first image over the
     bound, its index in the batch, its declared size and the bound.
     """
+    return check_and_declare(images, max_pixels)[0]
+
+
+def check_and_declare(images: tf.Tensor, max_pixels: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """``check_declared``'s result and the ``declared_sizes`` it checked, parsed once."""
     declared = declared_sizes(images)
     pixels = declared[:, 1] * declared[:, 2] * declared[:, 3]
     ok = tf.reduce_all(pixels <= max_pixels)
@@ -132,7 +137,7 @@ def check_declared(images: tf.Tensor, max_pixels: int) -> tf.Tensor:
     message = tf.cond(ok, lambda: tf.constant(""), refusal)
     check = tf.debugging.Assert(ok, [message], summarize=1)
     with tf.control_dependencies([check]):
-        return tf.identity(images)
+        return tf.identity(images), tf.identity(declared)
 
 
 def resize_pixels(image: tf.Tensor, size: int, mode: str) -> tf.Tensor:
